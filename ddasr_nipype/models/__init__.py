@@ -1,0 +1,31 @@
+"""Network architectures of DDASR (forward only) and their checkpoint helpers.
+
+- :class:`DSN` (``dsn_arch``): the transformer down-sampling network of stage 1.
+- :class:`SRGenerator`, :class:`RRDBNet` (``srn_arch``): the DDASR generator and the ESRGAN reference.
+- :class:`AttentionUNetDiscriminator` (``discriminator_arch``): the A-ESRGAN-style discriminator.
+- :class:`VGG19Features`, :func:`load_vgg19` (``vgg_arch``): the frozen loss network.
+"""
+
+from .common import ModelConfig, build_model, load_model, save_model
+from .discriminator_arch import AttentionUNetDiscriminator, DiscriminatorConfig
+from .dsn_arch import DSN, DSNConfig
+from .srn_arch import RRDB, GeneratorConfig, RRDBNet, RRDBNetConfig, SRGenerator
+from .vgg_arch import VGG19Features, load_vgg19
+
+__all__ = [
+    "DSN",
+    "DSNConfig",
+    "SRGenerator",
+    "GeneratorConfig",
+    "AttentionUNetDiscriminator",
+    "DiscriminatorConfig",
+    "RRDB",
+    "RRDBNet",
+    "RRDBNetConfig",
+    "VGG19Features",
+    "load_vgg19",
+    "ModelConfig",
+    "build_model",
+    "save_model",
+    "load_model",
+]

@@ -1,0 +1,224 @@
+"""Super-resolution generators: the DDASR encoder-bottleneck-decoder generator and ESRGAN's RRDBNet.
+
+Papers:
+- DDASR generator: Cong et al., "Domain-distance adapted super-resolution of brain MR images",
+  Sect. II-B and Fig. 2(d). Encoder = conv + one RRDB (``f0``), then stride-2 convs (k4 s2 p1)
+  that halve the resolution and widen the channels (``f_i = E_i(f_{i-1})``); bottleneck =
+  cascaded RRDBs with a long residual; decoder = progressive fusion of the encoder skips with
+  3x3 conv + PixelShuffle upsampling, then the final x``scale`` upsampling.
+- RRDB and RRDBNet: Wang et al., "ESRGAN: Enhanced Super-Resolution Generative Adversarial
+  Networks", ECCV Workshops 2018 (residual-in-residual dense block, residual scaling 0.2,
+  initialisation scaled by 0.1). ``RRDBNet`` is the 23-block reference used in benchmarks.
+
+Forward only.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .common import ModelConfig, pad_to_multiple
+
+
+def _check_positive(owner: str, **values: int) -> None:
+    for name, value in values.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{owner}.{name} must be a positive integer, got {value!r}")
+
+
+@torch.no_grad()
+def default_init_weights(module: nn.Module, scale: float = 1.0) -> None:
+    """Kaiming-normal init of every conv scaled by ``scale``, zero bias (BasicSR/ESRGAN)."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight)
+            m.weight.mul_(scale)
+            if m.bias is not None:
+                m.bias.zero_()
+
+
+class ResidualDenseBlock(nn.Module):
+    """ESRGAN residual dense block: 5 densely connected 3x3 convs, LeakyReLU 0.2, out * 0.2 + x."""
+
+    def __init__(self, num_feat: int = 64, num_grow_ch: int = 32):
+        super().__init__()
+        self.conv1 = nn.Conv2d(num_feat, num_grow_ch, 3, 1, 1)
+        self.conv2 = nn.Conv2d(num_feat + num_grow_ch, num_grow_ch, 3, 1, 1)
+        self.conv3 = nn.Conv2d(num_feat + 2 * num_grow_ch, num_grow_ch, 3, 1, 1)
+        self.conv4 = nn.Conv2d(num_feat + 3 * num_grow_ch, num_grow_ch, 3, 1, 1)
+        self.conv5 = nn.Conv2d(num_feat + 4 * num_grow_ch, num_feat, 3, 1, 1)
+        self.lrelu = nn.LeakyReLU(negative_slope=0.2)
+        default_init_weights(self, 0.1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x1 = self.lrelu(self.conv1(x))
+        x2 = self.lrelu(self.conv2(torch.cat((x, x1), 1)))
+        x3 = self.lrelu(self.conv3(torch.cat((x, x1, x2), 1)))
+        x4 = self.lrelu(self.conv4(torch.cat((x, x1, x2, x3), 1)))
+        x5 = self.conv5(torch.cat((x, x1, x2, x3, x4), 1))
+        return x5 * 0.2 + x
+
+
+class RRDB(nn.Module):
+    """ESRGAN residual-in-residual dense block: three RDBs, out * 0.2 + x."""
+
+    def __init__(self, num_feat: int = 64, num_grow_ch: int = 32):
+        super().__init__()
+        self.rdb1 = ResidualDenseBlock(num_feat, num_grow_ch)
+        self.rdb2 = ResidualDenseBlock(num_feat, num_grow_ch)
+        self.rdb3 = ResidualDenseBlock(num_feat, num_grow_ch)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.rdb3(self.rdb2(self.rdb1(x))) * 0.2 + x
+
+
+def _upsampler(num_feat: int, scale: int) -> nn.Sequential:
+    """3x3 conv + PixelShuffle(2) per factor-of-2 step (scale 2, 4, 8...), else one PixelShuffle(s)."""
+    layers: list[nn.Module] = []
+    if scale == 1:
+        return nn.Sequential()
+    if scale & (scale - 1) == 0:
+        for _ in range(int(math.log2(scale))):
+            layers += [nn.Conv2d(num_feat, num_feat * 4, 3, 1, 1), nn.PixelShuffle(2),
+                       nn.LeakyReLU(0.2)]
+    else:
+        layers += [nn.Conv2d(num_feat, num_feat * scale * scale, 3, 1, 1), nn.PixelShuffle(scale),
+                   nn.LeakyReLU(0.2)]
+    return nn.Sequential(*layers)
+
+
+@dataclass(frozen=True)
+class GeneratorConfig(ModelConfig):
+    """Hyperparameters of the DDASR generator.
+
+    Level ``i`` (0 = input resolution) has ``num_feat * 2**i`` channels: with the defaults
+    64 -> 128 -> 256 over ``num_down = 2`` stride-2 stages. The paper does not state the number of
+    bottleneck RRDBs; 8 is this package's choice (``num_bottleneck_blocks``). For tests use e.g.
+    ``GeneratorConfig(num_feat=8, num_grow_ch=4, num_bottleneck_blocks=1)``.
+    """
+
+    in_channels: int = 1
+    out_channels: int = 1
+    num_feat: int = 64
+    num_grow_ch: int = 32
+    num_down: int = 2
+    num_bottleneck_blocks: int = 8
+    scale: int = 2
+
+    def __post_init__(self) -> None:
+        _check_positive("GeneratorConfig", in_channels=self.in_channels, out_channels=self.out_channels,
+                        num_feat=self.num_feat, num_grow_ch=self.num_grow_ch,
+                        num_bottleneck_blocks=self.num_bottleneck_blocks, scale=self.scale)
+        if not isinstance(self.num_down, int) or self.num_down < 0:
+            raise ValueError(f"GeneratorConfig.num_down must be a non-negative integer, got {self.num_down!r}")
+
+    def channels(self, level: int) -> int:
+        """Number of feature channels at encoder level ``level``."""
+        return self.num_feat * 2**level
+
+
+class SRGenerator(nn.Module):
+    """DDASR generator: ``forward(x [B,1,h,w]) -> [B,1,s*h,s*w]`` for any ``h, w``.
+
+    Inputs are reflection-padded to a multiple of ``2**num_down`` and the output is cropped back.
+    """
+
+    def __init__(self, config: GeneratorConfig | None = None):
+        super().__init__()
+        self.config = config = config if config is not None else GeneratorConfig()
+        ch = config.channels
+        gc = config.num_grow_ch
+        # Encoder: f0 = RRDB(conv_first(x)); f_i = E_i(f_{i-1}), k4 s2 p1.
+        self.conv_first = nn.Conv2d(config.in_channels, ch(0), 3, 1, 1)
+        self.encoder_rrdb = RRDB(ch(0), gc)
+        self.down = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(ch(i), ch(i + 1), 4, 2, 1), nn.LeakyReLU(0.2))
+            for i in range(config.num_down)
+        )
+        # Bottleneck: cascaded RRDBs at the deepest level, long residual.
+        deepest = ch(config.num_down)
+        self.bottleneck = nn.Sequential(*(RRDB(deepest, gc) for _ in range(config.num_bottleneck_blocks)))
+        self.conv_body = nn.Conv2d(deepest, deepest, 3, 1, 1)
+        # Decoder: per level (deepest first) 3x3 conv + PixelShuffle(2), then fuse the skip.
+        self.up = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(ch(i + 1), ch(i) * 4, 3, 1, 1), nn.PixelShuffle(2), nn.LeakyReLU(0.2))
+            for i in reversed(range(config.num_down))
+        )
+        self.fuse = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(2 * ch(i), ch(i), 3, 1, 1), nn.LeakyReLU(0.2))
+            for i in reversed(range(config.num_down))
+        )
+        # Final upsampling by the SR scale.
+        self.upsample = _upsampler(ch(0), config.scale)
+        self.conv_hr = nn.Conv2d(ch(0), ch(0), 3, 1, 1)
+        self.conv_last = nn.Conv2d(ch(0), config.out_channels, 3, 1, 1)
+        self.lrelu = nn.LeakyReLU(0.2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 4 or x.shape[1] != self.config.in_channels:
+            raise ValueError(f"SRGenerator expects [B, {self.config.in_channels}, h, w], got {tuple(x.shape)}")
+        x, (h, w) = pad_to_multiple(x, 2**self.config.num_down)
+        feat = self.encoder_rrdb(self.conv_first(x))
+        skips = [feat]
+        for down in self.down:
+            feat = down(feat)
+            skips.append(feat)
+        feat = feat + self.conv_body(self.bottleneck(feat))
+        for up, fuse, skip in zip(self.up, self.fuse, reversed(skips[:-1])):
+            feat = fuse(torch.cat((up(feat), skip), 1))
+        out = self.conv_last(self.lrelu(self.conv_hr(self.upsample(feat))))
+        s = self.config.scale
+        return out[..., : s * h, : s * w]
+
+
+@dataclass(frozen=True)
+class RRDBNetConfig(ModelConfig):
+    """ESRGAN RRDBNet hyperparameters (23 RRDBs, 64 features, growth 32)."""
+
+    in_channels: int = 1
+    out_channels: int = 1
+    num_feat: int = 64
+    num_block: int = 23
+    num_grow_ch: int = 32
+    scale: int = 2
+
+    def __post_init__(self) -> None:
+        _check_positive("RRDBNetConfig", in_channels=self.in_channels, out_channels=self.out_channels,
+                        num_feat=self.num_feat, num_block=self.num_block, num_grow_ch=self.num_grow_ch,
+                        scale=self.scale)
+
+
+class RRDBNet(nn.Module):
+    """ESRGAN generator (reference for benchmarks): ``[B,1,h,w] -> [B,1,s*h,s*w]``.
+
+    Upsampling as in the ESRGAN paper: nearest-neighbour x2 + 3x3 conv + LeakyReLU per factor of 2
+    (so x2 uses one such step, x4 two), or one nearest x``s`` + conv for other integers. BasicSR's
+    pixel-unshuffle trick for x2 is not used.
+    """
+
+    def __init__(self, config: RRDBNetConfig | None = None):
+        super().__init__()
+        self.config = config = config if config is not None else RRDBNetConfig()
+        nf = config.num_feat
+        self.conv_first = nn.Conv2d(config.in_channels, nf, 3, 1, 1)
+        self.body = nn.Sequential(*(RRDB(nf, config.num_grow_ch) for _ in range(config.num_block)))
+        self.conv_body = nn.Conv2d(nf, nf, 3, 1, 1)
+        s = config.scale
+        self._factors = [2] * int(math.log2(s)) if s & (s - 1) == 0 else [s]
+        self._factors = [f for f in self._factors if f > 1]
+        self.conv_up = nn.ModuleList(nn.Conv2d(nf, nf, 3, 1, 1) for _ in self._factors)
+        self.conv_hr = nn.Conv2d(nf, nf, 3, 1, 1)
+        self.conv_last = nn.Conv2d(nf, config.out_channels, 3, 1, 1)
+        self.lrelu = nn.LeakyReLU(0.2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        feat = self.conv_first(x)
+        feat = feat + self.conv_body(self.body(feat))
+        for factor, conv in zip(self._factors, self.conv_up):
+            feat = self.lrelu(conv(F.interpolate(feat, scale_factor=factor, mode="nearest")))
+        return self.conv_last(self.lrelu(self.conv_hr(feat)))
