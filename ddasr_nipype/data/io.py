@@ -325,7 +325,8 @@ def to_ras(img):
     Returns
     -------
     img_ras
-        The reoriented image (same class, header copied); data as an array in memory.
+        The reoriented image (same class, header copied); its data array may be a *view* of
+        the input's data (flips and permutations need no copy): copy before writing in place.
     orig_ornt
         The input's orientation (nibabel ``ornt`` array, ``[[axis, flip], ...]``) to give to
         :func:`from_ras`.
