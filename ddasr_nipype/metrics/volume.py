@@ -1,0 +1,199 @@
+"""Volume-level metrics: 2D metrics over the slices of a chosen plane, plus 3D PSNR/SSIM.
+
+Protocol (the paper's: 2D slices, mean ± std over slices):
+
+- Volumes are arrays in RAS+ voxel order; ``plane`` picks the slices as everywhere in the package:
+  ``sagittal`` = ``vol[i, :, :]``, ``coronal`` = ``vol[:, j, :]``, ``axial`` = ``vol[:, :, k]``.
+- **Intensity normalization**: a volume is divided by its *robust maximum*, the 99.5th percentile
+  of its voxels inside the brain mask (or of its non-zero voxels without a mask), and clipped to
+  ``[0, 1]``. For full-reference metrics both images are divided by the *reference's* robust
+  maximum, so a global intensity error still counts.
+- **Slice selection**: a slice is used when the brain mask covers at least ``min_fraction``
+  (default 10 %) of its area. Without a brain mask the mask is the Otsu foreground of the volume
+  (:func:`foreground_mask`).
+- **No-reference metrics** (NIQE, BRISQUE) see each selected slice mapped to the 8-bit scale
+  (:func:`ddasr_nipype.metrics.niqe.to_8bit`: ``round(255 * clip(x, 0, 1))``), the whole slice
+  (background included, as the models were built for whole images). NIQE needs at least one whole
+  ``niqe_block_size`` block; smaller slices score NaN and are left out of the mean.
+- **Full-reference metrics** (PSNR, SSIM) are computed per slice over the whole slice and inside
+  the mask, and on the whole 3D volume (whole and masked).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from scipy import ndimage
+
+from .brisque import brisque
+from .niqe import niqe, to_8bit
+from .reference import psnr, ssim
+
+__all__ = [
+    "PLANES",
+    "foreground_mask",
+    "robust_max",
+    "normalize_volume",
+    "normalize_pair",
+    "select_slices",
+    "take_slice",
+    "no_reference_scores",
+    "reference_scores",
+    "summarize",
+]
+
+PLANES = {"sagittal": 0, "coronal": 1, "axial": 2}
+NO_REFERENCE_METRICS = ("niqe", "brisque")
+
+
+def _plane_axis(plane: str) -> int:
+    if plane not in PLANES:
+        raise ValueError(f"plane must be one of {sorted(PLANES)}, got {plane!r}")
+    return PLANES[plane]
+
+
+def foreground_mask(data: np.ndarray) -> np.ndarray:
+    """Head/brain foreground by Otsu's threshold: largest connected component, holes filled per slice."""
+    from skimage.filters import threshold_otsu
+
+    data = np.asarray(data, dtype=np.float64)
+    if np.ptp(data) == 0:
+        return np.zeros(data.shape, dtype=bool)
+    mask = data > threshold_otsu(data)
+    labels, n = ndimage.label(mask)
+    if n > 1:
+        sizes = ndimage.sum_labels(mask, labels, index=np.arange(1, n + 1))
+        mask = labels == (int(np.argmax(sizes)) + 1)
+    mask = ndimage.binary_closing(mask, iterations=2)
+    return ndimage.binary_fill_holes(mask)
+
+
+def robust_max(data: np.ndarray, mask: np.ndarray | None = None, percentile: float = 99.5) -> float:
+    """The ``percentile`` of the voxels inside ``mask`` (of the non-zero voxels without one)."""
+    data = np.asarray(data, dtype=np.float64)
+    values = data[mask.astype(bool)] if mask is not None else data[data > 0]
+    if values.size == 0:
+        raise ValueError("no voxel to compute a robust maximum from (empty mask or all-zero image)")
+    value = float(np.percentile(values, percentile))
+    if value <= 0:
+        raise ValueError(f"robust maximum is {value}: the image has no positive intensities")
+    return value
+
+
+def normalize_volume(data: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+    """``clip(data / robust_max(data, mask), 0, 1)``."""
+    return np.clip(np.asarray(data, dtype=np.float64) / robust_max(data, mask), 0.0, 1.0)
+
+
+def normalize_pair(reference: np.ndarray, test: np.ndarray, mask: np.ndarray | None = None
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Scale both images by the reference's robust maximum and clip them to ``[0, 1]``."""
+    scale = robust_max(reference, mask)
+    return (np.clip(np.asarray(reference, dtype=np.float64) / scale, 0.0, 1.0),
+            np.clip(np.asarray(test, dtype=np.float64) / scale, 0.0, 1.0))
+
+
+def take_slice(volume: np.ndarray, plane: str, index: int) -> np.ndarray:
+    """The 2D slice ``index`` of ``plane`` (first in-plane axis first, no transpose or flip)."""
+    return np.take(volume, index, axis=_plane_axis(plane))
+
+
+def select_slices(mask: np.ndarray, plane: str, min_fraction: float = 0.1) -> np.ndarray:
+    """Indices of the slices of ``plane`` whose mask covers at least ``min_fraction`` of the area."""
+    if not 0.0 <= min_fraction <= 1.0:
+        raise ValueError(f"min_fraction must be in [0, 1], got {min_fraction}")
+    axis = _plane_axis(plane)
+    other = tuple(a for a in range(3) if a != axis)
+    fraction = np.asarray(mask, dtype=bool).mean(axis=other)
+    return np.flatnonzero(fraction >= min_fraction) if min_fraction > 0 else np.flatnonzero(fraction > 0)
+
+
+def _slice_mask(mask: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    mask = np.asarray(mask, dtype=bool)
+    if mask.shape != tuple(shape):
+        raise ValueError(f"mask shape {mask.shape} differs from image shape {tuple(shape)}")
+    return mask
+
+
+def no_reference_scores(
+    volume01: np.ndarray,
+    *,
+    plane: str = "sagittal",
+    mask: np.ndarray | None = None,
+    metrics: Sequence[str] = NO_REFERENCE_METRICS,
+    min_fraction: float = 0.1,
+    niqe_block_size: int = 96,
+) -> dict[str, np.ndarray]:
+    """Per-slice NIQE/BRISQUE of a volume normalized to ``[0, 1]`` (see the module's protocol).
+
+    Returns ``{"slice": indices, metric: scores}`` with one score per selected slice.
+    """
+    unknown = set(metrics) - set(NO_REFERENCE_METRICS)
+    if unknown:
+        raise ValueError(f"unknown no-reference metric(s) {sorted(unknown)}; use {NO_REFERENCE_METRICS}")
+    volume01 = np.asarray(volume01, dtype=np.float64)
+    if volume01.ndim != 3:
+        raise ValueError(f"expected a 3D volume, got shape {volume01.shape}")
+    mask = foreground_mask(volume01) if mask is None else _slice_mask(mask, volume01.shape)
+    indices = select_slices(mask, plane, min_fraction)
+    out: dict[str, np.ndarray] = {"slice": indices}
+    scores: dict[str, list[float]] = {m: [] for m in metrics}
+    for index in indices:
+        img = to_8bit(take_slice(volume01, plane, int(index)))
+        if "niqe" in scores:
+            fits = min(img.shape) >= niqe_block_size
+            scores["niqe"].append(niqe(img, block_size=niqe_block_size) if fits else np.nan)
+        if "brisque" in scores:
+            scores["brisque"].append(brisque(img))
+    out.update({m: np.asarray(v, dtype=np.float64) for m, v in scores.items()})
+    return out
+
+
+def reference_scores(
+    reference: np.ndarray,
+    test: np.ndarray,
+    *,
+    plane: str = "sagittal",
+    mask: np.ndarray | None = None,
+    min_fraction: float = 0.1,
+    normalize: bool = True,
+) -> dict[str, np.ndarray | float]:
+    """PSNR/SSIM of ``test`` against ``reference`` (same grid), per slice and in 3D.
+
+    With ``normalize`` both are scaled by the reference's robust maximum (inside ``mask``) and
+    clipped to ``[0, 1]`` first. Keys: ``slice``, ``psnr``, ``ssim``, ``psnr_mask``, ``ssim_mask``
+    (per-slice arrays) and ``psnr_3d``, ``ssim_3d``, ``psnr_3d_mask``, ``ssim_3d_mask`` (floats).
+    """
+    reference = np.asarray(reference, dtype=np.float64)
+    test = np.asarray(test, dtype=np.float64)
+    if reference.shape != test.shape or reference.ndim != 3:
+        raise ValueError(f"need two 3D volumes on the same grid, got {reference.shape} and {test.shape}")
+    mask = foreground_mask(reference) if mask is None else _slice_mask(mask, reference.shape)
+    if normalize:
+        reference, test = normalize_pair(reference, test, mask)
+    indices = select_slices(mask, plane, min_fraction)
+    rows: dict[str, list[float]] = {k: [] for k in ("psnr", "ssim", "psnr_mask", "ssim_mask")}
+    for index in indices:
+        ref2, test2 = take_slice(reference, plane, int(index)), take_slice(test, plane, int(index))
+        m2 = take_slice(mask, plane, int(index))
+        rows["psnr"].append(psnr(ref2, test2))
+        rows["ssim"].append(ssim(ref2, test2))
+        rows["psnr_mask"].append(psnr(ref2, test2, mask=m2))
+        rows["ssim_mask"].append(ssim(ref2, test2, mask=m2))
+    out: dict[str, np.ndarray | float] = {"slice": indices}
+    out.update({k: np.asarray(v, dtype=np.float64) for k, v in rows.items()})
+    out["psnr_3d"] = psnr(reference, test)
+    out["ssim_3d"] = ssim(reference, test)
+    out["psnr_3d_mask"] = psnr(reference, test, mask=mask)
+    out["ssim_3d_mask"] = ssim(reference, test, mask=mask)
+    return out
+
+
+def summarize(values: np.ndarray) -> tuple[float, float, int]:
+    """``(mean, std, n)`` over the non-NaN values (std with ddof=1; NaN when fewer than 2 values)."""
+    v = np.asarray(values, dtype=np.float64)
+    v = v[~np.isnan(v)]
+    if v.size == 0:
+        return float("nan"), float("nan"), 0
+    return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else float("nan"), int(v.size)
