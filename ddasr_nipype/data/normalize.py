@@ -156,10 +156,12 @@ def fit_normalization(
         rule = "with value > 0"
     if fg.size == 0:
         raise InvalidImageError(path, f"cannot normalize intensities: no foreground voxel {rule}")
-    fg = fg.astype(np.float64)
+    if not np.issubdtype(fg.dtype, np.floating):
+        fg = fg.astype(np.float64)
     if not np.all(np.isfinite(fg)):
         raise InvalidImageError(path, "cannot normalize intensities: non-finite foreground values")
-    low, high = np.percentile(fg, [p_low, p_high])
+    # fg is a fresh copy (boolean indexing), so the partition may work in place.
+    low, high = (float(v) for v in np.percentile(fg, [p_low, p_high], overwrite_input=True))
     if not high > low:
         raise InvalidImageError(
             path,
