@@ -65,7 +65,7 @@ class VGG19Features(nn.Module):
     ReLUs are not in-place, so a conv output returned as a feature is not overwritten.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, seed: int = 0) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         c_in = 3
@@ -73,13 +73,28 @@ class VGG19Features(nn.Module):
             if v == "M":
                 layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
             else:
-                layers += [nn.Conv2d(c_in, int(v), kernel_size=3, padding=1), nn.ReLU()]
+                # Built on the meta device and materialised below: torch's default init would
+                # draw from (and advance) the global RNG for nothing.
+                layers += [nn.Conv2d(c_in, int(v), kernel_size=3, padding=1, device="meta"), nn.ReLU()]
                 c_in = int(v)
-        self.features = nn.Sequential(*layers)
+        self.features = nn.Sequential(*layers).to_empty(device="cpu")
+        self.reset_parameters(seed)
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         self.requires_grad_(False)
         self.eval()
+
+    @torch.no_grad()
+    def reset_parameters(self, seed: int = 0) -> None:
+        """torchvision's VGG init (Kaiming normal, fan-out, ReLU gain; zero bias) drawn from ``seed``.
+
+        Uses a private generator: the global RNG is left untouched.
+        """
+        generator = torch.Generator().manual_seed(int(seed))
+        for module in self.features:
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu", generator=generator)
+                nn.init.zeros_(module.bias)
 
     def train(self, mode: bool = True) -> VGG19Features:
         """Always eval: a loss network is frozen, whatever the trainer's ``model.train()`` says."""
@@ -169,7 +184,6 @@ def load_vgg19(
     ``{"source": "file", "path": ..., "sha256": ...}`` or
     ``{"source": "random", "seed": seed, "init": "kaiming_normal (torchvision vgg init)"}``.
     """
-    model = VGG19Features()
     path = _find_weights(weights)
     if path is None:
         if not allow_random:
@@ -184,16 +198,11 @@ def load_vgg19(
                 "to a random, untrained backbone explicitly with allow_random=True "
                 "(perceptual, structure and domain losses are then far less meaningful)."
             )
-        generator = torch.Generator().manual_seed(int(seed))
-        with torch.no_grad():
-            for module in model.features:
-                if isinstance(module, nn.Conv2d):
-                    nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu",
-                                            generator=generator)
-                    nn.init.zeros_(module.bias)
-        return model, {"source": "random", "seed": int(seed), "init": "kaiming_normal (torchvision vgg init)"}
+        provenance = {"source": "random", "seed": int(seed), "init": "kaiming_normal (torchvision vgg init)"}
+        return VGG19Features(seed=seed), provenance
 
     state = _features_state_dict(path)
+    model = VGG19Features()
     try:
         model.features.load_state_dict(state, strict=True)
     except RuntimeError as exc:
