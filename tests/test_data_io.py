@@ -219,7 +219,10 @@ def test_bad_voxel_sizes(tmp_path, good_array, zooms, pattern):
     _assert_names_file(ei, path)
 
 
-@pytest.mark.parametrize("value,pattern", [(0.0, r"invalid voxel size \(0, 1, 1\)"), (np.nan, r"invalid voxel size \(nan, 1, 1\)")])
+@pytest.mark.parametrize(
+    "value,pattern",
+    [(0.0, r"invalid voxel size \(0, 1, 1\)"), (np.nan, r"invalid voxel size \(nan, 1, 1\)")],
+)
 def test_broken_sform(tmp_path, good_array, value, pattern):
     """A header whose sform gives the first voxel axis a length of 0 (or NaN) mm."""
     path = _save(tmp_path, good_array, name="img.nii")

@@ -1,4 +1,4 @@
-"""Planes, slice stacks, FOV-preserving upsampled grids and resampling (ddasr_nipype.data.slicing)."""
+"""Planes, slice stacks, FOV-preserving grids and resampling (ddasr_nipype.data.slicing)."""
 
 from __future__ import annotations
 

@@ -25,7 +25,12 @@ import numpy as np
 
 from ddasr_nipype.errors import InvalidImageError
 
-__all__ = ["IntensityNormalization", "fit_normalization", "DEFAULT_PERCENTILES", "DEFAULT_CLIP_MAX"]
+__all__ = [
+    "IntensityNormalization",
+    "fit_normalization",
+    "DEFAULT_PERCENTILES",
+    "DEFAULT_CLIP_MAX",
+]
 
 DEFAULT_PERCENTILES = (0.5, 99.5)
 DEFAULT_CLIP_MAX = 1.5

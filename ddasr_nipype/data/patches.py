@@ -58,7 +58,9 @@ class PatchLocations:
     col: np.ndarray
 
     def __post_init__(self):
-        arrays = [np.asarray(a, dtype=np.int64).reshape(-1) for a in (self.index, self.row, self.col)]
+        arrays = [
+            np.asarray(a, dtype=np.int64).reshape(-1) for a in (self.index, self.row, self.col)
+        ]
         if not len(arrays[0]) == len(arrays[1]) == len(arrays[2]):
             raise ValueError("index, row and col must have the same length")
         for name, a in zip(("index", "row", "col"), arrays):
@@ -82,7 +84,9 @@ def _patch_hw(patch_size: int | Sequence[int]) -> tuple[int, int]:
     else:
         hw = tuple(patch_size)  # type: ignore[arg-type]
     if len(hw) != 2 or any(int(v) != v or v < 1 for v in hw):
-        raise ValueError(f"patch_size must be a positive int or (height, width), got {patch_size!r}")
+        raise ValueError(
+            f"patch_size must be a positive int or (height, width), got {patch_size!r}"
+        )
     return int(hw[0]), int(hw[1])
 
 
@@ -107,7 +111,7 @@ def _check_common(n: int, rng, min_foreground: float, max_draws_per_patch: int) 
 
 
 def _gather(stack: np.ndarray, index, row, col, hw: tuple[int, int]) -> np.ndarray:
-    """Patches ``stack[index, row:row+h, col:col+w]`` as a ``[n, h, w]`` array (one fancy index)."""
+    """Patches ``stack[index, row:row+h, col:col+w]`` as an ``[n, h, w]`` array."""
     h, w = hw
     rows = np.asarray(row)[:, None, None] + np.arange(h)[None, :, None]
     cols = np.asarray(col)[:, None, None] + np.arange(w)[None, None, :]
@@ -149,8 +153,8 @@ def _draw(
     if n_kept < n:
         raise TrainingDataError(
             f"only {n_kept} of {n} patches of {hw[0]}x{hw[1]} pixels had at least "
-            f"{min_foreground:.0%} foreground (> {foreground_threshold:g}) in {drawn} random draws "
-            f"(best {best:.0%}); are the slices normalized and not mostly background?"
+            f"{min_foreground:.0%} foreground (> {foreground_threshold:g}) in {drawn} random "
+            f"draws (best {best:.0%}); are the slices normalized and not mostly background?"
         )
     chosen = np.concatenate(kept, axis=0)[:n]
     return PatchLocations(index=chosen[:, 0], row=chosen[:, 1], col=chosen[:, 2])
@@ -294,8 +298,8 @@ def draw_paired_locations(
         raise TrainingDataError("no slices to sample patches from")
     if max_row < 0 or max_col < 0:
         raise TrainingDataError(
-            f"LR slices of {lr.shape[1]}x{lr.shape[2]} pixels (HR {hr.shape[1]}x{hr.shape[2]}) are "
-            f"smaller than the LR patch size {hw[0]}x{hw[1]} (HR {s * hw[0]}x{s * hw[1]}); "
+            f"LR slices of {lr.shape[1]}x{lr.shape[2]} pixels (HR {hr.shape[1]}x{hr.shape[2]}) "
+            f"are smaller than the LR patch size {hw[0]}x{hw[1]} (HR {s * hw[0]}x{s * hw[1]}); "
             "lower the patch size or use larger images"
         )
     return _draw(
