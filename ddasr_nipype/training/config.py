@@ -1,0 +1,293 @@
+"""Training presets: frozen dataclasses loaded from the YAML files in ``training/presets``.
+
+A preset is data, not code: ``paper.yml`` holds the paper's sizes and iteration counts, ``fast.yml`` a
+model small enough to train on a laptop CPU in about half an hour, ``smoke.yml`` a run that finishes in
+seconds (tests, CI). Any YAML file with the same layout can be given instead of a preset name.
+
+Network hyperparameters are kept as plain dicts (``dsn.model``, ``srn.generator``, ``srn.discriminator``)
+and turned into :class:`~ddasr_nipype.models.DSNConfig` etc. by the trainers, so this module imports no
+torch and ``ddasr-train --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PRESETS_DIR = Path(__file__).parent / "presets"
+PLANES = ("sagittal", "coronal", "axial")
+
+__all__ = [
+    "PRESETS_DIR",
+    "DataConfig",
+    "DSNStageConfig",
+    "SynthesisConfig",
+    "SRNStageConfig",
+    "LoggingConfig",
+    "TrainingPreset",
+    "available_presets",
+    "load_preset",
+]
+
+
+class _Config:
+    """``to_dict`` / ``from_dict`` shared by the preset dataclasses (unknown keys are an error)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, _Config):
+                value = value.to_dict()
+            elif isinstance(value, tuple):
+                value = list(value)
+            elif isinstance(value, dict):
+                value = dict(value)
+            out[f.name] = value
+        return out
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]):
+        if not isinstance(d, dict):
+            raise ValueError(f"{cls.__name__}: expected a mapping, got {type(d).__name__}")
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(d) - set(known))
+        if unknown:
+            raise ValueError(f"{cls.__name__}: unknown keys {unknown} (known: {sorted(known)})")
+        kwargs = {}
+        for name, value in d.items():
+            sub = _NESTED.get((cls.__name__, name))
+            if sub is not None:
+                value = sub.from_dict(value)
+            elif isinstance(value, list):
+                value = tuple(value)
+            kwargs[name] = value
+        return cls(**kwargs)
+
+    def replace(self, **changes):
+        return dataclasses.replace(self, **changes)
+
+
+def _positive(owner: str, **values) -> None:
+    for name, value in values.items():
+        if value is None or value <= 0:
+            raise ValueError(f"{owner}: {name} must be > 0, got {value!r}")
+
+
+@dataclass(frozen=True)
+class DataConfig(_Config):
+    """How volumes become training slices and patches.
+
+    Attributes
+    ----------
+    plane
+        Slicing plane in RAS voxel order (``sagittal`` = ``vol[i, :, :]``), as used at inference.
+    scale
+        Integer SR factor. The HR volumes are resampled to ``hr_voxel_size`` (by default the LR voxel
+        size divided by ``scale``: 1 mm for 2 mm LR data at x2).
+    percentiles
+        Percentile normalisation of every volume (``fit_normalization``), mapped to ``[0, 1]``.
+    hr_voxel_size
+        Isotropic HR voxel size in mm; ``None`` derives it from the LR data.
+    foreground_threshold
+        Normalised intensity above which a pixel counts as head/brain.
+    min_brain_fraction
+        Slices whose foreground fraction is below this are skipped (edge slices, air).
+    min_patch_fraction
+        A random patch is redrawn (a few times) while its foreground fraction is below this.
+    """
+
+    plane: str = "sagittal"
+    scale: int = 2
+    percentiles: tuple[float, float] = (0.5, 99.5)
+    hr_voxel_size: float | None = None
+    foreground_threshold: float = 0.1
+    min_brain_fraction: float = 0.15
+    min_patch_fraction: float = 0.1
+
+    def __post_init__(self):
+        if self.plane not in PLANES:
+            raise ValueError(f"DataConfig: plane must be one of {PLANES}, got {self.plane!r}")
+        if int(self.scale) != self.scale or self.scale < 2:
+            raise ValueError(f"DataConfig: scale must be an integer >= 2, got {self.scale!r}")
+        lo, hi = self.percentiles
+        if not 0 <= lo < hi <= 100:
+            raise ValueError(f"DataConfig: percentiles must satisfy 0 <= lo < hi <= 100, got {self.percentiles}")
+        if self.hr_voxel_size is not None:
+            _positive("DataConfig", hr_voxel_size=self.hr_voxel_size)
+
+
+@dataclass(frozen=True)
+class DSNStageConfig(_Config):
+    """Stage 1: the transformer down-sampling network on unpaired HR/LR patches.
+
+    The learning rate warms up linearly from ``warmup_lr`` to ``lr`` over ``warmup_iterations``, then
+    decays as ``lr / (1 + decay * (i - warmup_iterations))`` (implementation notes).
+    ``model`` holds :class:`~ddasr_nipype.models.DSNConfig` fields (``scale`` comes from ``data``);
+    ``loss_weights`` the :class:`~ddasr_nipype.losses.DSNLossWeights` fields.
+    """
+
+    iterations: int = 300_000
+    batch_size: int = 3
+    patch_size: int = 256
+    lr: float = 2e-4
+    warmup_lr: float = 5e-5
+    warmup_iterations: int = 10_000
+    decay: float = 1e-5
+    betas: tuple[float, float] = (0.9, 0.999)
+    grad_clip: float | None = None
+    model: dict = field(default_factory=dict)
+    loss_weights: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        _positive("DSNStageConfig", iterations=self.iterations, batch_size=self.batch_size,
+                  patch_size=self.patch_size, lr=self.lr, warmup_lr=self.warmup_lr)
+        if self.warmup_iterations < 0 or self.decay < 0:
+            raise ValueError("DSNStageConfig: warmup_iterations and decay must be >= 0")
+
+
+@dataclass(frozen=True)
+class SynthesisConfig(_Config):
+    """Stage 2: how the trained DSN turns every HR slice into a synthetic LR slice."""
+
+    batch_size: int = 4
+
+
+@dataclass(frozen=True)
+class SRNStageConfig(_Config):
+    """Stage 3: generator + attention U-Net discriminator on (synthetic LR, HR) pairs.
+
+    Adam (``lr``, ``betas``) for both networks, ``CosineAnnealingWarmRestarts(T_0=restart_period,
+    T_mult=restart_mult, eta_min=eta_min)``, and an EMA copy of the generator (``ema_decay``) that
+    becomes the bundle's generator. ``patch_size`` is the HR crop edge (LR crop = ``patch_size //
+    scale``). During the first ``pixel_warmup_iterations`` the generator is trained with the L1 +
+    perceptual terms only (no adversarial term, discriminator frozen), as in Real-ESRGAN's PSNR
+    pre-training; the paper's recipe sets it to 0.
+    """
+
+    iterations: int = 250_000
+    batch_size: int = 16
+    patch_size: int = 128
+    lr: float = 1e-4
+    lr_d: float | None = None
+    betas: tuple[float, float] = (0.9, 0.99)
+    restart_period: int = 50_000
+    restart_mult: int = 1
+    eta_min: float = 1e-7
+    ema_decay: float = 0.999
+    pixel_warmup_iterations: int = 0
+    grad_clip: float | None = None
+    generator: dict = field(default_factory=dict)
+    discriminator: dict = field(default_factory=dict)
+    loss: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        _positive("SRNStageConfig", iterations=self.iterations, batch_size=self.batch_size,
+                  patch_size=self.patch_size, lr=self.lr, restart_period=self.restart_period)
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"SRNStageConfig: ema_decay must be in [0, 1), got {self.ema_decay}")
+        if self.pixel_warmup_iterations < 0:
+            raise ValueError("SRNStageConfig: pixel_warmup_iterations must be >= 0")
+
+
+@dataclass(frozen=True)
+class LoggingConfig(_Config):
+    """How often to print, write the CSV/TensorBoard logs, save image grids and checkpoints."""
+
+    log_every: int = 100
+    image_every: int = 5000
+    checkpoint_every: int = 5000
+
+    def __post_init__(self):
+        _positive("LoggingConfig", log_every=self.log_every, image_every=self.image_every,
+                  checkpoint_every=self.checkpoint_every)
+
+
+@dataclass(frozen=True)
+class TrainingPreset(_Config):
+    """A complete training recipe (see ``presets/*.yml``)."""
+
+    name: str = "custom"
+    description: str = ""
+    data: DataConfig = field(default_factory=DataConfig)
+    dsn: DSNStageConfig = field(default_factory=DSNStageConfig)
+    synthesis: SynthesisConfig = field(default_factory=SynthesisConfig)
+    srn: SRNStageConfig = field(default_factory=SRNStageConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+    def __post_init__(self):
+        s = self.data.scale
+        embed = int(self.dsn.model.get("patch_size", 8))
+        if self.dsn.patch_size % (s * embed):
+            raise ValueError(
+                f"preset {self.name!r}: dsn.patch_size {self.dsn.patch_size} must be a multiple of "
+                f"scale x DSN patch embedding = {s * embed}"
+            )
+        if self.srn.patch_size % s:
+            raise ValueError(
+                f"preset {self.name!r}: srn.patch_size {self.srn.patch_size} must be a multiple of the "
+                f"scale {s}"
+            )
+
+    def with_overrides(
+        self,
+        *,
+        iterations_dsn: int | None = None,
+        iterations_srn: int | None = None,
+        batch_size: int | None = None,
+        patch_size: int | None = None,
+    ) -> "TrainingPreset":
+        """Return a copy with the command-line overrides applied (``None`` keeps the preset value).
+
+        ``batch_size`` and ``patch_size`` (HR patch edge) apply to both the DSN and the SRN stages.
+        """
+        dsn, srn = self.dsn, self.srn
+        if iterations_dsn is not None:
+            dsn = dsn.replace(iterations=iterations_dsn,
+                              warmup_iterations=min(dsn.warmup_iterations, iterations_dsn))
+        if iterations_srn is not None:
+            srn = srn.replace(iterations=iterations_srn,
+                              pixel_warmup_iterations=min(srn.pixel_warmup_iterations, iterations_srn))
+        if batch_size is not None:
+            dsn, srn = dsn.replace(batch_size=batch_size), srn.replace(batch_size=batch_size)
+        if patch_size is not None:
+            dsn, srn = dsn.replace(patch_size=patch_size), srn.replace(patch_size=patch_size)
+        return dataclasses.replace(self, dsn=dsn, srn=srn)
+
+
+_NESTED = {
+    ("TrainingPreset", "data"): DataConfig,
+    ("TrainingPreset", "dsn"): DSNStageConfig,
+    ("TrainingPreset", "synthesis"): SynthesisConfig,
+    ("TrainingPreset", "srn"): SRNStageConfig,
+    ("TrainingPreset", "logging"): LoggingConfig,
+}
+
+
+def available_presets() -> list[str]:
+    """Names of the presets shipped with the package."""
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.yml"))
+
+
+def load_preset(name_or_path: str | Path) -> TrainingPreset:
+    """Load a shipped preset by name (``paper``, ``fast``, ``smoke``) or a YAML file by path."""
+    path = Path(name_or_path)
+    if not path.suffix and str(name_or_path) in available_presets():
+        path = PRESETS_DIR / f"{name_or_path}.yml"
+    if not path.is_file():
+        raise ValueError(
+            f"unknown preset {name_or_path!r}: not a shipped preset ({', '.join(available_presets())}) "
+            "nor a YAML file"
+        )
+    try:
+        content = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ValueError(f"{path}: invalid YAML: {err}") from err
+    if not isinstance(content, dict):
+        raise ValueError(f"{path}: a preset must be a YAML mapping")
+    content.setdefault("name", path.stem)
+    return TrainingPreset.from_dict(content)

@@ -1,0 +1,355 @@
+"""Training data: BIDS queries, volume preparation, slice sets and patch sampling.
+
+The DSN learns from *unpaired* data: HR patches and LR patches are drawn independently
+(:class:`SliceSet`). The SRN learns from the pairs the DSN synthesizes (:class:`PairSet`), cropped
+aligned (an LR patch at ``(i, j)`` goes with the HR patch at ``(s*i, s*j)``).
+
+Every random draw goes through an explicit :class:`numpy.random.Generator` owned by the trainer, so
+a checkpoint that stores the generator's state resumes the exact same sequence of patches.
+Slice sets are stored losslessly as uncompressed ``float32`` ``.npz`` archives.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from ddasr_nipype.errors import TrainingDataError
+from ddasr_nipype.training.config import DataConfig
+
+__all__ = [
+    "SliceStack",
+    "SliceSet",
+    "PairSet",
+    "find_t1w",
+    "load_filters",
+    "prepare_volume_slices",
+    "prepare_datasets",
+    "center_crop_to_multiple",
+]
+
+
+@dataclass
+class SliceStack:
+    """The kept slices of one volume: ``[N, H, W]`` float32, normalised to about ``[0, 1]``."""
+
+    name: str
+    slices: np.ndarray
+    voxel_size: float
+    normalization: dict = field(default_factory=dict)
+
+
+def _atomic_savez(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".npz", dir=path.parent)
+    os.close(fd)
+    try:
+        np.savez(tmp, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _stack_fraction(x: np.ndarray, threshold: float) -> np.ndarray:
+    return (x > threshold).mean(axis=(-2, -1))
+
+
+class SliceSet:
+    """Slices of several volumes, for unpaired patch sampling."""
+
+    def __init__(self, stacks: Sequence[SliceStack]):
+        self.stacks = [s for s in stacks if len(s.slices)]
+        if not self.stacks:
+            raise TrainingDataError("no usable slices (every slice was skipped as background)")
+        counts = np.array([len(s.slices) for s in self.stacks])
+        self._offsets = np.concatenate([[0], np.cumsum(counts)])
+
+    def __len__(self) -> int:
+        return int(self._offsets[-1])
+
+    @property
+    def min_shape(self) -> tuple[int, int]:
+        return (min(s.slices.shape[1] for s in self.stacks), min(s.slices.shape[2] for s in self.stacks))
+
+    def slice(self, index: int) -> np.ndarray:
+        k = int(np.searchsorted(self._offsets, index, side="right") - 1)
+        return self.stacks[k].slices[index - self._offsets[k]]
+
+    def iter_slices(self) -> Iterable[tuple[int, int, np.ndarray]]:
+        """Yield ``(stack index, slice index, slice)``."""
+        for k, stack in enumerate(self.stacks):
+            for n, sl in enumerate(stack.slices):
+                yield k, n, sl
+
+    def check_patch_size(self, size: int, what: str) -> None:
+        """Raise :class:`TrainingDataError` naming the volumes whose slices are smaller than ``size``."""
+        small = [f"{s.name} ({s.slices.shape[1]}x{s.slices.shape[2]})" for s in self.stacks
+                 if min(s.slices.shape[1:]) < size]
+        if small:
+            raise TrainingDataError(
+                f"{what} slices are too small for the patch size {size}x{size}: {', '.join(small)}; "
+                "lower --patch-size or use larger images"
+            )
+
+    def sample_patches(self, rng: np.random.Generator, batch_size: int, size: int, *,
+                       threshold: float = 0.1, min_fraction: float = 0.0, tries: int = 10) -> np.ndarray:
+        """Draw ``batch_size`` random ``size x size`` patches, shape ``[B, 1, size, size]``.
+
+        A patch is redrawn up to ``tries`` times while less than ``min_fraction`` of it is above
+        ``threshold`` (mostly air).
+        """
+        out = np.empty((batch_size, 1, size, size), dtype=np.float32)
+        for b in range(batch_size):
+            for _ in range(tries):
+                sl = self.slice(int(rng.integers(len(self))))
+                i = int(rng.integers(sl.shape[0] - size + 1))
+                j = int(rng.integers(sl.shape[1] - size + 1))
+                patch = sl[i:i + size, j:j + size]
+                if (patch > threshold).mean() >= min_fraction:
+                    break
+            out[b, 0] = patch
+        return out
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        arrays = {f"stack_{k:04d}": s.slices.astype(np.float32, copy=False) for k, s in enumerate(self.stacks)}
+        meta = [{"name": s.name, "voxel_size": s.voxel_size, "normalization": s.normalization}
+                for s in self.stacks]
+        arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+        _atomic_savez(path, arrays)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "SliceSet":
+        try:
+            with np.load(path) as archive:
+                meta = json.loads(bytes(archive["meta"]).decode())
+                stacks = [SliceStack(m["name"], archive[f"stack_{k:04d}"], m["voxel_size"], m["normalization"])
+                          for k, m in enumerate(meta)]
+        except (OSError, KeyError, ValueError) as err:
+            raise TrainingDataError(f"{path}: cannot read slice archive: {err}") from err
+        return cls(stacks)
+
+
+class PairSet:
+    """Aligned (LR, HR) slice pairs: ``lr[k]`` is ``[N, h, w]``, ``hr[k]`` is ``[N, s*h, s*w]``."""
+
+    def __init__(self, lr: Sequence[np.ndarray], hr: Sequence[np.ndarray], scale: int,
+                 names: Sequence[str] | None = None, source: str = "dsn"):
+        if len(lr) != len(hr) or not lr:
+            raise TrainingDataError("a pair set needs as many LR as HR stacks, and at least one")
+        for a, b in zip(lr, hr):
+            if a.shape[0] != b.shape[0] or a.shape[1] * scale != b.shape[1] or a.shape[2] * scale != b.shape[2]:
+                raise TrainingDataError(f"LR stack {a.shape} does not match HR stack {b.shape} at x{scale}")
+        self.lr, self.hr, self.scale = list(lr), list(hr), int(scale)
+        self.names = list(names) if names is not None else [f"stack_{k}" for k in range(len(lr))]
+        self.source = source
+        self._offsets = np.concatenate([[0], np.cumsum([len(a) for a in lr])])
+
+    def __len__(self) -> int:
+        return int(self._offsets[-1])
+
+    def pair(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        k = int(np.searchsorted(self._offsets, index, side="right") - 1)
+        n = index - self._offsets[k]
+        return self.lr[k][n], self.hr[k][n]
+
+    def check_patch_size(self, hr_size: int) -> None:
+        small = [f"{n} ({h.shape[1]}x{h.shape[2]})" for n, h in zip(self.names, self.hr) if min(h.shape[1:]) < hr_size]
+        if small:
+            raise TrainingDataError(
+                f"HR slices are too small for the SRN patch size {hr_size}x{hr_size}: {', '.join(small)}"
+            )
+
+    def sample_pairs(self, rng: np.random.Generator, batch_size: int, hr_size: int, *,
+                     threshold: float = 0.1, min_fraction: float = 0.0, tries: int = 10
+                     ) -> tuple[np.ndarray, np.ndarray]:
+        """Aligned random crops: LR ``[B, 1, p, p]`` at ``(i, j)``, HR ``[B, 1, s*p, s*p]`` at ``(s*i, s*j)``."""
+        s = self.scale
+        p = hr_size // s
+        lr_out = np.empty((batch_size, 1, p, p), dtype=np.float32)
+        hr_out = np.empty((batch_size, 1, p * s, p * s), dtype=np.float32)
+        for b in range(batch_size):
+            for _ in range(tries):
+                lr, hr = self.pair(int(rng.integers(len(self))))
+                i = int(rng.integers(lr.shape[0] - p + 1))
+                j = int(rng.integers(lr.shape[1] - p + 1))
+                hr_patch = hr[s * i:s * (i + p), s * j:s * (j + p)]
+                if (hr_patch > threshold).mean() >= min_fraction:
+                    break
+            lr_out[b, 0] = lr[i:i + p, j:j + p]
+            hr_out[b, 0] = hr_patch
+        return lr_out, hr_out
+
+    def save(self, path: str | Path) -> Path:
+        arrays = {}
+        for k, (a, b) in enumerate(zip(self.lr, self.hr)):
+            arrays[f"lr_{k:04d}"] = a.astype(np.float32, copy=False)
+            arrays[f"hr_{k:04d}"] = b.astype(np.float32, copy=False)
+        meta = {"scale": self.scale, "names": self.names, "source": self.source}
+        arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+        _atomic_savez(Path(path), arrays)
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "PairSet":
+        try:
+            with np.load(path) as archive:
+                meta = json.loads(bytes(archive["meta"]).decode())
+                n = len(meta["names"])
+                lr = [archive[f"lr_{k:04d}"] for k in range(n)]
+                hr = [archive[f"hr_{k:04d}"] for k in range(n)]
+        except (OSError, KeyError, ValueError) as err:
+            raise TrainingDataError(f"{path}: cannot read pair archive: {err}") from err
+        return cls(lr, hr, meta["scale"], meta["names"], meta.get("source", "dsn"))
+
+
+def center_crop_to_multiple(x: np.ndarray, multiple: int) -> np.ndarray:
+    """Centre-crop the last two axes of ``x`` to multiples of ``multiple``."""
+    h, w = x.shape[-2:]
+    nh, nw = h - h % multiple, w - w % multiple
+    if nh == 0 or nw == 0:
+        raise TrainingDataError(f"slice {h}x{w} is smaller than {multiple} pixels")
+    i, j = (h - nh) // 2, (w - nw) // 2
+    return x[..., i:i + nh, j:j + nw]
+
+
+def load_filters(path: str | Path | None) -> dict:
+    """Read a pybids filter file (JSON): ``{"t1w": {...}}`` or a flat entity mapping."""
+    if path is None:
+        return {}
+    try:
+        content = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise TrainingDataError(f"{path}: cannot read the BIDS filter file: {err}") from err
+    if not isinstance(content, dict):
+        raise TrainingDataError(f"{path}: a BIDS filter file must hold a JSON object")
+    return dict(content.get("t1w", content))
+
+
+def find_t1w(bids_dir: str | Path, *, filters: dict | None = None,
+             participant_label: Sequence[str] | None = None, what: str = "") -> list[Path]:
+    """T1w NIfTI files of a BIDS dataset (pybids query), sorted; :class:`TrainingDataError` if none."""
+    from bids import BIDSLayout
+
+    bids_dir = Path(bids_dir)
+    label = f"{what} dataset " if what else "dataset "
+    if not bids_dir.is_dir():
+        raise TrainingDataError(f"{label}{bids_dir} is not a directory")
+    try:
+        layout = BIDSLayout(str(bids_dir), validate=False, derivatives=False)
+    except Exception as err:  # pybids raises many error types for a broken dataset
+        raise TrainingDataError(f"{label}{bids_dir} is not a readable BIDS dataset: {err}") from err
+    query = {"suffix": "T1w", "datatype": "anat", "extension": [".nii", ".nii.gz"]}
+    query.update(filters or {})
+    if participant_label:
+        query["subject"] = [p[4:] if p.startswith("sub-") else p for p in participant_label]
+    files = sorted(Path(f) for f in layout.get(return_type="file", **query))
+    if not files:
+        raise TrainingDataError(
+            f"no T1w image found in the {label}{bids_dir} (query: {json.dumps(query, default=str)})"
+        )
+    return files
+
+
+def _inplane_voxel(img, plane: str) -> float:
+    from nibabel.affines import voxel_sizes
+
+    from ddasr_nipype.data.slicing import inplane_axes
+
+    zooms = voxel_sizes(img.affine)
+    return float(np.mean([zooms[a] for a in inplane_axes(plane)]))
+
+
+def prepare_volume_slices(path: str | Path, cfg: DataConfig, *, voxel_size: float | None = None) -> SliceStack:
+    """Load, reorient to RAS, optionally resample to isotropic ``voxel_size``, normalise and slice.
+
+    Slices whose foreground fraction is below ``cfg.min_brain_fraction`` are dropped.
+    """
+    from ddasr_nipype.data.io import load_volume, to_ras
+    from ddasr_nipype.data.normalize import fit_normalization
+    from ddasr_nipype.data.slicing import extract_slices, isotropic_resample
+
+    img, _ = to_ras(load_volume(path))
+    native = _inplane_voxel(img, cfg.plane)
+    if voxel_size is not None:
+        from nibabel.affines import voxel_sizes
+
+        if np.any(np.abs(voxel_sizes(img.affine) - voxel_size) > 0.01 * voxel_size):
+            img = isotropic_resample(img, voxel_size)
+    data = np.asarray(img.dataobj, dtype=np.float32)
+    norm = fit_normalization(data, percentiles=tuple(cfg.percentiles), path=path)
+    data = np.asarray(norm.apply(data), dtype=np.float32)
+    slices = np.ascontiguousarray(extract_slices(data, cfg.plane))
+    keep = _stack_fraction(slices, cfg.foreground_threshold) >= cfg.min_brain_fraction
+    return SliceStack(
+        name=Path(path).name.split(".")[0],
+        slices=slices[keep],
+        voxel_size=float(voxel_size if voxel_size is not None else native),
+        normalization=norm.to_dict() if hasattr(norm, "to_dict") else {},
+    )
+
+
+def prepare_datasets(hr_files: Sequence[Path], lr_files: Sequence[Path], cfg: DataConfig
+                     ) -> tuple[SliceSet, SliceSet, dict]:
+    """Prepare HR and LR slice sets; returns ``(hr, lr, summary)``.
+
+    The HR volumes are resampled to ``cfg.hr_voxel_size`` or, by default, the LR in-plane voxel size
+    divided by ``cfg.scale``. Raises :class:`TrainingDataError` when the LR volumes disagree on their
+    voxel size (more than 20 %) or when the HR data are not finer than the LR data.
+    """
+    import nibabel as nib
+
+    from ddasr_nipype.data.io import to_ras
+
+    if not hr_files or not lr_files:
+        raise TrainingDataError("training needs at least one HR and one LR T1w image")
+
+    def header_voxels(files):
+        out = []
+        for f in files:
+            try:
+                out.append(_inplane_voxel(to_ras(nib.load(str(f)))[0], cfg.plane))
+            except Exception as err:
+                raise TrainingDataError(f"{f}: cannot read the image header: {err}") from err
+        return np.array(out)
+
+    lr_vox = header_voxels(lr_files)
+    if lr_vox.max() > 1.2 * lr_vox.min():
+        detail = ", ".join(f"{Path(f).name}: {v:.3g} mm" for f, v in zip(lr_files, lr_vox))
+        raise TrainingDataError(
+            f"LR volumes have mismatched {cfg.plane} in-plane voxel sizes ({detail}); train one model "
+            "per LR resolution (select a subset with --lr-filter-file or --lr-participant-label)"
+        )
+    lr_voxel = float(np.median(lr_vox))
+    hr_voxel = cfg.hr_voxel_size or lr_voxel / cfg.scale
+    hr_vox = header_voxels(hr_files)
+    coarse = [f"{Path(f).name}: {v:.3g} mm" for f, v in zip(hr_files, hr_vox) if v >= 0.95 * lr_voxel]
+    if coarse:
+        raise TrainingDataError(
+            f"HR volumes are not finer than the LR data ({lr_voxel:.3g} mm in-plane): {', '.join(coarse)}; "
+            f"a x{cfg.scale} model needs HR data near {lr_voxel / cfg.scale:.3g} mm"
+        )
+    if abs(hr_voxel * cfg.scale - lr_voxel) > 0.2 * lr_voxel:
+        raise TrainingDataError(
+            f"hr_voxel_size {hr_voxel:.3g} mm x scale {cfg.scale} does not match the LR voxel size "
+            f"{lr_voxel:.3g} mm"
+        )
+    hr = SliceSet([prepare_volume_slices(f, cfg, voxel_size=hr_voxel) for f in hr_files])
+    lr = SliceSet([prepare_volume_slices(f, cfg) for f in lr_files])
+    summary = {
+        "hr_files": [str(f) for f in hr_files],
+        "lr_files": [str(f) for f in lr_files],
+        "hr_voxel_size": float(hr_voxel),
+        "lr_voxel_size": lr_voxel,
+        "hr_slices": len(hr),
+        "lr_slices": len(lr),
+    }
+    return hr, lr, summary

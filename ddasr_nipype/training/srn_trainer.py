@@ -1,0 +1,172 @@
+"""Stage 3: train the SR generator against the attention U-Net discriminator on (LR, HR) pairs.
+
+Each iteration crops ``batch_size`` aligned pairs (LR ``p x p`` at ``(i, j)``, HR ``sp x sp`` at
+``(s i, s j)``), then
+
+1. generator step (discriminator frozen): ``L_G = eta_1 L_mper + eta_2 L_1 + eta_3 L'_G`` (Eq. 13, with
+   the relativistic adversarial term of Eq. 12); during ``pixel_warmup_iterations`` without ``L'_G``;
+2. discriminator step: relativistic ``L_D`` (Eq. 11) on ``D(HR)`` and ``D(SR.detach())`` (skipped
+   during the warm-up);
+3. EMA update of the generator copy used for inference (``ema_decay``; buffers copied).
+
+Both networks use Adam (``lr``, betas ``(0.9, 0.99)``) and ``CosineAnnealingWarmRestarts(T_0 =
+restart_period, T_mult = restart_mult, eta_min = 1e-7)``, stepped once per iteration.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ddasr_nipype.training.config import SRNStageConfig, TrainingPreset
+from ddasr_nipype.training.datasets import PairSet
+from ddasr_nipype.training.engine import StageTrainer
+
+__all__ = ["SRNTrainer", "build_generator_config", "build_discriminator_config"]
+
+
+def build_generator_config(preset: TrainingPreset):
+    from ddasr_nipype.models import GeneratorConfig
+
+    return GeneratorConfig.from_dict({**preset.srn.generator, "scale": preset.data.scale})
+
+
+def build_discriminator_config(preset: TrainingPreset):
+    from ddasr_nipype.models import DiscriminatorConfig
+
+    return DiscriminatorConfig.from_dict(dict(preset.srn.discriminator))
+
+
+class SRNTrainer(StageTrainer):
+    """Trains :class:`~ddasr_nipype.models.SRGenerator` (``trainer.generator``, EMA in ``trainer.ema``)."""
+
+    stage = "srn"
+
+    def __init__(self, preset: TrainingPreset, work_dir: str | Path, pairs: PairSet, **kwargs):
+        import torch
+
+        from ddasr_nipype.losses import SRNLoss, SRNLossConfig
+        from ddasr_nipype.models import AttentionUNetDiscriminator, SRGenerator
+
+        super().__init__(preset, work_dir, **kwargs)
+        cfg = preset.srn
+        if pairs.scale != preset.data.scale:
+            raise ValueError(f"pairs are x{pairs.scale}, the preset trains x{preset.data.scale}")
+        pairs.check_patch_size(cfg.patch_size)
+        self.pairs = pairs
+        self.generator_config = build_generator_config(preset)
+        self.discriminator_config = build_discriminator_config(preset)
+        self.generator = self.prepare_module(SRGenerator(self.generator_config))
+        self.discriminator = self.prepare_module(AttentionUNetDiscriminator(self.discriminator_config))
+        self.ema = copy.deepcopy(self.generator).eval().requires_grad_(False)
+        self._g = self.maybe_compile(self.generator)
+        self._d = self.maybe_compile(self.discriminator)
+        self.loss = SRNLoss(self.vgg, SRNLossConfig.from_dict(dict(cfg.loss))).to(self.device)
+        betas = tuple(cfg.betas)
+        self.opt_g = torch.optim.Adam(self.generator.parameters(), lr=cfg.lr, betas=betas)
+        self.opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=cfg.lr_d or cfg.lr, betas=betas)
+        sched = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts
+        kw = {"T_0": cfg.restart_period, "T_mult": cfg.restart_mult, "eta_min": cfg.eta_min}
+        self.sched_g, self.sched_d = sched(self.opt_g, **kw), sched(self.opt_d, **kw)
+
+    @property
+    def stage_config(self) -> SRNStageConfig:
+        return self.preset.srn
+
+    def current_lr(self) -> float:
+        return float(self.opt_g.param_groups[0]["lr"])
+
+    def train_step(self) -> dict[str, Any]:
+        import torch
+
+        cfg, data = self.preset.srn, self.preset.data
+        lr_np, hr_np = self.pairs.sample_pairs(self.rng, cfg.batch_size, cfg.patch_size,
+                                               threshold=data.foreground_threshold,
+                                               min_fraction=data.min_patch_fraction)
+        lr, hr = self.to_tensor(lr_np), self.to_tensor(hr_np)
+        adversarial = self.iteration >= cfg.pixel_warmup_iterations
+        self.generator.train()
+        self.discriminator.train()
+
+        # generator step (D frozen)
+        self.discriminator.requires_grad_(False)
+        with self.autocast():
+            sr = self._g(lr)
+            if adversarial:
+                real_logits = self._d(hr).detach()
+                fake_logits = self._d(sr)
+        if adversarial:
+            g_terms = self.loss(sr.float(), hr, real_logits.float(), fake_logits.float())
+        else:
+            g_terms = self.loss(sr.float(), hr)
+        self.opt_g.zero_grad(set_to_none=True)
+        self.backward_step(g_terms["total"], self.opt_g, self.generator.parameters())
+
+        # discriminator step
+        self.discriminator.requires_grad_(True)
+        d_loss = torch.zeros((), device=self.device)
+        if adversarial:
+            with self.autocast():
+                real_logits = self._d(hr)
+                fake_logits = self._d(sr.detach())
+            d_loss = self.loss.discriminator(real_logits.float(), fake_logits.float())["total"]
+            self.opt_d.zero_grad(set_to_none=True)
+            self.backward_step(d_loss, self.opt_d, self.discriminator.parameters())
+
+        self.sched_g.step()
+        self.sched_d.step()
+        self._update_ema()
+        self._last_batch = {"lr": lr_np, "hr": hr_np}
+        out = {f"g_{k}": v.detach() for k, v in g_terms.items()}
+        out["d_total"] = d_loss.detach()
+        return out
+
+    def _update_ema(self) -> None:
+        import torch
+
+        with torch.no_grad():
+            self._ema_step()
+
+    def _ema_step(self) -> None:
+        decay = self.preset.srn.ema_decay
+        for p_ema, p in zip(self.ema.parameters(), self.generator.parameters()):
+            p_ema.mul_(decay).add_(p.detach(), alpha=1.0 - decay)
+        for b_ema, b in zip(self.ema.buffers(), self.generator.buffers()):
+            b_ema.copy_(b)
+
+    def image_columns(self) -> dict[str, np.ndarray]:
+        import torch
+
+        if not self._last_batch:
+            return {}
+        b = self._last_batch
+        with torch.no_grad():
+            sr = self.ema(self.to_tensor(b["lr"][:4])).float().cpu().numpy()
+        return {"LR (synthetic)": b["lr"], "SR (EMA)": np.clip(sr, 0, 1), "HR": b["hr"]}
+
+    def model_state(self) -> dict[str, Any]:
+        return {
+            "generator": self.generator.state_dict(),
+            "generator_config": self.generator_config.to_dict(),
+            "ema": self.ema.state_dict(),
+            "discriminator": self.discriminator.state_dict(),
+            "discriminator_config": self.discriminator_config.to_dict(),
+            "opt_g": self.opt_g.state_dict(),
+            "opt_d": self.opt_d.state_dict(),
+            "sched_g": self.sched_g.state_dict(),
+            "sched_d": self.sched_d.state_dict(),
+        }
+
+    def load_model_state(self, state: dict[str, Any]) -> None:
+        if state["generator_config"] != self.generator_config.to_dict():
+            raise ValueError("the checkpoint's generator config differs from this preset's")
+        self.generator.load_state_dict(state["generator"])
+        self.ema.load_state_dict(state["ema"])
+        self.discriminator.load_state_dict(state["discriminator"])
+        self.opt_g.load_state_dict(state["opt_g"])
+        self.opt_d.load_state_dict(state["opt_d"])
+        self.sched_g.load_state_dict(state["sched_g"])
+        self.sched_d.load_state_dict(state["sched_d"])

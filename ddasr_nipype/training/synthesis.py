@@ -1,0 +1,98 @@
+"""Stage 2: turn every HR slice into an LR slice, giving the (LR, HR) pairs the SRN trains on.
+
+With a trained DSN (:func:`synthesize_pairs`), each whole HR slice (centre-cropped to a multiple of
+``scale x`` the DSN patch embedding, so the synthetic LR is exactly ``1/scale`` of it) is degraded with
+a randomly chosen real LR slice as the domain reference. With a classical degradation instead
+(:func:`degrade_pairs`, ``bicubic``, ``kspace``, ``realsr`` or ``realesrgan`` from
+:mod:`ddasr_nipype.degradations`) no DSN is needed. Pairs are stored losslessly
+(:meth:`~ddasr_nipype.training.datasets.PairSet.save`: uncompressed float32 ``.npz``), never as JPEG.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ddasr_nipype.training.datasets import PairSet, SliceSet, center_crop_to_multiple
+
+__all__ = ["synthesize_pairs", "degrade_pairs", "CLASSICAL_DEGRADATIONS"]
+
+CLASSICAL_DEGRADATIONS = ("bicubic", "kspace", "realsr", "realesrgan")
+
+
+def synthesize_pairs(dsn, hr: SliceSet, lr: SliceSet, *, scale: int, rng: np.random.Generator,
+                     batch_size: int = 4, device="cpu", amp_dtype=None) -> PairSet:
+    """Degrade every HR slice with the trained ``dsn`` (eval mode, no gradients).
+
+    Each batch of HR slices gets real LR reference slices drawn from one random LR volume (cropped
+    to the embedding multiple); the DSN output is stored as float32, unclipped.
+    """
+    import contextlib
+
+    import torch
+
+    embed = int(dsn.config.patch_size)
+    multiple = scale * embed
+    dsn = dsn.to(device).eval()
+    lr_out, hr_out, names = [], [], []
+    autocast = (torch.autocast(torch.device(device).type, dtype=amp_dtype) if amp_dtype is not None
+                else contextlib.nullcontext())
+    with torch.no_grad(), autocast:
+        for stack in hr.stacks:
+            hr_slices = np.ascontiguousarray(center_crop_to_multiple(stack.slices, multiple))
+            synthetic = []
+            for start in range(0, len(hr_slices), batch_size):
+                hr_batch = hr_slices[start:start + batch_size]
+                ref = lr.stacks[int(rng.integers(len(lr.stacks)))]
+                idx = rng.integers(len(ref.slices), size=len(hr_batch))
+                lr_batch = np.ascontiguousarray(center_crop_to_multiple(ref.slices[idx], embed))
+                out = dsn(torch.from_numpy(hr_batch[:, None]).to(device),
+                          torch.from_numpy(lr_batch[:, None]).to(device))
+                synthetic.append(out.float().cpu().numpy()[:, 0])
+            lr_out.append(np.concatenate(synthetic).astype(np.float32))
+            hr_out.append(hr_slices.astype(np.float32))
+            names.append(stack.name)
+    return PairSet(lr_out, hr_out, scale, names, source="dsn")
+
+
+def _classical_function(name: str):
+    """The slice-degradation function of :mod:`ddasr_nipype.degradations` called ``name``."""
+    if name not in CLASSICAL_DEGRADATIONS:
+        raise ValueError(f"unknown degradation {name!r}; choose one of {', '.join(CLASSICAL_DEGRADATIONS)}")
+    try:
+        import ddasr_nipype.degradations as degradations
+    except ImportError as err:
+        raise NotImplementedError(
+            "classical degradations need the ddasr_nipype.degradations module, which this installation "
+            f"does not provide ({err}); train with the DSN instead (omit --degradation)"
+        ) from err
+    for getter in ("get_degradation", "build_degradation"):
+        if hasattr(degradations, getter):
+            return getattr(degradations, getter)(name)
+    registry = getattr(degradations, "DEGRADATIONS", None)
+    if isinstance(registry, dict) and name in registry:
+        return registry[name]
+    if callable(getattr(degradations, name, None)):
+        return getattr(degradations, name)
+    raise NotImplementedError(f"ddasr_nipype.degradations has no {name!r} degradation")
+
+
+def degrade_pairs(hr: SliceSet, method: str, *, scale: int, rng: np.random.Generator,
+                  multiple: int | None = None) -> PairSet:
+    """Pairs from a classical degradation: ``lr = degrade(hr_slice, scale, rng)`` for every HR slice."""
+    degrade = _classical_function(method)
+    multiple = multiple or scale
+    lr_out, hr_out, names = [], [], []
+    for stack in hr.stacks:
+        hr_slices = np.ascontiguousarray(center_crop_to_multiple(stack.slices, multiple)).astype(np.float32)
+        lr_slices = np.stack([np.asarray(_call(degrade, sl, scale, rng), dtype=np.float32) for sl in hr_slices])
+        lr_out.append(lr_slices)
+        hr_out.append(hr_slices)
+        names.append(stack.name)
+    return PairSet(lr_out, hr_out, scale, names, source=method)
+
+
+def _call(fn, image, scale, rng):
+    try:
+        return fn(image, scale=scale, rng=rng)
+    except TypeError:
+        return fn(image, scale)
