@@ -1,0 +1,169 @@
+"""Baseline degradations: LR grid and scale, determinism, replay, validation messages."""
+
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from ddasr_nipype.degradations import (
+    DEGRADATIONS,
+    BicubicDegradation,
+    RealESRGANDegradation,
+    RealESRGANParams,
+    RealSRDegradation,
+    RicianNoise,
+    anisotropic_gaussian_kernel,
+    bicubic_downsample,
+    bicubic_upsample,
+    bicubic_upsample_volume,
+    get_degradation,
+    kspace_truncation,
+    lr_shape,
+    real_esrgan_degradation,
+    realsr_degradation,
+    rician_noise,
+)
+
+
+@pytest.fixture(scope="module")
+def hr_slice(hr_files):
+    """A real 1 mm sagittal slice (96 x 96) on [0, 1]."""
+    data = nib.as_closest_canonical(nib.load(hr_files["trio"])).get_fdata()
+    mid = data[data.shape[0] // 2]
+    return np.clip(mid / np.percentile(data[data > 0], 99.5), 0, 1)
+
+
+def _smooth_blob(n=64):
+    t = np.arange(n)
+    f = 0.2 + 0.6 * np.exp(-(((t - 30.3) / 7) ** 2))
+    return np.outer(f, f), f
+
+
+@pytest.mark.parametrize("name", sorted(DEGRADATIONS))
+@pytest.mark.parametrize("scale", [2, 3])
+def test_output_on_lr_grid(name, scale, hr_slice):
+    odd = hr_slice[:95, :94]
+    out, _ = get_degradation(name, scale)(odd, 0)
+    assert out.shape == lr_shape(odd.shape, scale) == (-(-95 // scale), -(-94 // scale))
+    assert out.dtype == np.float64 and np.all(np.isfinite(out))
+    assert out.min() >= 0  # a magnitude image; k-space truncation keeps its Gibbs overshoot
+    assert out.max() <= (1.1 if name == "kspace" else 1.0)
+    assert abs(out.mean() - odd.mean()) < 0.08  # intensities are kept
+
+
+@pytest.mark.parametrize("name", sorted(DEGRADATIONS))
+def test_volumes_are_degraded_along_the_chosen_axes(name):
+    vol = np.random.default_rng(0).uniform(size=(5, 24, 20))
+    out, _ = get_degradation(name, 2, axes=(1, 2))(vol, 3)
+    assert out.shape == (5, 12, 10)
+    out, _ = get_degradation(name, 2, axes=(0, 2))(vol, 3)
+    assert out.shape == (3, 24, 10)
+
+
+def test_downsampling_lands_on_the_field_of_view_preserving_grid():
+    x, f = _smooth_blob()
+    lr_positions = (np.arange(32) + 0.5) * 2 - 0.5
+    truth = np.outer(0.2 + 0.6 * np.exp(-(((lr_positions - 30.3) / 7) ** 2)),
+                     0.2 + 0.6 * np.exp(-(((lr_positions - 30.3) / 7) ** 2)))
+    assert np.abs(kspace_truncation(x, 2) - truth).max() < 1e-6
+    assert np.abs(bicubic_downsample(x, 2) - truth).max() < 2e-3
+    # and bicubic up-sampling goes back onto the HR grid
+    assert np.abs(bicubic_upsample(truth, 2) - x).max() < 5e-3
+
+
+def test_bicubic_upsample_volume_grid_and_crop():
+    vol = np.random.default_rng(2).uniform(size=(6, 7, 8))
+    up = bicubic_upsample_volume(vol, (1, 2, 2))
+    assert up.shape == (6, 14, 16)
+    np.testing.assert_allclose(up.mean(axis=(1, 2)), vol.mean(axis=(1, 2)), atol=0.05)
+    assert bicubic_upsample(vol, 2, axes=(1, 2), out_shape=(13, 15)).shape == (6, 13, 15)
+    with pytest.raises(ValueError, match="at most scale"):
+        bicubic_upsample(vol, 2, axes=(1, 2), out_shape=(15, 15))
+
+
+def test_kspace_truncation_rings_and_blurs_an_edge():
+    x = np.zeros((64, 64))
+    x[:, 32:] = 1.0
+    lr = kspace_truncation(x, 2)[0]
+    # the edge (HR 31.5) sits halfway between LR samples 15 (HR 30.5) and 16 (HR 32.5)
+    assert lr[15] + lr[16] == pytest.approx(1.0, abs=1e-9)
+    assert 0.02 < lr[15] < 0.1
+    assert lr[17] > 1.005 and lr[14] > 0.005  # Gibbs ringing on both sides
+
+
+@pytest.mark.parametrize("degradation", [
+    RealSRDegradation(2), RealESRGANDegradation(2), RealESRGANDegradation(2, jpeg_range=(30, 95)),
+    RicianNoise((0.01, 0.05)), BicubicDegradation(2)])
+def test_seeded_draws_are_deterministic_and_replayable(degradation, hr_slice):
+    a, pa = degradation(hr_slice, 123)
+    b, pb = degradation(hr_slice, 123)
+    assert pa == pb
+    np.testing.assert_array_equal(a, b)
+    # replay from the JSON-serialized parameters
+    params = json.loads(json.dumps(pa.to_dict()))
+    if isinstance(degradation, RealESRGANDegradation):
+        replayed = real_esrgan_degradation(hr_slice, RealESRGANParams.from_dict(params))
+    else:
+        replayed = degradation.apply(hr_slice, type(pa)(**{k: tuple(v) if isinstance(v, list) else v
+                                                         for k, v in params.items()}))
+    np.testing.assert_array_equal(replayed, a)
+
+
+def test_different_seeds_give_different_degradations(hr_slice):
+    a, pa = RealESRGANDegradation(2)(hr_slice, 1)
+    b, pb = RealESRGANDegradation(2)(hr_slice, 2)
+    assert pa != pb and not np.array_equal(a, b)
+
+
+def test_jpeg_only_when_asked():
+    rng = np.random.default_rng(0)
+    assert all(r.jpeg_quality is None for r in RealESRGANDegradation(2).draw(rng).rounds)
+    assert all(30 <= r.jpeg_quality <= 95 for r in RealESRGANDegradation(2, jpeg_range=(30, 95)).draw(rng).rounds)
+
+
+def test_realsr_blur_and_noise(hr_slice):
+    kernel = anisotropic_gaussian_kernel(2.0, 0.5, 0.3)
+    assert kernel.shape == (21, 21) and kernel.sum() == pytest.approx(1.0)
+    clean = realsr_degradation(hr_slice, kernel=kernel, scale=2)
+    noisy = realsr_degradation(hr_slice, kernel=kernel, scale=2, noise_sigma=0.05, seed=4)
+    sharp = bicubic_downsample(hr_slice, 2)
+    grad = lambda im: np.abs(np.diff(im, axis=0)).mean() + np.abs(np.diff(im, axis=1)).mean()  # noqa: E731
+    assert grad(clean) < grad(sharp)  # blurrier than plain bicubic
+    assert 0.02 < np.std(noisy - clean) < 0.06
+
+
+def test_rician_noise_statistics():
+    x = np.zeros((200, 200))
+    noisy = rician_noise(x, 0.1, seed=0)
+    # magnitude of complex Gaussian noise on a zero signal: Rayleigh with mean sigma * sqrt(pi / 2)
+    assert noisy.mean() == pytest.approx(0.1 * np.sqrt(np.pi / 2), rel=0.02)
+    np.testing.assert_array_equal(noisy, rician_noise(x, 0.1, seed=0))
+    np.testing.assert_array_equal(rician_noise(x, 0.0), x)
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda x: bicubic_downsample(x, 0), "scale must be an integer >= 1, got 0"),
+    (lambda x: bicubic_downsample(x, 1.5), "scale must be an integer >= 1, got 1.5"),
+    (lambda x: bicubic_downsample(x, True), "scale must be an integer >= 1, got True"),
+    (lambda x: bicubic_downsample(x[0], 2), "image must be a 2D slice or a 3D volume, got 1 dimensions"),
+    (lambda x: bicubic_downsample(np.full_like(x, np.nan), 2), "image holds NaN or infinite values"),
+    (lambda x: bicubic_downsample(x, 2, axes=(0, 0)), r"axes \(0, 0\) are not distinct valid axes"),
+    (lambda x: bicubic_downsample(x, 2, axes=(5,)), r"axes \(5,\) are not distinct valid axes of a 2D image"),
+    (lambda x: realsr_degradation(x, kernel=np.ones((3, 3)) / 9, axes=(0,)), "needs exactly 2 axes"),
+    (lambda x: realsr_degradation(x, kernel=np.ones((3, 3)) / 9, noise_sigma=-1), "noise_sigma must be a finite number >= 0"),
+    (lambda x: rician_noise(x, float("inf")), "sigma must be a finite number >= 0"),
+    (lambda x: anisotropic_gaussian_kernel(1, 1, size=4), "kernel size must be a positive odd integer, got 4"),
+    (lambda x: anisotropic_gaussian_kernel(0, 1), "sigma_x must be > 0"),
+    (lambda x: RealSRDegradation(2, sigma_range=(3, 1)), r"sigma_range must satisfy .* got \(3.0, 1.0\)"),
+    (lambda x: RealSRDegradation(2, noise_range=(0, 2)), r"noise_range must satisfy 0.0 <= min <= max <= 1.0"),
+    (lambda x: RicianNoise("a"), "sigma_range must be a \\(min, max\\) pair of numbers"),
+    (lambda x: RealESRGANDegradation(2, jpeg_range=(0, 50)), "jpeg_range must satisfy 1 <= min"),
+    (lambda x: get_degradation("nearest"), "unknown degradation 'nearest'; choose from"),
+])
+def test_validation_messages(call, message):
+    x = np.random.default_rng(0).uniform(size=(16, 16))
+    with pytest.raises(ValueError, match=message):
+        call(x)
