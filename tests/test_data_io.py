@@ -382,3 +382,16 @@ def test_nifti2_loads(tmp_path, good_array):
     img = io.load_volume(path)
     assert isinstance(img, nib.Nifti2Image)
     np.testing.assert_allclose(img.get_fdata(), good_array)
+
+
+def test_ras_voxel_sizes_without_loading(hr_files, lr_file):
+    """Voxel sizes in RAS order from the header alone equal those of the reoriented image."""
+    for path in (lr_file, hr_files["forrest"]):
+        lazy = nib.load(str(path))
+        got = io.ras_voxel_sizes(lazy)
+        assert not lazy.in_memory
+        ras, _ = io.to_ras(io.load_volume(path))
+        np.testing.assert_allclose(got, nib.affines.voxel_sizes(ras.affine))
+    # PSR with anisotropic sizes: (P: 1, S: 2, R: 3) -> (R: 3, A: 1, S: 2)
+    aff = np.array([[0, 0, 3.0, 0], [-1.0, 0, 0, 0], [0, 2.0, 0, 0], [0, 0, 0, 1]])
+    assert io.ras_voxel_sizes(aff) == (3.0, 1.0, 2.0)

@@ -41,6 +41,7 @@ __all__ = [
     "validate_array",
     "to_ras",
     "from_ras",
+    "ras_voxel_sizes",
     "new_image_like",
     "save_volume",
 ]
@@ -344,3 +345,15 @@ def from_ras(img_ras, orig_ornt: np.ndarray):
     """
     transform = ornt_transform(RAS_ORNT, np.asarray(orig_ornt))
     return _reorient(img_ras, transform)
+
+
+def ras_voxel_sizes(img_or_affine) -> tuple[float, float, float]:
+    """Voxel sizes (mm) along the RAS voxel axes :func:`to_ras` would produce, read from the
+    affine alone (no data are loaded): e.g. ``(2, 2, 2)`` ordered as (R-L, A-P, S-I)."""
+    affine = np.asarray(getattr(img_or_affine, "affine", img_or_affine), dtype=float)
+    ornt = io_orientation(affine)
+    zooms = voxel_sizes(affine)
+    out = [0.0, 0.0, 0.0]
+    for axis, (ras_axis, _) in enumerate(ornt):
+        out[int(ras_axis)] = float(zooms[axis])
+    return tuple(out)  # type: ignore[return-value]
