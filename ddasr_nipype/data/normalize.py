@@ -7,12 +7,14 @@ outside the brain). ``low`` and ``high`` are the ``percentiles`` (default 0.5 an
 voxels, so a few hot vessels or a dark artefact do not set the scale.
 
 :meth:`IntensityNormalization.apply` maps ``low -> 0`` and ``high -> 1`` linearly and, by default,
-clips the result to ``[0, clip_max]`` with ``clip_max = 1.5``: the background and the lowest
-half-percent of the foreground become 0, bright outliers are kept up to 1.5 (not squashed to
+clips the result to ``[floor, clip_max]`` with ``clip_max = 1.5`` and ``floor`` the image of intensity
+0 (``min(0, -low / (high - low))``): a magnitude image's background of zeros keeps its value through
+``invert(apply(x))`` instead of coming back as ``low`` (a scanner-scaled image's lowest foreground value
+can be far from 0, e.g. one quantisation step of an 8-bit IXI volume); bright outliers are kept up to 1.5 (not squashed to
 1, which would flatten vessels and fat). ``clip_max=None`` disables clipping entirely.
 :meth:`~IntensityNormalization.invert` is the exact inverse of the linear map, so
-``invert(apply(x)) == x`` for every ``x`` in ``[low, low + clip_max * (high - low)]``; clipped
-voxels come back as ``low`` or as the upper bound.
+``invert(apply(x)) == x`` for every ``x`` in ``[min(0, low), low + clip_max * (high - low)]``; clipped
+voxels come back as that lower or upper bound.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ def _is_torch(x: Any) -> bool:
 @dataclass(frozen=True)
 class IntensityNormalization:
     """A fitted linear intensity map ``y = (x - low) / (high - low)``, clipped to
-    ``[0, clip_max]`` unless ``clip_max`` is None.
+    ``[floor, clip_max]`` (``floor`` = the image of intensity 0, at most 0) unless ``clip_max`` is None.
 
     Works on numpy arrays (returns ``float32``) and torch tensors (returns a floating tensor on
     the same device; ``float32`` unless the input is another floating type).
@@ -71,15 +73,20 @@ class IntensityNormalization:
     def scale(self) -> float:
         return self.high - self.low
 
+    @property
+    def floor(self) -> float:
+        """Lower clipping bound: where intensity 0 lands, never above 0."""
+        return min(0.0, -self.low / self.scale)
+
     def apply(self, x):
         """Normalize ``x``: ``low -> 0``, ``high -> 1``, then clip (see class docstring)."""
         if _is_torch(x):
             y = x if x.is_floating_point() else x.float()
             y = (y - self.low) / self.scale
-            return y if self.clip_max is None else y.clamp(0.0, self.clip_max)
+            return y if self.clip_max is None else y.clamp(self.floor, self.clip_max)
         y = (np.asarray(x, dtype=np.float32) - np.float32(self.low)) / np.float32(self.scale)
         if self.clip_max is not None:
-            np.clip(y, 0.0, self.clip_max, out=y)
+            np.clip(y, np.float32(self.floor), self.clip_max, out=y)
         return y.astype(np.float32, copy=False)
 
     def invert(self, y):

@@ -1,0 +1,91 @@
+"""Model bundles: atomic writes, checksums, weights-only loading, clear errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from ddasr_nipype import bundle as bundle_mod
+from ddasr_nipype.bundle import load_bundle, save_bundle
+from ddasr_nipype.errors import ChecksumMismatchError, ModelBundleError
+from ddasr_nipype.models import DSN, DSNConfig, GeneratorConfig, SRGenerator
+
+TINY_G = GeneratorConfig(num_feat=8, num_grow_ch=4, num_bottleneck_blocks=1)
+TINY_DSN = DSNConfig(d_model=32, nhead=2, dim_feedforward=64, num_encoder_layers=1, num_decoder_layers=1)
+PRE = {"plane": "sagittal", "scale": 2, "normalization": {"percentiles": [0.5, 99.5]}}
+
+
+def _save(path, with_dsn=False):
+    torch.manual_seed(0)
+    gen = SRGenerator(TINY_G)
+    kwargs = {}
+    if with_dsn:
+        kwargs = {"dsn_state": DSN(TINY_DSN).state_dict(), "dsn_config": TINY_DSN}
+    saved = save_bundle(
+        path, name="tiny-test", generator_state=gen.state_dict(), generator_config=TINY_G,
+        preprocessing=PRE, backbone={"source": "random", "seed": 0},
+        training={"note": "untrained test fixture"}, **kwargs,
+    )
+    return gen, saved
+
+
+def test_round_trip_rebuilds_identical_models(tmp_path):
+    gen, saved = _save(tmp_path / "b", with_dsn=True)
+    loaded = load_bundle(tmp_path / "b")
+    assert loaded.name == "tiny-test" and loaded.scale == 2 and loaded.plane == "sagittal"
+    assert loaded.sha256 == bundle_mod.sha256sum(tmp_path / "b" / "srn.pt")
+    assert loaded.generator_config == TINY_G and loaded.dsn_config == TINY_DSN
+    x = torch.rand(1, 1, 12, 10)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.load_generator()(x), gen.eval()(x))
+    assert isinstance(loaded.load_dsn(), DSN)
+    sums = (tmp_path / "b" / "SHA256SUMS").read_text()
+    assert f"{loaded.sha256}  srn.pt" in sums
+    assert "tiny-test" in (tmp_path / "b" / "MODEL_CARD.md").read_text()
+    # weights are plain tensors: loadable with weights_only=True
+    state = torch.load(tmp_path / "b" / "srn.pt", weights_only=True)
+    assert all(isinstance(v, torch.Tensor) for v in state.values())
+
+
+def test_overwrite_is_atomic_and_leaves_no_temporaries(tmp_path):
+    _save(tmp_path / "b")
+    _save(tmp_path / "b")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]
+
+
+def test_tampered_weights_are_refused(tmp_path):
+    _save(tmp_path / "b")
+    weights = tmp_path / "b" / "srn.pt"
+    data = bytearray(weights.read_bytes())
+    data[-10] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ChecksumMismatchError, match="does not match"):
+        load_bundle(tmp_path / "b")
+
+
+def test_missing_dsn_and_bad_bundles(tmp_path):
+    _, saved = _save(tmp_path / "b")
+    with pytest.raises(ModelBundleError, match="no down-sampling network"):
+        saved.load_dsn()
+    with pytest.raises(ModelBundleError, match="unknown model 'no-such-model'"):
+        load_bundle("no-such-model")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelBundleError, match="not a model bundle"):
+        load_bundle(tmp_path / "empty")
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    manifest["format_version"] = 99
+    (tmp_path / "b" / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ModelBundleError, match="format version 99"):
+        load_bundle(tmp_path / "b")
+
+
+def test_weights_for_another_architecture_are_refused(tmp_path):
+    _save(tmp_path / "b")
+    manifest_path = tmp_path / "b" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["files"]["srn.pt"]["config"]["num_feat"] = 16
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(ModelBundleError, match="cannot load weights"):
+        load_bundle(tmp_path / "b").load_generator()
