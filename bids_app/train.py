@@ -1,0 +1,131 @@
+"""``ddasr-train``: train a DDASR model (DSN, then SRN) on unpaired HR and LR BIDS datasets.
+
+Examples
+--------
+Smoke run on the test data (seconds, random VGG19 explicitly allowed)::
+
+    ddasr-train --hr tests/data/hr --lr tests/data/lr --out out/smoke-model --preset smoke \\
+        --allow-random-vgg19
+
+Train the SRN only, against the DSN of an existing bundle::
+
+    ddasr-train --hr hr_bids --lr lr_bids --out out/m2 --preset fast --dsn-from out/m1
+
+Exit codes: 0 success; 1 a training error (bad data, missing weights, corrupt checkpoint...);
+2 a usage error; 75 interrupted by SIGTERM/SIGINT after writing a checkpoint (rerun the same
+command with ``--resume``).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from ddasr_nipype.training.config import available_presets
+
+EXIT_ERROR = 1
+EXIT_INTERRUPTED = 75  # same value as ddasr_nipype.training.engine.EXIT_INTERRUPTED (EX_TEMPFAIL)
+
+_existing_dir = click.Path(exists=True, file_okay=False, path_type=Path)
+_existing_file = click.Path(exists=True, dir_okay=False, path_type=Path)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+               epilog="Exit codes: 0 done, 1 training error, 2 usage error, 75 interrupted after a "
+                      "checkpoint (rerun with --resume).")
+@click.option("--hr", "hr_dir", type=_existing_dir, required=True, help="BIDS dataset of real HR T1w scans.")
+@click.option("--lr", "lr_dir", type=_existing_dir, default=None,
+              help="BIDS dataset of real LR T1w scans (the site to super-resolve); unpaired with --hr.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Model bundle directory to write.")
+@click.option("--preset", default="fast", show_default=True,
+              help=f"Training recipe: {', '.join(available_presets())}, or a YAML file with the same layout.")
+@click.option("--work-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Checkpoints, logs, image grids and pairs [default: <out>.work].")
+@click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]),
+              help="auto: CUDA when available.")
+@click.option("--precision", default="auto", show_default=True, type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
+              help="Autocast on CUDA (auto = bf16 where supported, else fp16); CPU always runs fp32.")
+@click.option("--compile", "compile_", is_flag=True, help="torch.compile the networks (CUDA, PyTorch 2).")
+@click.option("--resume", is_flag=True, help="Continue from the last checkpoints in the work directory.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of every random draw.")
+@click.option("--vgg19-weights", type=_existing_file, default=None,
+              help="torchvision vgg19-dcbb9e9d.pth (else $DDASR_VGG19_WEIGHTS, else the torch hub cache).")
+@click.option("--allow-random-vgg19", is_flag=True,
+              help="Explicit opt-in: without VGG19 weights, use a seeded random backbone (recorded in the bundle; "
+                   "the losses are then far less meaningful).")
+@click.option("--hr-filter-file", type=_existing_file, default=None, help="JSON pybids filters for the HR T1w query.")
+@click.option("--lr-filter-file", type=_existing_file, default=None, help="JSON pybids filters for the LR T1w query.")
+@click.option("--hr-participant-label", multiple=True, help="HR subjects to use (repeatable; 'sub-' optional).")
+@click.option("--lr-participant-label", multiple=True, help="LR subjects to use (repeatable; 'sub-' optional).")
+@click.option("--dsn-from", type=click.Path(exists=True, path_type=Path), default=None,
+              help="Skip stage 1: use the DSN of this bundle directory or DSN checkpoint.")
+@click.option("--degradation", type=click.Choice(["bicubic", "kspace", "realsr", "realesrgan"]), default=None,
+              help="Skip the DSN: make the pairs with this classical degradation.")
+@click.option("--iterations-dsn", type=click.IntRange(min=1), default=None, help="Override the preset.")
+@click.option("--iterations-srn", type=click.IntRange(min=1), default=None, help="Override the preset.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Override both stages.")
+@click.option("--patch-size", type=click.IntRange(min=8), default=None, help="HR patch edge, both stages.")
+@click.option("--num-threads", type=click.IntRange(min=1), default=None,
+              help="CPU threads for torch (use fewer than the cores on a shared machine).")
+@click.option("--no-tensorboard", is_flag=True, help="Skip the TensorBoard log (CSV and PNGs are kept).")
+@click.option("--name", default=None, help="Model name recorded in the bundle [default: the --out folder name].")
+def main(**kw) -> None:
+    """Train DDASR (DSN, synthesis, SRN) and write a model bundle."""
+    options = build_options(**kw)
+    sys.exit(run(options))
+
+
+def build_options(*, hr_dir, lr_dir, out_dir, preset, work_dir, device, precision, compile_, resume, seed,
+                  vgg19_weights, allow_random_vgg19, hr_filter_file, lr_filter_file, hr_participant_label,
+                  lr_participant_label, dsn_from, degradation, iterations_dsn, iterations_srn, batch_size,
+                  patch_size, num_threads, no_tensorboard, name):
+    """Turn the parsed command line into :class:`~ddasr_nipype.training.pipeline.TrainingOptions`."""
+    from ddasr_nipype.errors import TrainingDataError
+    from ddasr_nipype.training.config import load_preset
+    from ddasr_nipype.training.datasets import load_filters
+    from ddasr_nipype.training.pipeline import TrainingOptions
+
+    if dsn_from and degradation:
+        raise click.UsageError("--dsn-from and --degradation are mutually exclusive")
+    if lr_dir is None and not degradation:
+        raise click.UsageError("--lr is required unless --degradation is given")
+    try:
+        recipe = load_preset(preset).with_overrides(
+            iterations_dsn=iterations_dsn, iterations_srn=iterations_srn,
+            batch_size=batch_size, patch_size=patch_size)
+        hr_filters, lr_filters = load_filters(hr_filter_file), load_filters(lr_filter_file)
+    except (ValueError, TrainingDataError) as err:
+        raise click.BadParameter(str(err)) from err
+    return TrainingOptions(
+        hr_dir=hr_dir, lr_dir=lr_dir, out_dir=out_dir, preset=recipe, work_dir=work_dir, device=device,
+        seed=seed, resume=resume, vgg19_weights=vgg19_weights, allow_random_vgg19=allow_random_vgg19,
+        hr_filters=hr_filters, lr_filters=lr_filters, hr_participant_label=tuple(hr_participant_label),
+        lr_participant_label=tuple(lr_participant_label), dsn_from=dsn_from, degradation=degradation,
+        precision=precision, compile=compile_, tensorboard=not no_tensorboard, name=name,
+        num_threads=num_threads,
+    )
+
+
+def run(options) -> int:
+    """Run the training; print typed errors without a traceback; return the exit code."""
+    from ddasr_nipype.errors import DDASRError
+    from ddasr_nipype.training.engine import TrainingInterrupted
+    from ddasr_nipype.training.pipeline import run_training
+
+    try:
+        bundle = run_training(options)
+    except TrainingInterrupted as stop:
+        click.echo(f"ddasr-train: {stop}", err=True)
+        return EXIT_INTERRUPTED
+    except (DDASRError, FileExistsError, NotImplementedError) as err:
+        click.echo(f"ddasr-train: error: {err}", err=True)
+        return EXIT_ERROR
+    click.echo(f"ddasr-train: model bundle written to {bundle.path} (generator sha256 {bundle.sha256[:12]})", err=True)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,379 @@
+"""Training: presets, schedules, end-to-end smoke run, bit-for-bit resume, signals, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from ddasr_nipype.errors import (  # noqa: E402
+    CheckpointError,
+    TrainingDataError,
+    VGGWeightsNotFoundError,
+)
+from ddasr_nipype.training.config import DSNStageConfig, TrainingPreset, load_preset  # noqa: E402
+from ddasr_nipype.training.datasets import SliceSet, SliceStack, find_t1w, prepare_datasets  # noqa: E402
+from ddasr_nipype.training.dsn_trainer import DSNTrainer, dsn_learning_rate  # noqa: E402
+from ddasr_nipype.training.engine import EXIT_INTERRUPTED  # noqa: E402
+from ddasr_nipype.training.pipeline import (  # noqa: E402
+    OutputNotWritableError,
+    TrainingOptions,
+    check_writable,
+    load_backbone,
+    run_training,
+)
+from ddasr_nipype.training.srn_trainer import SRNTrainer  # noqa: E402
+from ddasr_nipype.training.synthesis import synthesize_pairs  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One torch thread: the 2-core test machine is shared, oversubscription makes torch 10x slower."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def smoke():
+    return load_preset("smoke")
+
+
+@pytest.fixture(scope="module")
+def slices(hr_bids, lr_bids, smoke):
+    hr, lr, summary = prepare_datasets(find_t1w(hr_bids), find_t1w(lr_bids), smoke.data)
+    return hr, lr, summary
+
+
+@pytest.fixture(scope="module")
+def vgg():
+    from ddasr_nipype.models import load_vgg19
+
+    return load_vgg19(allow_random=True, seed=0)
+
+
+def _kwargs(vgg):
+    return {"vgg": vgg[0], "backbone": vgg[1], "device": "cpu", "seed": 3, "tensorboard": False}
+
+
+# -- presets ----------------------------------------------------------------------------------------
+def test_presets_load_and_round_trip():
+    for name in ("paper", "fast", "smoke"):
+        preset = load_preset(name)
+        assert isinstance(preset, TrainingPreset) and preset.name == name
+        assert TrainingPreset.from_dict(preset.to_dict()) == preset
+    paper = load_preset("paper")
+    assert (paper.dsn.iterations, paper.dsn.batch_size, paper.dsn.model["d_model"]) == (300_000, 3, 512)
+    assert paper.srn.iterations == 250_000 and paper.srn.eta_min == 1e-7 and paper.srn.betas == (0.9, 0.99)
+    with pytest.raises(AttributeError):
+        paper.dsn.iterations = 3  # frozen
+
+
+def test_preset_validation_and_overrides(tmp_path, smoke):
+    bad = tmp_path / "bad.yml"
+    bad.write_text("dsn: {iterations: 10, patch_size: 36}\n")
+    with pytest.raises(ValueError, match="multiple of scale x DSN patch embedding = 16"):
+        load_preset(bad)
+    bad.write_text("dsn: {iterations: 10, typo_key: 1}\n")
+    with pytest.raises(ValueError, match="unknown keys"):
+        load_preset(bad)
+    with pytest.raises(ValueError, match="unknown preset"):
+        load_preset("nope")
+    over = smoke.with_overrides(iterations_dsn=7, iterations_srn=9, batch_size=5, patch_size=48)
+    assert (over.dsn.iterations, over.srn.iterations, over.dsn.batch_size, over.srn.patch_size) == (7, 9, 5, 48)
+    assert smoke.dsn.iterations == 4  # the original is untouched
+
+
+def test_dsn_learning_rate_schedule():
+    cfg = DSNStageConfig(iterations=100, warmup_iterations=10, lr=2e-4, warmup_lr=5e-5, decay=1e-5)
+    assert dsn_learning_rate(0, cfg) == pytest.approx(5e-5)
+    assert dsn_learning_rate(5, cfg) == pytest.approx(1.25e-4)
+    assert dsn_learning_rate(10, cfg) == pytest.approx(2e-4)
+    assert dsn_learning_rate(10 + 100_000, cfg) == pytest.approx(1e-4)
+
+
+# -- data ---------------------------------------------------------------------------------------------
+def test_prepared_slices_match_the_x2_target(slices, smoke, hr_files):
+    hr, lr, summary = slices
+    assert summary["lr_voxel_size"] == pytest.approx(2.0) and summary["hr_voxel_size"] == pytest.approx(1.0)
+    # forrest (sub-mm, 80x112x112 LAS) is resampled to 1 mm; trio is already 1 mm
+    import nibabel as nib
+
+    forrest = nib.load(str(hr_files["forrest"]))
+    expected = round(112 * float(forrest.header.get_zooms()[1]))
+    shapes = {s.name: s.slices.shape[1:] for s in hr.stacks}
+    assert shapes["sub-trio_T1w"] == (96, 96)
+    assert shapes["sub-forrest_T1w"] == (expected, expected) and expected < 112
+    for stack in hr.stacks + lr.stacks:  # background slices skipped, normalised to about [0, 1]
+        fg = (stack.slices > smoke.data.foreground_threshold).mean(axis=(1, 2))
+        assert fg.min() >= smoke.data.min_brain_fraction
+        assert 0.9 < np.percentile(stack.slices, 99.9) < 1.6
+    rng = np.random.default_rng(0)
+    patches = hr.sample_patches(rng, 5, 32, min_fraction=0.1)
+    assert patches.shape == (5, 1, 32, 32) and patches.dtype == np.float32
+
+
+def test_slice_set_archive_is_lossless(tmp_path, slices):
+    hr = slices[0]
+    path = hr.save(tmp_path / "hr.npz")
+    back = SliceSet.load(path)
+    assert [s.name for s in back.stacks] == [s.name for s in hr.stacks]
+    for a, b in zip(hr.stacks, back.stacks):
+        assert b.slices.dtype == np.float32 and np.array_equal(a.slices, b.slices)
+
+
+# -- resume --------------------------------------------------------------------------------------------
+def _assert_same_state(a, b, path="state"):
+    if isinstance(a, torch.Tensor):
+        assert torch.equal(a, b), path
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), path
+        for k in a:
+            _assert_same_state(a[k], b[k], f"{path}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b)):
+            _assert_same_state(x, y, f"{path}[{i}]")
+    else:
+        assert a == b, path
+
+
+def test_dsn_resume_is_bit_for_bit(tmp_path, slices, smoke, vgg):
+    hr, lr, _ = slices
+    straight = DSNTrainer(smoke, tmp_path / "a", hr, lr, **_kwargs(vgg))
+    straight.run()
+    first = DSNTrainer(smoke, tmp_path / "b", hr, lr, **_kwargs(vgg))
+    first.run(until=2)
+    assert first.iteration == 2 and first.checkpoint_path.is_file()
+    resumed = DSNTrainer(smoke, tmp_path / "b", hr, lr, **_kwargs(vgg))
+    assert resumed.resume() == 2
+    resumed.run()
+    assert resumed.iteration == straight.iteration == smoke.dsn.iterations
+    _assert_same_state(straight.model_state(), resumed.model_state())
+    # and the run really trained: the weights moved away from their initialisation
+    fresh = DSNTrainer(smoke, tmp_path / "c", hr, lr, **_kwargs(vgg)).dsn.state_dict()
+    trained = straight.dsn.state_dict()
+    assert any(not torch.equal(fresh[k], trained[k]) for k in fresh)
+    # the CSV log has each iteration once, even after the resume
+    rows = (tmp_path / "b" / "logs" / "dsn.csv").read_text().splitlines()[1:]
+    assert [int(r.split(",")[0]) for r in rows] == [1, 2, 3, 4]
+
+
+def test_srn_resume_is_bit_for_bit_with_ema_and_restarts(tmp_path, slices, smoke, vgg):
+    hr, lr, _ = slices
+    from ddasr_nipype.models import DSN
+    from ddasr_nipype.training.dsn_trainer import build_dsn_config
+
+    torch.manual_seed(0)
+    dsn = DSN(build_dsn_config(smoke))
+    pairs = synthesize_pairs(dsn, hr, lr, scale=2, rng=np.random.default_rng(0), batch_size=16)
+    assert len(pairs) == len(hr)
+    lr0, hr0 = pairs.pair(0)
+    assert hr0.shape == (2 * lr0.shape[0], 2 * lr0.shape[1]) and lr0.dtype == np.float32
+    straight = SRNTrainer(smoke, tmp_path / "a", pairs, **_kwargs(vgg))
+    straight.run()
+    first = SRNTrainer(smoke, tmp_path / "b", pairs, **_kwargs(vgg))
+    first.run(until=3)  # past the pixel warm-up (1) and one warm restart (period 2)
+    resumed = SRNTrainer(smoke, tmp_path / "b", pairs, **_kwargs(vgg))
+    resumed.resume()
+    resumed.run()
+    _assert_same_state(straight.model_state(), resumed.model_state())
+    g, e = straight.generator.state_dict(), straight.ema.state_dict()
+    assert any(not torch.equal(g[k], e[k]) for k in g)  # the EMA is a distinct average
+
+
+def test_corrupt_checkpoint_raises_checkpoint_error(tmp_path, slices, smoke, vgg):
+    hr, lr, _ = slices
+    trainer = DSNTrainer(smoke, tmp_path, hr, lr, **_kwargs(vgg))
+    trainer.run(until=1)
+    data = trainer.checkpoint_path.read_bytes()
+    trainer.checkpoint_path.write_bytes(data[: len(data) // 2])  # truncated
+    with pytest.raises(CheckpointError, match="corrupt or unreadable"):
+        DSNTrainer(smoke, tmp_path, hr, lr, **_kwargs(vgg)).resume()
+    trainer.checkpoint_path.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(CheckpointError, match="corrupt or unreadable"):
+        DSNTrainer(smoke, tmp_path, hr, lr, **_kwargs(vgg)).resume()
+    trainer.save()
+    other = smoke.with_overrides(iterations_dsn=9)
+    with pytest.raises(CheckpointError, match="other dsn/data settings"):
+        DSNTrainer(other, tmp_path, hr, lr, **_kwargs(vgg)).resume()
+
+
+# -- end to end -------------------------------------------------------------------------------------------
+def _cli_args(hr_bids, lr_bids, out, *extra):
+    return ["--hr", str(hr_bids), "--lr", str(lr_bids), "--out", str(out), "--preset", "smoke",
+            "--num-threads", "1", *map(str, extra)]
+
+
+def test_smoke_cli_writes_a_bundle_that_loads_and_runs(tmp_path, hr_bids, lr_bids, lr_file):
+    from click.testing import CliRunner
+
+    from ddasr_nipype.bids_app.train import main
+    from ddasr_nipype.bundle import load_bundle
+
+    out = tmp_path / "model"
+    result = CliRunner().invoke(main, _cli_args(hr_bids, lr_bids, out, "--allow-random-vgg19", "--seed", "1"))
+    assert result.exit_code == 0, result.output
+    bundle = load_bundle(out)
+    assert (bundle.scale, bundle.plane, bundle.has_dsn) == (2, "sagittal", True)
+    assert bundle.normalization["percentiles"] == [0.5, 99.5]
+    assert bundle.preprocessing["hr_voxel_size"] == pytest.approx(1.0)
+    assert bundle.backbone["source"] == "random" and bundle.backbone["allow_random_opt_in"] is True
+    training = bundle.manifest["training"]
+    assert training["preset"] == "smoke" and training["srn"]["iterations"] == 4
+    assert training["dsn"]["iterations"] == 4 and np.isfinite(training["srn"]["final_losses"]["g_total"])
+    card = (out / "MODEL_CARD.md").read_text()
+    assert "random, untrained VGG19" in card and "sub-IXI603" in card
+    with torch.no_grad():
+        sr = bundle.load_generator("cpu")(torch.rand(1, 1, 20, 24))
+        lr = bundle.load_dsn("cpu")(torch.rand(1, 1, 32, 48), torch.rand(1, 1, 16, 16))
+    assert sr.shape == (1, 1, 40, 48) and lr.shape == (1, 1, 16, 24)
+    work = tmp_path / "model.work"
+    for rel in ("logs/dsn.csv", "logs/srn.csv", "logs/dsn_losses.png", "logs/srn_losses.png",
+                "images/dsn_0000004.png", "images/srn_0000004.png", "pairs/pairs.npz",
+                "checkpoints/dsn_last.pt", "checkpoints/srn_last.pt"):
+        assert (work / rel).is_file(), rel
+    assert list((work / "logs" / "tensorboard" / "srn").glob("events.out.tfevents.*"))
+
+    # a second run into the same work dir needs --resume; with it, the finished run is not redone
+    again = CliRunner().invoke(main, _cli_args(hr_bids, lr_bids, out, "--allow-random-vgg19", "--seed", "1"))
+    assert again.exit_code == 1 and "--resume" in again.output
+    resumed = CliRunner().invoke(main, _cli_args(hr_bids, lr_bids, out, "--allow-random-vgg19", "--seed", "1",
+                                                 "--resume", "--no-tensorboard"))
+    assert resumed.exit_code == 0, resumed.output
+    assert load_bundle(out).sha256 == bundle.sha256  # same weights: nothing was retrained
+
+    # the inference node runs the trained bundle
+    from ddasr_nipype.interfaces import SuperResolve
+
+    res = SuperResolve(in_file=str(lr_file), model=str(out), num_threads=1).run(cwd=str(tmp_path))
+    import nibabel as nib
+
+    in_shape = nib.load(str(lr_file)).shape
+    out_shape = nib.load(res.outputs.out_file).shape
+    assert sorted(out_shape) != sorted(in_shape) and np.prod(out_shape) == 4 * np.prod(in_shape)
+
+
+def test_sigterm_writes_a_checkpoint_and_exits_75(tmp_path, hr_bids, lr_bids):
+    out = tmp_path / "model"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "ddasr_nipype.bids_app.train",
+           *_cli_args(hr_bids, lr_bids, out, "--allow-random-vgg19", "--iterations-dsn", "5000",
+                      "--no-tensorboard")]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    log = tmp_path / "model.work" / "logs" / "dsn.csv"
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if log.is_file() and len(log.read_text().splitlines()) >= 3:
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, proc.communicate()[1]
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == EXIT_INTERRUPTED, err
+    assert "SIGTERM" in err and "--resume" in err
+    from ddasr_nipype.training.checkpoint import load_checkpoint
+
+    state = load_checkpoint(tmp_path / "model.work" / "checkpoints" / "dsn_last.pt", stage="dsn")
+    assert 2 <= state["iteration"] < 5000 and state["finished"] is False
+    assert not out.exists()  # no bundle from an interrupted run
+    assert not list((tmp_path / "model.work" / "checkpoints").glob(".*tmp"))  # no temp file left
+
+
+# -- errors -----------------------------------------------------------------------------------------------
+def _options(hr, lr, out, **kw):
+    base = {"hr_dir": Path(hr), "lr_dir": Path(lr), "out_dir": Path(out), "preset": load_preset("smoke"),
+            "allow_random_vgg19": True, "tensorboard": False, "num_threads": 1}
+    return TrainingOptions(**{**base, **kw})
+
+
+def test_empty_dataset_raises(tmp_path, lr_bids):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "dataset_description.json").write_text(json.dumps({"Name": "x", "BIDSVersion": "1.8.0"}))
+    with pytest.raises(TrainingDataError, match="no T1w image found in the HR dataset"):
+        run_training(_options(empty, lr_bids, tmp_path / "m"))
+    with pytest.raises(TrainingDataError, match="no T1w image found"):
+        find_t1w(lr_bids, participant_label=["nobody"])
+
+
+def test_mismatched_resolutions_raise(tmp_path, hr_bids, lr_bids):
+    # swapped datasets: the "HR" data (2 mm) are coarser than the "LR" data
+    with pytest.raises(TrainingDataError, match="not finer than the LR data"):
+        prepare_datasets(find_t1w(lr_bids), find_t1w(hr_bids, participant_label=["trio"]), load_preset("smoke").data)
+    # two LR resolutions in one run
+    with pytest.raises(TrainingDataError, match="mismatched sagittal in-plane voxel sizes"):
+        prepare_datasets(find_t1w(hr_bids, participant_label=["trio"]),
+                         find_t1w(lr_bids) + find_t1w(hr_bids, participant_label=["forrest"]),
+                         load_preset("smoke").data)
+
+
+def test_images_too_small_for_the_patch_size(tmp_path, hr_bids, lr_bids):
+    opts = _options(hr_bids, lr_bids, tmp_path / "m", preset=load_preset("smoke").with_overrides(patch_size=128))
+    with pytest.raises(TrainingDataError, match="too small for the patch size 128x128"):
+        run_training(opts)
+
+
+def test_missing_vgg_weights_need_the_explicit_opt_in(tmp_path, hr_bids, lr_bids, monkeypatch):
+    monkeypatch.delenv("DDASR_VGG19_WEIGHTS", raising=False)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    with pytest.raises(VGGWeightsNotFoundError, match="allow_random"):
+        load_backbone(_options(hr_bids, lr_bids, tmp_path / "m", allow_random_vgg19=False))
+    from click.testing import CliRunner
+
+    from ddasr_nipype.bids_app.train import main
+
+    result = CliRunner().invoke(main, _cli_args(hr_bids, lr_bids, tmp_path / "m"))
+    assert result.exit_code == 1 and "No VGG19 weights found" in result.output
+    assert not (tmp_path / "m").exists()
+
+
+def test_unwritable_output_directory(tmp_path, hr_bids, lr_bids):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    with pytest.raises(OutputNotWritableError, match="not writable"):
+        check_writable(blocker / "model")
+    with pytest.raises(OutputNotWritableError):
+        run_training(_options(hr_bids, lr_bids, blocker / "sub" / "model"))
+    if os.geteuid() != 0:  # root ignores permission bits
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        with pytest.raises(OutputNotWritableError):
+            check_writable(locked / "model")
+
+
+def test_classical_degradation_without_module_is_a_clear_error(tmp_path, hr_bids):
+    import importlib.util
+
+    if importlib.util.find_spec("ddasr_nipype.degradations") is not None:
+        pytest.skip("ddasr_nipype.degradations is installed")
+    opts = _options(hr_bids, hr_bids, tmp_path / "m", degradation="bicubic", lr_dir=None)
+    with pytest.raises(NotImplementedError, match="ddasr_nipype.degradations"):
+        run_training(opts)
+
+
+def test_cli_usage_errors(tmp_path, hr_bids, lr_bids):
+    from click.testing import CliRunner
+
+    from ddasr_nipype.bids_app.train import main
+
+    runner = CliRunner()
+    res = runner.invoke(main, _cli_args(hr_bids, lr_bids, tmp_path / "m", "--dsn-from", str(tmp_path),
+                                        "--degradation", "bicubic"))
+    assert res.exit_code == 2 and "mutually exclusive" in res.output
+    res = runner.invoke(main, ["--hr", str(hr_bids), "--out", str(tmp_path / "m")])
+    assert res.exit_code == 2 and "--lr is required" in res.output
+    res = runner.invoke(main, _cli_args(hr_bids, lr_bids, tmp_path / "m", "--preset", "nope"))
+    assert res.exit_code == 2 and "unknown preset" in res.output
