@@ -220,7 +220,8 @@ def test_generator_depth(num_down):
 
 
 def test_generator_paper_layout():
-    gen = SRGenerator(GeneratorConfig())
+    with torch.device("meta"):  # layout only: no memory, no init cost
+        gen = SRGenerator(GeneratorConfig())
     assert [(s[0].in_channels, s[0].out_channels, s[0].kernel_size, s[0].stride) for s in gen.down] == [
         (64, 128, (4, 4), (2, 2)), (128, 256, (4, 4), (2, 2))]
     assert isinstance(gen.encoder_rrdb, RRDB)
@@ -259,7 +260,8 @@ def test_rrdb_residual_scaling_and_init():
 
 
 def test_rrdbnet_reference():
-    net = RRDBNet()
+    with torch.device("meta"):
+        net = RRDBNet()
     assert len(net.body) == 23 and all(isinstance(b, RRDB) for b in net.body)
     n_params = sum(p.numel() for p in net.parameters())
     assert 16.0e6 < n_params < 17.0e6  # ESRGAN x2 with one input channel: ~16.6 M
@@ -281,7 +283,8 @@ def test_discriminator_shapes(size):
 
 
 def test_discriminator_layout():
-    disc = AttentionUNetDiscriminator()
+    with torch.device("meta"):
+        disc = AttentionUNetDiscriminator()
     sn = {name for name, m in disc.named_modules() if hasattr(m, "parametrizations")}
     assert {"conv1", "conv2", "conv3", "gating", "conv4", "conv5", "conv6", "conv7", "conv8",
             "cat1.conv", "cat2.conv", "cat3.conv"} <= sn
@@ -308,7 +311,7 @@ def test_discriminator_is_per_pixel():
 
 
 def test_vgg_layer_indices_match_torchvision():
-    vgg = VGG19Features()
+    vgg = VGG19Features(seed=None)
     assert len(vgg.features) == 37
     assert LAYER_NAMES[1] == "relu1_1" and LAYER_NAMES[6] == "relu2_1" and LAYER_NAMES[11] == "relu3_1"
     assert LAYER_NAMES[20] == "relu4_1" and LAYER_NAMES[29] == "relu5_1"
@@ -379,7 +382,7 @@ def _torchvision_state_dict(seed: int) -> dict[str, torch.Tensor]:
     """A state dict laid out like torchvision's ``vgg19().state_dict()`` (features + classifier)."""
     gen = torch.Generator().manual_seed(seed)
     state = {f"features.{k}": torch.randn(v.shape, generator=gen)
-             for k, v in VGG19Features().features.state_dict().items()}
+             for k, v in VGG19Features(seed=None).features.state_dict().items()}
     state["classifier.0.weight"] = torch.randn(8, 4)
     state["classifier.0.bias"] = torch.randn(8)
     return state

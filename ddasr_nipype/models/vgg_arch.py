@@ -63,9 +63,12 @@ class VGG19Features(nn.Module):
     the requested torchvision indices, stopping after the deepest one. Parameters never require
     gradients and the module stays in eval mode, but gradients flow to the input.
     ReLUs are not in-place, so a conv output returned as a feature is not overwritten.
+
+    ``VGG19Features(seed)`` is a randomly initialised backbone (torchvision's init, seeded);
+    build the module through :func:`load_vgg19`, which also loads pretrained weights.
     """
 
-    def __init__(self, seed: int = 0) -> None:
+    def __init__(self, seed: int | None = 0) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         c_in = 3
@@ -78,7 +81,8 @@ class VGG19Features(nn.Module):
                 layers += [nn.Conv2d(c_in, int(v), kernel_size=3, padding=1, device="meta"), nn.ReLU()]
                 c_in = int(v)
         self.features = nn.Sequential(*layers).to_empty(device="cpu")
-        self.reset_parameters(seed)
+        if seed is not None:  # None: left uninitialised, for a state dict to be loaded next
+            self.reset_parameters(seed)
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         self.requires_grad_(False)
@@ -202,7 +206,7 @@ def load_vgg19(
         return VGG19Features(seed=seed), provenance
 
     state = _features_state_dict(path)
-    model = VGG19Features()
+    model = VGG19Features(seed=None)
     try:
         model.features.load_state_dict(state, strict=True)
     except RuntimeError as exc:
