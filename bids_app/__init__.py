@@ -1,0 +1,1 @@
+"""The ``ddasr`` BIDS App (installed as ``ddasr_nipype.bids_app``)."""

@@ -1,0 +1,18 @@
+"""Nipype interfaces of ddasr-nipype: thin SimpleInterface wrappers around the plain functions of
+the model layer (torch is imported only when a node runs)."""
+
+from .brain_extraction import BrainExtraction
+from .conform import Conform, Reorient, Reslice
+from .dsn import DSNDegrade
+from .reports import SRSummary
+from .super_resolve import SuperResolve
+
+__all__ = [
+    "BrainExtraction",
+    "Conform",
+    "DSNDegrade",
+    "Reorient",
+    "Reslice",
+    "SRSummary",
+    "SuperResolve",
+]

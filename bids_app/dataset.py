@@ -1,0 +1,161 @@
+"""Checks and files around the input dataset and the output folder (no nipype)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+LABEL_RE = re.compile(r"^[a-zA-Z0-9]+$")
+FILTER_QUERIES = ("t1w",)
+
+
+class UsageError(ValueError):
+    """A command-line argument is invalid; the message says why."""
+
+
+def _is_within(path: Path, root: Path) -> bool:
+    try:
+        path.relative_to(root)
+    except ValueError:
+        return False
+    return True
+
+
+def check_output_dir(bids_dir: Path, output_dir: Path, *, what: str = "output directory") -> None:
+    """Refuse an output (or work) folder inside the input dataset, unless under ``derivatives/``."""
+    bids_dir, output_dir = bids_dir.resolve(), output_dir.resolve()
+    if not _is_within(output_dir, bids_dir):
+        return
+    rel = output_dir.relative_to(bids_dir)
+    if not rel.parts or rel.parts[0] != "derivatives":
+        raise UsageError(
+            f"the {what} {output_dir} is inside the input dataset {bids_dir}; the input dataset is "
+            f"never written to: choose a folder outside it or under {bids_dir / 'derivatives'}"
+        )
+
+
+def normalize_labels(labels, *, prefix: str) -> list[str]:
+    """Strip an optional ``sub-``/``ses-`` prefix; every label must be alphanumeric (BIDS)."""
+    out = []
+    for label in labels:
+        label = str(label)
+        label = label[len(prefix):] if label.startswith(prefix) else label
+        if not LABEL_RE.match(label):
+            raise UsageError(
+                f"invalid label {label!r}: BIDS labels are letters and digits only "
+                f"(given with or without '{prefix}')"
+            )
+        if label not in out:
+            out.append(label)
+    return out
+
+
+def dataset_subjects(bids_dir: Path) -> list[str]:
+    """Participant labels present in the dataset (``sub-*`` folders)."""
+    return sorted(
+        p.name[4:] for p in Path(bids_dir).iterdir()
+        if p.is_dir() and p.name.startswith("sub-") and LABEL_RE.match(p.name[4:])
+    )
+
+
+def select_participants(bids_dir: Path, labels=None) -> list[str]:
+    """The participants to process: all of the dataset's, or the given ones (checked to exist)."""
+    available = dataset_subjects(bids_dir)
+    if not available:
+        raise UsageError(f"no participant (sub-* folder) found in {bids_dir}")
+    if not labels:
+        return available
+    wanted = normalize_labels(labels, prefix="sub-")
+    missing = [label for label in wanted if label not in available]
+    if missing:
+        raise UsageError(
+            f"participant(s) not found in {bids_dir}: {', '.join('sub-' + m for m in missing)} "
+            f"(available: {', '.join(available)})"
+        )
+    return wanted
+
+
+def load_bids_filters(path: Path | None) -> dict[str, Any] | None:
+    """Read a ``--bids-filter-file`` (fMRIPrep format: ``{"t1w": {"acquisition": "mprage"}}``)."""
+    if path is None:
+        return None
+    try:
+        filters = json.loads(Path(path).read_text())
+    except FileNotFoundError as err:
+        raise UsageError(f"BIDS filter file not found: {path}") from err
+    except json.JSONDecodeError as err:
+        raise UsageError(f"BIDS filter file {path} is not valid JSON: {err}") from err
+    if not isinstance(filters, dict) or not all(isinstance(v, dict) for v in filters.values()):
+        raise UsageError(f"BIDS filter file {path}: expected {{query: {{entity: value}}}}")
+    unknown = sorted(set(filters) - set(FILTER_QUERIES))
+    if unknown:
+        raise UsageError(
+            f"BIDS filter file {path}: unknown quer{'ies' if len(unknown) > 1 else 'y'} "
+            f"{', '.join(unknown)} (this app reads: {', '.join(FILTER_QUERIES)})"
+        )
+    for query in filters.values():
+        if "subject" in query:
+            raise UsageError("select participants with --participant-label, not in the filter file")
+    return filters
+
+
+def validate_bids(bids_dir: Path) -> list[str]:
+    """Minimal BIDS validation; returns warnings, raises :class:`UsageError` on fatal problems."""
+    from bids_validator import BIDSValidator
+
+    description = Path(bids_dir) / "dataset_description.json"
+    if not description.is_file():
+        raise UsageError(
+            f"{bids_dir} is not a BIDS dataset (no dataset_description.json); "
+            "use --skip-bids-validation to run anyway"
+        )
+    try:
+        json.loads(description.read_text())
+    except json.JSONDecodeError as err:
+        raise UsageError(f"{description} is not valid JSON: {err}") from err
+    validator = BIDSValidator()
+    warnings = []
+    for root, dirs, files in os.walk(bids_dir):
+        dirs[:] = [d for d in dirs if d not in ("derivatives", "sourcedata", "code")
+                   and not d.startswith(".")]
+        for name in files:
+            rel = "/" + Path(root, name).relative_to(bids_dir).as_posix()
+            if rel.startswith("/sub-") and not validator.is_bids(rel):
+                warnings.append(f"not a valid BIDS file name: {rel}")
+    return warnings
+
+
+def write_derivative_description(bids_dir: Path, deriv_dir: Path) -> Path:
+    """Write ``dataset_description.json`` (DatasetType derivative, GeneratedBy) atomically."""
+    from ddasr_nipype import __version__
+
+    deriv_dir.mkdir(parents=True, exist_ok=True)
+    description = {
+        "Name": "ddasr: DDASR super-resolved T1w images",
+        "BIDSVersion": "1.9.0",
+        "DatasetType": "derivative",
+        "GeneratedBy": [{
+            "Name": "ddasr-nipype",
+            "Version": __version__,
+            "Description": "DDASR super-resolution of T1w brain MRI (nipype workflows)",
+            "CodeURL": "https://pypi.org/project/ddasr-nipype/",
+        }],
+        "DatasetLinks": {"raw": Path(bids_dir).resolve().as_uri()},
+        "HowToAcknowledge": "Cite DDASR (Cong et al.) and ddasr-nipype; see logs/CITATION.md",
+    }
+    raw = Path(bids_dir) / "dataset_description.json"
+    if raw.is_file():
+        try:
+            name = json.loads(raw.read_text()).get("Name")
+        except json.JSONDecodeError:
+            name = None
+        if name:
+            description["SourceDatasets"] = [{"URL": Path(bids_dir).resolve().as_uri(), "Name": name}]
+    out = deriv_dir / "dataset_description.json"
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(json.dumps(description, indent=2) + "\n")
+    os.replace(tmp, out)
+    return out

@@ -1,0 +1,158 @@
+"""The ``ddasr`` console script: parse, configure, build the workflow, run it, write reports."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import sys
+from pathlib import Path
+
+from .config import EXAMPLE_DIR, Config  # noqa: F401  (EXAMPLE_DIR re-exported for users)
+
+LOGGER = logging.getLogger("ddasr")
+
+
+def _resource(name: str) -> Path:
+    import ddasr_nipype
+
+    return Path(ddasr_nipype.__file__).resolve().parent / "resources" / name
+
+
+def setup_logging(verbose: int = 0) -> None:
+    """Console progress on the ``ddasr`` logger; nipype's own logs only with ``-v``."""
+    level = max(logging.INFO - 5 * verbose, logging.DEBUG)
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(asctime)s | %(levelname)s | %(message)s", "%H:%M:%S"))
+    LOGGER.handlers[:] = [handler]
+    LOGGER.setLevel(level)
+    LOGGER.propagate = False
+    from nipype import logging as nlogging
+
+    nipype_level = max(25 - 5 * verbose, logging.DEBUG)  # 25: nipype's IMPORTANT
+    for name in ("workflow", "interface", "utils"):
+        nlogging.getLogger(f"nipype.{name}").setLevel(nipype_level)
+
+
+def _progress(node, status: str) -> None:
+    """MultiProc status callback: which subject, which step."""
+    parts = node.fullname.split(".")
+    subject = next((p[4:-3] for p in parts if p.startswith("sub_") and p.endswith("_wf")), "?")
+    run = next((p[:-3] for p in parts if p.startswith("t1w_") and p.endswith("_wf")), "")
+    step = parts[-1]
+    if step.startswith(("ds_", "merge_", "t1w_meta", "mask_meta")):
+        return
+    message = f"sub-{subject} {run}: {step} {status}".replace("  ", " ")
+    if status == "exception":
+        LOGGER.error("%s (crash file in the participant's log folder)", message)
+    else:
+        LOGGER.info(message)
+
+
+def build_workflow(config: Config):
+    """Check the model (sha256 of every file) and build the nipype workflow for ``config``."""
+    from ddasr_nipype.bundle import load_bundle
+    from ddasr_nipype.workflows.base import init_ddasr_wf
+
+    bundle = load_bundle(config.model)  # raises ModelBundleError / ChecksumMismatchError
+    LOGGER.info("model %s (%s), sha256 %s", bundle.name, bundle.path, bundle.sha256)
+    workflow = init_ddasr_wf(config=config)
+    workflow.config["execution"].update({
+        "crashfile_format": "txt",
+        "stop_on_first_crash": config.stop_on_first_crash,
+        "remove_unnecessary_outputs": False,
+    })
+    return workflow
+
+
+def write_boilerplate(workflow, deriv_dir: Path) -> Path:
+    """Methods text (``CITATION.md``) assembled from the workflows' ``__desc__``."""
+    logs = deriv_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    text = workflow.visit_desc()
+    bib = _resource("boilerplate.bib").read_text()
+    out = logs / "CITATION.md"
+    out.write_text(text + "\n### References\n\n```bibtex\n" + bib + "```\n")
+    (logs / "CITATION.bib").write_text(bib)
+    return out
+
+
+def failed_subjects(config: Config) -> list[str]:
+    """Participants of this run with crash files."""
+    deriv = config.derivatives_dir
+    return [
+        s for s in config.participant_label
+        if any((deriv / f"sub-{s}" / "log" / config.run_uuid).glob("crash*"))
+    ]
+
+
+def write_reports(config: Config) -> int:
+    """One HTML report per participant (``<output_dir>/ddasr/sub-<label>.html``)."""
+    from niworkflows.reports.core import generate_reports
+
+    from ddasr_nipype.interfaces.bids import OUT_PATH_BASE
+
+    return generate_reports(
+        list(config.participant_label), str(config.output_dir), config.run_uuid,
+        config=str(_resource("reports-spec.yml")), packagename=OUT_PATH_BASE,
+    )
+
+
+def run(config: Config) -> int:
+    """Run the app for ``config``; return the exit status (0: every participant finished)."""
+    from ddasr_nipype.errors import DDASRError
+    from ddasr_nipype.workflows.base import staging_dir_for
+
+    from .dataset import write_derivative_description
+
+    deriv = config.derivatives_dir
+    if config.reports_only:
+        write_reports(config)
+        LOGGER.info("reports written to %s", deriv)
+        return 0
+    LOGGER.info("ddasr: %d participant(s): %s", len(config.participant_label),
+                ", ".join(f"sub-{s}" for s in config.participant_label))
+    try:
+        workflow = build_workflow(config)
+    except (DDASRError, FileNotFoundError) as err:
+        LOGGER.error("%s", err)
+        return 1
+    write_derivative_description(config.bids_dir, deriv)
+    write_boilerplate(workflow, deriv)
+    plugin_args = dict(config.plugin_args)
+    if config.plugin in ("MultiProc", "LegacyMultiProc", "Linear"):
+        plugin_args.setdefault("status_callback", _progress)
+    crashed = False
+    try:
+        workflow.run(plugin=config.plugin, plugin_args=plugin_args)
+    except RuntimeError as err:  # nipype: "Workflow did not execute cleanly"
+        crashed = True
+        LOGGER.debug("nipype: %s", err)
+    finally:
+        shutil.rmtree(staging_dir_for(config), ignore_errors=True)
+        staging_root = staging_dir_for(config).parent
+        if staging_root.is_dir() and not any(staging_root.iterdir()):
+            staging_root.rmdir()
+    failed = failed_subjects(config)
+    write_reports(config)
+    if failed or crashed:
+        LOGGER.error(
+            "failed participant(s): %s; see the crash files in %s/sub-<label>/log/%s and the "
+            "HTML reports", ", ".join(f"sub-{s}" for s in failed) or "unknown", deriv,
+            config.run_uuid,
+        )
+        return 1
+    LOGGER.info("done: outputs and reports in %s", deriv)
+    return 0
+
+
+def main(argv=None) -> int:
+    """Entry point of the ``ddasr`` command."""
+    from .parser import parse_args
+
+    config = parse_args(argv)
+    setup_logging(config.verbose)
+    return run(config)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

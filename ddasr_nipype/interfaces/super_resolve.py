@@ -1,0 +1,128 @@
+"""Super-resolution of a whole T1w volume with a DDASR model bundle (SRN inference)."""
+
+from __future__ import annotations
+
+import json
+from nipype.interfaces.base import (
+    BaseInterfaceInputSpec,
+    File,
+    SimpleInterface,
+    TraitedSpec,
+    isdefined,
+    traits,
+)
+from nipype.utils.filemanip import fname_presuffix
+
+PLANES = ("sagittal", "coronal", "axial", "all")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def super_resolve_file(
+    in_file,
+    *,
+    model: str,
+    planes: str = "sagittal",
+    device: str = "auto",
+    batch_size: int = 8,
+    num_threads: int | None = None,
+    tile_size: int | None = None,
+):
+    """Load and validate ``in_file``, super-resolve it with bundle ``model`` (name or path).
+
+    Returns ``(out_img, info)``; ``info`` (scale, planes, device, runtime, model name and sha256,
+    input/output voxel sizes) is what the JSON sidecar records.
+    """
+    from ..bundle import load_bundle
+    from ..data.io import load_volume
+    from ..inference import super_resolve_image
+
+    img = load_volume(in_file)
+    bundle = load_bundle(model)
+    out_img, info = super_resolve_image(
+        img, bundle, planes=planes, device=device, batch_size=batch_size,
+        num_threads=num_threads, tile_size=tile_size,
+    )
+    info = dict(info)
+    info["input_voxel_size_mm"] = [round(float(z), 6) for z in img.header.get_zooms()[:3]]
+    info["output_voxel_size_mm"] = [round(float(z), 6) for z in out_img.header.get_zooms()[:3]]
+    info["input_shape"] = [int(n) for n in img.shape[:3]]
+    info["output_shape"] = [int(n) for n in out_img.shape[:3]]
+    return out_img, info
+
+
+class _SuperResolveInputSpec(BaseInterfaceInputSpec):
+    in_file = File(exists=True, mandatory=True, desc="low-resolution 3D T1w image")
+    model = traits.Str(
+        mandatory=True, desc="model bundle: a bundled model name or the path of a bundle directory"
+    )
+    planes = traits.Enum(
+        *PLANES, usedefault=True,
+        desc="slicing plane of the 2D network (x2 in that plane, as in the paper), or 'all' to fuse "
+        "the three planes into an isotropic x2 volume",
+    )
+    device = traits.Enum(
+        *DEVICES, usedefault=True, desc="torch device; 'auto' picks CUDA when available"
+    )
+    use_gpu = traits.Bool(
+        False, usedefault=True, nohash=True,
+        desc="tell nipype's MultiProc scheduler that this node occupies a GPU",
+    )
+    num_threads = traits.Int(desc="number of CPU threads for torch", nohash=True)
+    batch_size = traits.Int(
+        8, usedefault=True, nohash=True, desc="slices per forward pass (memory vs speed)"
+    )
+    tile_size = traits.Int(
+        desc="process slices larger than this (pixels) in overlapping tiles to bound memory",
+        nohash=True,
+    )
+
+
+class _SuperResolveOutputSpec(TraitedSpec):
+    out_file = File(exists=True, desc="the super-resolved image (float32), FOV-preserving affine")
+    out_json = File(exists=True, desc="JSON file with the run's metadata")
+    metadata = traits.Dict(desc="the same metadata as a dictionary (for sidecars)")
+    model_sha256 = traits.Str(desc="sha256 of the SR generator weights that were used")
+
+
+class SuperResolve(SimpleInterface):
+    """Super-resolve a volume slice by slice with the DDASR super-resolution network.
+
+    Slices stream through the generator in batches (tiles for large slices), so memory stays
+    bounded; the output keeps the input's orientation and field of view.
+
+    >>> sr = SuperResolve(model="ixi-t1w-x2", planes="all", device="cpu")
+    >>> sr.inputs.planes
+    'all'
+    >>> sr.inputs.in_file = "sub-01_T1w.nii.gz"  # doctest: +SKIP
+    >>> res = sr.run()  # doctest: +SKIP
+    >>> res.outputs.metadata["scale"]  # doctest: +SKIP
+    2
+    """
+
+    input_spec = _SuperResolveInputSpec
+    output_spec = _SuperResolveOutputSpec
+
+    def _run_interface(self, runtime):
+        from ..data.io import save_volume
+
+        def _opt(value):
+            return value if isdefined(value) and value else None
+
+        out_img, info = super_resolve_file(
+            self.inputs.in_file, model=self.inputs.model, planes=self.inputs.planes,
+            device=self.inputs.device, batch_size=self.inputs.batch_size,
+            num_threads=_opt(self.inputs.num_threads), tile_size=_opt(self.inputs.tile_size),
+        )
+        out_file = fname_presuffix(
+            self.inputs.in_file, suffix="_sr.nii.gz", newpath=runtime.cwd, use_ext=False
+        )
+        out_json = fname_presuffix(
+            self.inputs.in_file, suffix="_sr.json", newpath=runtime.cwd, use_ext=False
+        )
+        save_volume(out_img, out_file)
+        with open(out_json, "w") as stream:
+            json.dump(info, stream, indent=2, sort_keys=True)
+        self._results.update(
+            out_file=out_file, out_json=out_json, metadata=info, model_sha256=info["model_sha256"]
+        )
+        return runtime
