@@ -259,9 +259,17 @@ def blur(x: np.ndarray, kernel: np.ndarray, *, axes: tuple[int, ...] = (-2, -1))
     kernel = np.asarray(kernel, dtype=np.float64)
     if kernel.ndim != 2 or not np.all(np.isfinite(kernel)):
         raise ValueError(f"kernel must be a finite 2D array, got shape {kernel.shape}")
+    # FFT convolution of the reflect-padded image: the same result as ndimage.convolve(mode="reflect")
+    # for odd kernels, much faster for the 21 x 21 kernels of the RealSR/Real-ESRGAN models
+    from scipy.signal import fftconvolve
+
     shape = [1] * x.ndim
     shape[axes[0]], shape[axes[1]] = kernel.shape
-    return ndimage.convolve(x, kernel.reshape(shape), mode="reflect")
+    pad = [(0, 0)] * x.ndim
+    for axis, k in zip(axes, kernel.shape):
+        pad[axis] = (k // 2, k - 1 - k // 2)
+    padded = np.pad(x, pad, mode="symmetric")
+    return fftconvolve(padded, kernel.reshape(shape), mode="valid", axes=axes)
 
 
 def _noise(x: np.ndarray, kind: str, level: float, seed: int) -> np.ndarray:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from skimage.metrics import structural_similarity
 
-__all__ = ["psnr", "ssim"]
+__all__ = ["psnr", "ssim", "ssim_whole_and_masked"]
 
 
 def _check_pair(reference: np.ndarray, test: np.ndarray, mask: np.ndarray | None):
@@ -48,3 +48,12 @@ def ssim(reference: np.ndarray, test: np.ndarray, *, mask: np.ndarray | None = N
         raise ValueError(f"SSIM needs at least 7 samples along each axis, got {reference.shape}")
     value, ssim_map = structural_similarity(reference, test, data_range=data_range, full=True)
     return float(value if mask is None else ssim_map[mask].mean())
+
+
+def ssim_whole_and_masked(reference: np.ndarray, test: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
+    """``(ssim(reference, test), ssim(reference, test, mask=mask))`` from a single SSIM map."""
+    reference, test, mask = _check_pair(reference, test, mask)
+    if min(reference.shape) < 7:
+        raise ValueError(f"SSIM needs at least 7 samples along each axis, got {reference.shape}")
+    value, ssim_map = structural_similarity(reference, test, data_range=1.0, full=True)
+    return float(value), float(ssim_map[mask].mean())

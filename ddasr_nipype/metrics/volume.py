@@ -28,7 +28,7 @@ from scipy import ndimage
 
 from .brisque import brisque
 from .niqe import niqe, to_8bit
-from .reference import psnr, ssim
+from .reference import psnr, ssim_whole_and_masked
 
 __all__ = [
     "PLANES",
@@ -54,7 +54,7 @@ def _plane_axis(plane: str) -> int:
 
 
 def foreground_mask(data: np.ndarray) -> np.ndarray:
-    """Head/brain foreground by Otsu's threshold: largest connected component, holes filled per slice."""
+    """Head foreground: Otsu threshold, largest connected component, closing, holes filled."""
     from skimage.filters import threshold_otsu
 
     data = np.asarray(data, dtype=np.float64)
@@ -65,7 +65,8 @@ def foreground_mask(data: np.ndarray) -> np.ndarray:
     if n > 1:
         sizes = ndimage.sum_labels(mask, labels, index=np.arange(1, n + 1))
         mask = labels == (int(np.argmax(sizes)) + 1)
-    mask = ndimage.binary_closing(mask, iterations=2)
+    inner = tuple(slice(2, -2) for _ in range(mask.ndim))  # pad: do not erode the edge slices
+    mask = ndimage.binary_closing(np.pad(mask, 2), iterations=2)[inner]
     return ndimage.binary_fill_holes(mask)
 
 
@@ -95,8 +96,8 @@ def normalize_pair(reference: np.ndarray, test: np.ndarray, mask: np.ndarray | N
 
 
 def take_slice(volume: np.ndarray, plane: str, index: int) -> np.ndarray:
-    """The 2D slice ``index`` of ``plane`` (first in-plane axis first, no transpose or flip)."""
-    return np.take(volume, index, axis=_plane_axis(plane))
+    """The 2D slice ``index`` of ``plane`` (first in-plane axis first, no transpose or flip); a view."""
+    return volume[(slice(None),) * _plane_axis(plane) + (int(index),)]
 
 
 def select_slices(mask: np.ndarray, plane: str, min_fraction: float = 0.1) -> np.ndarray:
@@ -177,16 +178,16 @@ def reference_scores(
     for index in indices:
         ref2, test2 = take_slice(reference, plane, int(index)), take_slice(test, plane, int(index))
         m2 = take_slice(mask, plane, int(index))
+        whole, masked = ssim_whole_and_masked(ref2, test2, m2)
         rows["psnr"].append(psnr(ref2, test2))
-        rows["ssim"].append(ssim(ref2, test2))
+        rows["ssim"].append(whole)
         rows["psnr_mask"].append(psnr(ref2, test2, mask=m2))
-        rows["ssim_mask"].append(ssim(ref2, test2, mask=m2))
+        rows["ssim_mask"].append(masked)
     out: dict[str, np.ndarray | float] = {"slice": indices}
     out.update({k: np.asarray(v, dtype=np.float64) for k, v in rows.items()})
     out["psnr_3d"] = psnr(reference, test)
-    out["ssim_3d"] = ssim(reference, test)
+    out["ssim_3d"], out["ssim_3d_mask"] = ssim_whole_and_masked(reference, test, mask)
     out["psnr_3d_mask"] = psnr(reference, test, mask=mask)
-    out["ssim_3d_mask"] = ssim(reference, test, mask=mask)
     return out
 
 
