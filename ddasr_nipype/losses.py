@@ -214,6 +214,8 @@ class SRNLossConfig(ModelConfig):
     perceptual_criterion: str = "mse"
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "layers", tuple(int(i) for i in self.layers))
+        object.__setattr__(self, "layer_weights", tuple(float(w) for w in self.layer_weights))
         for name in ("eta_perceptual", "eta_l1", "eta_adv"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or value < 0:

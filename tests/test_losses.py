@@ -243,6 +243,7 @@ def test_srn_loss_without_adversarial_and_config(vgg):
     assert (default.eta_perceptual, default.eta_l1, default.eta_adv) == (1.0, 1.0, 0.1)
     assert default.layers == (2, 7, 9, 12, 17) and default.layer_weights == (0.1, 0.1, 1.0, 1.0, 1.0)
     assert SRNLossConfig.from_dict(default.to_dict()) == default
+    assert SRNLossConfig(layers=[2, 7, 9, 12, 17], layer_weights=[0.1, 0.1, 1, 1, 1]) == default
     with pytest.raises(ValueError, match="same length"):
         SRNLossConfig(layers=(2,), layer_weights=(1.0, 1.0))
     with pytest.raises(ValueError, match="both real_logits and fake_logits"):

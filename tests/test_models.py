@@ -475,6 +475,7 @@ def test_config_dict_round_trip_and_errors(tmp_path):
     data = json.loads(json.dumps(cfg.to_dict()))
     assert DSNConfig.from_dict(data) == cfg
     assert isinstance(DSNConfig.from_dict(data).decoder_channels, tuple)
+    assert DSNConfig(**{**TINY_DSN, "decoder_channels": [16, 8, 8]}) == cfg
     with pytest.raises(ValueError, match="unknown field"):
         GeneratorConfig.from_dict({"num_feat": 8, "bogus": 1})
     with pytest.raises(ValueError, match="num_feat must be a positive integer"):

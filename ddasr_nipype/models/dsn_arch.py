@@ -52,6 +52,8 @@ class DSNConfig(ModelConfig):
     decoder_extra_convs: tuple[int, ...] = (3, 1, 1)
 
     def __post_init__(self) -> None:
+        for name in ("decoder_channels", "decoder_extra_convs"):  # lists from YAML/JSON -> tuples
+            object.__setattr__(self, name, tuple(getattr(self, name)))
         for name in ("in_channels", "d_model", "nhead", "dim_feedforward", "patch_size",
                      "cape_pool_size", "scale"):
             value = getattr(self, name)
