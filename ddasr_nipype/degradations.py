@@ -39,7 +39,6 @@ from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
 
 import numpy as np
-from scipy import ndimage
 
 from .metrics.imresize import KERNELS, imresize
 
@@ -259,8 +258,8 @@ def blur(x: np.ndarray, kernel: np.ndarray, *, axes: tuple[int, ...] = (-2, -1))
     kernel = np.asarray(kernel, dtype=np.float64)
     if kernel.ndim != 2 or not np.all(np.isfinite(kernel)):
         raise ValueError(f"kernel must be a finite 2D array, got shape {kernel.shape}")
-    # FFT convolution of the reflect-padded image: the same result as ndimage.convolve(mode="reflect")
-    # for odd kernels, much faster for the 21 x 21 kernels of the RealSR/Real-ESRGAN models
+    # FFT convolution of the reflect-padded image: what scipy.ndimage.convolve(mode="reflect")
+    # gives for odd kernels, much faster for the 21 x 21 kernels of the RealSR/Real-ESRGAN models
     from scipy.signal import fftconvolve
 
     shape = [1] * x.ndim
