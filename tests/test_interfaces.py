@@ -1,0 +1,259 @@
+"""Nipype interfaces on small real data with a tiny random-weights test bundle."""
+
+from __future__ import annotations
+
+import doctest
+import gzip
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from _bundles import make_tiny_bundle
+
+from ddasr_nipype.errors import ChecksumMismatchError, InvalidImageError
+
+
+@pytest.fixture(scope="module")
+def tiny_bundle(tmp_path_factory) -> Path:
+    return make_tiny_bundle(tmp_path_factory.mktemp("bundles") / "tiny-test", with_dsn=True)
+
+
+@pytest.fixture(scope="module")
+def lr_crop(lr_file, tmp_path_factory) -> Path:
+    """A 40x36x30 crop of the real IXI scan (PSR orientation kept), with a correct affine."""
+    img = nib.load(lr_file)
+    crop = img.slicer[40:80, 40:76, 30:60]
+    out = tmp_path_factory.mktemp("crop") / "sub-01_T1w.nii.gz"
+    crop.to_filename(out)
+    return out
+
+
+def _cwd(path: Path) -> str:
+    path.mkdir(parents=True, exist_ok=True)
+    return str(path)
+
+
+def _world(affine, ijk):
+    return nib.affines.apply_affine(affine, np.asarray(ijk, dtype=float))
+
+
+def test_conform_reorients_exactly_and_records(lr_crop, tmp_path):
+    from ddasr_nipype.interfaces import Conform
+
+    res = Conform(in_file=str(lr_crop)).run(cwd=str(tmp_path))
+    out = nib.load(res.outputs.out_file)
+    ref = nib.as_closest_canonical(nib.load(lr_crop))
+    assert nib.aff2axcodes(out.affine) == ("R", "A", "S")
+    assert np.allclose(out.affine, ref.affine)
+    assert np.array_equal(out.get_fdata(dtype=np.float32), ref.get_fdata(dtype=np.float32))
+    assert res.outputs.in_orientation == "PSR"
+    assert res.outputs.info["reoriented"] and not res.outputs.info["resampled"]
+    assert res.outputs.info["output"]["shape"] == list(ref.shape)
+    assert Path(res.outputs.out_file).parent == tmp_path
+
+
+def test_conform_round_trip_and_isotropic(lr_crop, tmp_path):
+    from ddasr_nipype.interfaces import Conform
+
+    ras = Conform(in_file=str(lr_crop)).run(cwd=_cwd(tmp_path / "a"))
+    back = Conform(in_file=ras.outputs.out_file, orientation="PSR").run(cwd=_cwd(tmp_path / "b"))
+    orig, restored = nib.load(lr_crop), nib.load(back.outputs.out_file)
+    assert np.allclose(orig.affine, restored.affine)
+    assert np.array_equal(orig.get_fdata(dtype=np.float32), restored.get_fdata(dtype=np.float32))
+
+    iso = Conform(in_file=str(lr_crop), voxel_size=1.5).run(cwd=_cwd(tmp_path / "c"))
+    out = nib.load(iso.outputs.out_file)
+    assert np.allclose(out.header.get_zooms()[:3], 1.5, atol=1e-4)
+    assert iso.outputs.info["resampled"]
+    # the FOV centre stays in place
+    c_in = _world(orig.affine, (np.array(orig.shape) - 1) / 2)
+    c_out = _world(out.affine, (np.array(out.shape) - 1) / 2)
+    assert np.allclose(c_in, c_out, atol=0.75)
+
+
+@pytest.mark.parametrize("problem", ["4d", "nan", "empty", "anisotropic", "truncated"])
+def test_conform_rejects_bad_input(problem, lr_crop, tmp_path):
+    from ddasr_nipype.interfaces import Conform
+
+    img = nib.load(lr_crop)
+    data = img.get_fdata(dtype=np.float32)
+    affine = img.affine.copy()
+    bad = tmp_path / "bad_T1w.nii.gz"
+    if problem == "truncated":
+        raw = gzip.decompress(Path(lr_crop).read_bytes())
+        bad.write_bytes(gzip.compress(raw[: len(raw) // 2]))
+    else:
+        if problem == "4d":
+            data = np.stack([data, data], axis=-1)
+        elif problem == "nan":
+            data[0, 0, 0] = np.nan
+        elif problem == "empty":
+            data[:] = 0
+        elif problem == "anisotropic":
+            affine[:3, 2] *= 6  # 2 x 2 x 12 mm: ratio 6 ... then thinner in-plane
+            affine[:3, :2] *= 0.5
+        nib.Nifti1Image(data, affine).to_filename(bad)
+    expected = {"4d": "4D", "nan": "non-finite", "empty": "empty", "anisotropic": "anisotropic",
+                "truncated": "truncated"}[problem]
+    with pytest.raises(InvalidImageError, match=expected) as err:
+        Conform(in_file=str(bad)).run(cwd=str(tmp_path))
+    assert str(bad) in str(err.value)
+
+
+def test_reslice_mask_keeps_world_position(lr_crop, tmp_path):
+    from ddasr_nipype.data.slicing import upsampled_affine
+    from ddasr_nipype.interfaces import Reslice
+
+    img = nib.load(lr_crop)
+    mask = np.zeros(img.shape, np.uint8)
+    mask[10:30, 8:20, 5:25] = 1
+    mask_file, ref_file = tmp_path / "mask.nii.gz", tmp_path / "ref.nii.gz"
+    nib.Nifti1Image(mask, img.affine).to_filename(mask_file)
+    ref_shape = tuple(n * 2 for n in img.shape)
+    nib.Nifti1Image(np.zeros(ref_shape, np.float32), upsampled_affine(img.affine, (2, 2, 2))
+                    ).to_filename(ref_file)
+    res = Reslice(in_file=str(mask_file), reference_file=str(ref_file), threshold=0.5).run(
+        cwd=str(tmp_path))
+    out = nib.load(res.outputs.out_file)
+    assert out.shape == ref_shape and out.get_data_dtype() == np.uint8
+    centroid_in = _world(img.affine, np.argwhere(mask).mean(0))
+    centroid_out = _world(out.affine, np.argwhere(np.asarray(out.dataobj)).mean(0))
+    assert np.allclose(centroid_in, centroid_out, atol=0.5)
+    assert abs(int(np.asarray(out.dataobj).sum()) - 8 * int(mask.sum())) < 0.1 * 8 * mask.sum()
+
+
+def test_brain_extraction_user_mask_any_grid(lr_crop, tmp_path):
+    from ddasr_nipype.interfaces import BrainExtraction, Conform
+
+    img = nib.load(lr_crop)
+    mask = np.zeros(img.shape, np.uint8)
+    mask[5:35, 6:30, 4:26] = 1
+    mask_file = tmp_path / "mask.nii.gz"  # in the input's PSR orientation
+    nib.Nifti1Image(mask, img.affine).to_filename(mask_file)
+    ras = Conform(in_file=str(lr_crop)).run(cwd=_cwd(tmp_path / "c"))
+    res = BrainExtraction(in_file=ras.outputs.out_file, backend="mask",
+                          mask_file=str(mask_file)).run(cwd=str(tmp_path))
+    out_mask = nib.load(res.outputs.out_mask)
+    expected = nib.as_closest_canonical(nib.Nifti1Image(mask, img.affine)).get_fdata() > 0
+    assert np.array_equal(np.asarray(out_mask.dataobj) > 0, expected)
+    brain = nib.load(res.outputs.out_file).get_fdata()
+    assert np.all(brain[~expected] == 0) and brain[expected].max() > 0
+    assert res.outputs.info["mask_voxels"] == int(mask.sum())
+
+
+def test_brain_extraction_errors(lr_crop, tmp_path):
+    from ddasr_nipype.interfaces import BrainExtraction
+    from ddasr_nipype.interfaces.brain_extraction import extract_brain
+
+    img = nib.load(lr_crop)
+    with pytest.raises(ValueError, match="unknown brain-extraction backend 'ants'.*deepbet, mask"):
+        extract_brain(img, backend="ants")
+    with pytest.raises(ValueError, match="needs mask_file"):
+        BrainExtraction(in_file=str(lr_crop), backend="mask").run(cwd=str(tmp_path))
+    empty = tmp_path / "empty.nii.gz"
+    nib.Nifti1Image(np.zeros(img.shape, np.uint8), img.affine).to_filename(empty)
+    with pytest.raises(RuntimeError, match="empty mask"):
+        extract_brain(img, backend="mask", mask_img=nib.load(empty))
+
+
+@pytest.mark.parametrize("planes", ["sagittal", "all"])
+def test_super_resolve_grid_and_sidecar(planes, lr_crop, tiny_bundle, tmp_path):
+    from ddasr_nipype.bundle import load_bundle
+    from ddasr_nipype.data.slicing import upsampled_affine
+    from ddasr_nipype.interfaces import SuperResolve
+
+    res = SuperResolve(in_file=str(lr_crop), model=str(tiny_bundle), planes=planes,
+                       device="cpu", num_threads=1, batch_size=16).run(cwd=str(tmp_path))
+    img, out = nib.load(lr_crop), nib.load(res.outputs.out_file)
+    # input is PSR: RAS axis 0 (sagittal slices) is the file's axis 2
+    factors = (2, 2, 1) if planes == "sagittal" else (2, 2, 2)
+    assert out.shape == tuple(n * f for n, f in zip(img.shape, factors))
+    assert nib.aff2axcodes(out.affine) == nib.aff2axcodes(img.affine)
+    assert np.allclose(out.affine, upsampled_affine(img.affine, factors), atol=1e-4)
+    # the FOV corners coincide (world alignment well within half an output voxel)
+    corner_in = _world(img.affine, [-0.5, -0.5, -0.5])
+    corner_out = _world(out.affine, [-0.5, -0.5, -0.5])
+    assert np.allclose(corner_in, corner_out, atol=1e-3)
+    meta = json.loads(Path(res.outputs.out_json).read_text())
+    assert meta == res.outputs.metadata
+    assert meta["model_sha256"] == load_bundle(tiny_bundle).sha256 == res.outputs.model_sha256
+    assert meta["planes"] == planes and meta["scale"] == 2 and meta["device"] == "cpu"
+    assert meta["output_shape"] == sorted(meta["output_shape"], key=lambda _: 0)  # a list
+    assert np.isfinite(out.get_fdata()).all() and out.get_fdata().max() > 0
+
+
+def test_super_resolve_refuses_tampered_model(lr_crop, tiny_bundle, tmp_path):
+    import shutil
+
+    from ddasr_nipype.interfaces import SuperResolve
+
+    bad = tmp_path / "tampered"
+    shutil.copytree(tiny_bundle, bad)
+    weights = bad / "srn.pt"
+    raw = bytearray(weights.read_bytes())
+    raw[-100] ^= 0xFF  # flip one byte
+    weights.write_bytes(bytes(raw))
+    with pytest.raises(ChecksumMismatchError, match="sha256"):
+        SuperResolve(in_file=str(lr_crop), model=str(bad), device="cpu").run(cwd=str(tmp_path))
+
+
+def test_dsn_degrade(hr_files, lr_crop, tiny_bundle, tmp_path):
+    from ddasr_nipype.interfaces import DSNDegrade
+
+    hr = nib.load(hr_files["trio"]).slicer[:, 30:62, 30:62]  # RAS, 72x32x32, 1 mm
+    hr_file = tmp_path / "hr_T1w.nii.gz"
+    hr.to_filename(hr_file)
+    res = DSNDegrade(in_file=str(hr_file), reference_lr=str(lr_crop), model=str(tiny_bundle),
+                     plane="sagittal", device="cpu").run(cwd=str(tmp_path))
+    out = nib.load(res.outputs.out_file)
+    assert out.shape == (72, 16, 16)
+    assert np.allclose(out.header.get_zooms()[:3], (1.0, 2.0, 2.0), atol=1e-3)
+    assert res.outputs.metadata["plane"] == "sagittal"
+    assert json.loads(Path(res.outputs.out_json).read_text())["dsn_sha256"]
+
+
+def test_summary_and_sidecars(tmp_path):
+    from ddasr_nipype.interfaces import SRSummary
+    from ddasr_nipype.interfaces.bids import bids_uri, mask_sidecar
+
+    meta = {"model_name": "tiny-test", "model_sha256": "ab" * 32, "scale": 2, "planes": "all",
+            "device": "cpu", "runtime_s": 1.25, "input_shape": [4, 4, 4],
+            "input_voxel_size_mm": [2, 2, 2], "output_shape": [8, 8, 8],
+            "output_voxel_size_mm": [1, 1, 1]}
+    res = SRSummary(metadata=meta, source_file="sub-01/anat/sub-01_T1w.nii.gz",
+                    mask_info={"backend": "deepbet", "mask_volume_ml": 1234.5}).run(cwd=str(tmp_path))
+    html = Path(res.outputs.out_report).read_text()
+    for text in ("tiny-test", "abababab", "x2 / all", "1234.5 ml", "sub-01_T1w.nii.gz"):
+        assert text in html
+    assert bids_uri("/data/ds/sub-01/anat/x.nii.gz", "/data/ds") == "bids:raw:sub-01/anat/x.nii.gz"
+    assert mask_sidecar({"backend": "mask"}, "/d/sub-01/anat/x.nii.gz", "/d")["Type"] == "Brain"
+
+
+def test_commit_is_all_or_nothing(tmp_path):
+    from ddasr_nipype.interfaces.bids import CommitDerivatives
+
+    staging, out = tmp_path / "staging", tmp_path / "out"
+    files = [staging / "ddasr" / "sub-01" / "anat" / f"f{i}.txt" for i in range(2)]
+    for f in files:
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_text(f.name)
+    with pytest.raises(FileNotFoundError, match="nothing was committed"):
+        CommitDerivatives(in_files=[str(f) for f in files] + [str(staging / "missing")],
+                          staging_dir=str(staging), output_dir=str(out)).run(cwd=str(tmp_path))
+    assert not out.exists() and all(f.exists() for f in files)
+    res = CommitDerivatives(in_files=[str(f) for f in files], staging_dir=str(staging),
+                            output_dir=str(out)).run(cwd=str(tmp_path))
+    assert sorted(Path(p).read_text() for p in res.outputs.out_files) == ["f0.txt", "f1.txt"]
+    assert not any(f.exists() for f in files)
+
+
+@pytest.mark.parametrize("module", ["conform", "brain_extraction", "super_resolve", "dsn",
+                                    "reports", "bids"])
+def test_docstring_examples(module):
+    import importlib
+
+    mod = importlib.import_module(f"ddasr_nipype.interfaces.{module}")
+    result = doctest.testmod(mod, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0 and result.failed == 0
