@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Build the BIDS-App image with podman and run the bundled example through its entrypoint.
 #
-# Usage: scripts/container-test.sh [--skip-build] [--save-oci FILE] [--out DIR]
+# Usage: scripts/container-test.sh [--skip-build] [--save-oci FILE] [--out DIR] [--model DIR]
 #
 #   --skip-build      reuse the image already built under $DDASR_IMAGE
 #   --save-oci FILE   also write the image as an OCI archive (for `apptainer build x.sif oci-archive://FILE`)
 #   --out DIR         where the example's derivatives go (default: $DDASR_CONTAINER_WORK/example-out);
 #                     it is emptied first
+#   --model DIR       run the example with this model bundle (mounted read-only) instead of the bundled one
 #
 # Works on a machine without a Docker engine and without a reachable image registry: podman + buildah +
 # runc (installed with apt when missing; needs root), a base image debootstrapped locally and tagged with
@@ -31,11 +32,13 @@ VARIANT=${DDASR_TORCH_VARIANT:-cpu}
 SKIP_BUILD=0
 SAVE_OCI=""
 OUT=""
+MODEL=""
 while (($#)); do
     case $1 in
         --skip-build) SKIP_BUILD=1 ;;
         --save-oci) SAVE_OCI=$2; shift ;;
         --out) OUT=$2; shift ;;
+        --model) MODEL=$(cd "$2" && pwd); shift ;;
         *) echo "unknown argument: $1" >&2; exit 2 ;;
     esac
     shift
@@ -159,10 +162,13 @@ fi
 rm -rf "$OUT"
 mkdir -p "$OUT"
 chmod 0777 "$OUT"  # written by the image's non-root user
+model_args=()
+[[ -z $MODEL ]] || model_args=(-v "$MODEL:/model:ro")
 t0=$(date +%s)
 podman run --rm --network none \
-    -v "$REPO/ddasr_nipype/resources/example:/data:ro" -v "$OUT:/out" \
-    "$IMAGE" /data /out participant -w /tmp/work --nprocs 2 --omp-nthreads 2 >&2
+    -v "$REPO/ddasr_nipype/resources/example:/data:ro" -v "$OUT:/out" "${model_args[@]}" \
+    "$IMAGE" /data /out participant -w /tmp/work --nprocs 2 --omp-nthreads 2 \
+    ${MODEL:+--model /model} >&2
 example_seconds=$(($(date +%s) - t0))
 echo "example_seconds=$example_seconds"
 
