@@ -295,3 +295,27 @@ def test_training_gpu_nodes_go_to_the_gpu_partition(slurm_env, job_tag, tmp_path
             assert (partition, gres) == ("cpu", "N/A"), (job, partition, gres)
         else:
             assert partition == "gpu" and "gpu:1" in gres, (job, partition, gres)
+
+
+def test_sbatch_array_script_matches_multiproc(two_subjects, tiny_model, multiproc_run, slurm_env,
+                                               job_tag, tmp_path):
+    """scripts/ddasr-array.sbatch (the docs/hpc.md recipe) submitted as written, one task a subject."""
+    if not DDASR.exists():
+        pytest.skip(f"the ddasr console script is not installed next to {sys.executable}")
+    out = tmp_path / "out"
+    env = dict(slurm_env, BIDS_DIR=str(two_subjects), OUT_DIR=str(out), TMPDIR=str(tmp_path),
+               DDASR_ARGS=f"--model {tiny_model} --skip-brain-extraction",
+               PATH=f"{DDASR.parent}{os.pathsep}{slurm_env.get('PATH', '')}")
+    n_subjects = len((two_subjects / "participants.tsv").read_text().splitlines()) - 1
+    t0 = time.monotonic()
+    res = _sh(["sbatch", f"--array=1-{n_subjects}", f"--comment={job_tag}",
+               str(REPO / "scripts" / "ddasr-array.sbatch")], env, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    _wait_for_jobs(env, job_tag)
+    print(f"\nsbatch array: {n_subjects} subjects in {time.monotonic() - t0:.1f} s")
+    logs = sorted(tmp_path.glob("ddasr-*_*.log"))
+    assert len(logs) == n_subjects, logs
+    for log in logs:
+        assert "Traceback" not in log.read_text(), log.read_text()[-3000:]
+    _assert_same_derivatives(multiproc_run, out)
+    assert not list(tmp_path.glob("ddasr-work-*")), "work folders left behind"
