@@ -40,6 +40,7 @@ __all__ = [
     "run_srn_stage",
     "load_dsn",
     "run_training",
+    "write_bundle",
 ]
 
 
@@ -57,10 +58,10 @@ class TrainingOptions:
     when no weights file is found; it is recorded in the bundle.
     """
 
-    hr_dir: Path
-    lr_dir: Path | None
-    out_dir: Path
     preset: TrainingPreset
+    hr_dir: Path | None = None
+    lr_dir: Path | None = None
+    out_dir: Path | None = None
     work_dir: Path | None = None
     device: str = "auto"
     seed: int = 0
@@ -81,7 +82,9 @@ class TrainingOptions:
 
     @property
     def work(self) -> Path:
-        out = Path(self.out_dir).expanduser().resolve()
+        if self.out_dir is None and not self.work_dir:
+            raise ValueError("TrainingOptions: give out_dir or work_dir")
+        out = Path(self.out_dir or ".").expanduser().resolve()
         return Path(self.work_dir).expanduser().resolve() if self.work_dir else out.with_name(out.name + ".work")
 
     def trainer_kwargs(self, vgg, backbone) -> dict[str, Any]:
@@ -192,7 +195,8 @@ def load_dsn(source: str | Path, device="cpu"):
         dsn.load_state_dict(state["models"]["dsn"])
     except (KeyError, RuntimeError, ValueError) as err:
         raise CheckpointError(f"{source}: cannot rebuild the DSN: {err}") from err
-    return dsn.to(device).eval(), {"source": "checkpoint", "path": str(source), "iteration": int(state["iteration"])}
+    return dsn.to(device).eval(), {"source": "checkpoint", "path": str(source), "iterations": int(state["iteration"]),
+                                 "final_losses": dict(state.get("last_losses", {}))}
 
 
 def run_synthesis_stage(options: TrainingOptions, hr: SliceSet, lr: SliceSet | None, dsn=None) -> PairSet:
@@ -245,8 +249,6 @@ def run_training(options: TrainingOptions):
     Returns the :class:`~ddasr_nipype.bundle.ModelBundle` written to ``options.out_dir``. Raises
     :class:`~ddasr_nipype.training.engine.TrainingInterrupted` after checkpointing on SIGTERM/SIGINT.
     """
-    from ddasr_nipype.bundle import save_bundle
-
     if options.dsn_from and options.degradation:
         raise ValueError("give either --dsn-from or --degradation, not both")
     apply_num_threads(options.num_threads)
@@ -261,7 +263,7 @@ def run_training(options: TrainingOptions):
     use_dsn = not options.degradation
     hr, lr, summary = prepare_data(options, need_lr=use_dsn and options.dsn_from is None)
 
-    dsn = dsn_config = None
+    dsn = None
     dsn_info: dict[str, Any] = {}
     if options.dsn_from:
         dsn, dsn_info = load_dsn(options.dsn_from)
@@ -270,16 +272,26 @@ def run_training(options: TrainingOptions):
                                    f"x{options.preset.data.scale}")
         if lr is None:
             raise TrainingDataError("synthesis with a DSN needs real LR reference slices: give --lr")
-        dsn_config = dsn.config
     elif use_dsn:
         dsn_trainer = run_dsn_stage(options, hr, lr, vgg, backbone)
-        dsn, dsn_config = dsn_trainer.dsn, dsn_trainer.dsn_config
+        dsn = dsn_trainer.dsn
         dsn_info = {"source": "trained", "iterations": dsn_trainer.iteration,
                     "final_losses": dsn_trainer.last_losses}
         del dsn_trainer
     pairs = run_synthesis_stage(options, hr, lr, dsn)
     srn = run_srn_stage(options, pairs, vgg, backbone)
 
+    return write_bundle(options, srn=srn, summary=summary, n_pairs=len(pairs), backbone=backbone,
+                        dsn=dsn, dsn_info=dsn_info)
+
+
+def write_bundle(options: TrainingOptions, *, srn, summary: dict, n_pairs: int, backbone: dict,
+                 dsn=None, dsn_info: dict | None = None):
+    """Save the trained EMA generator (and the DSN, if any) as a model bundle in ``options.out_dir``."""
+    from ddasr_nipype.bundle import save_bundle
+
+    dsn_info = dsn_info or {}
+    dsn_config = dsn.config if dsn is not None else None
     preset = options.preset
     preprocessing = {
         "plane": preset.data.plane,
@@ -299,7 +311,7 @@ def run_training(options: TrainingOptions):
         "data": {"hr_files": [Path(f).name for f in summary["hr_files"]],
                  "lr_files": [Path(f).name for f in summary["lr_files"]],
                  "hr_slices": summary["hr_slices"], "lr_slices": summary["lr_slices"],
-                 "pairs": len(pairs)},
+                 "pairs": n_pairs},
         "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     name = options.name or Path(options.out_dir).name

@@ -1,0 +1,48 @@
+"""init_train_wf: graph, SLURM-routable node settings, and a smoke run of the three nodes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from ddasr_nipype.workflows.train import GPU_NODE_NAMES, TRAIN_NODE_NAMES, init_train_wf
+
+
+def test_graph_and_node_resources(tmp_path):
+    wf = init_train_wf(hr_dir=str(tmp_path), lr_dir=str(tmp_path), output_dir=str(tmp_path / "m"),
+                       preset="paper", device="cuda", omp_nthreads=4, mem_gb=24, iterations_srn=10)
+    assert set(TRAIN_NODE_NAMES) <= set(wf.list_node_names())
+    for name in GPU_NODE_NAMES:
+        node = wf.get_node(name)
+        assert node.inputs.use_gpu is True and node.n_procs == 4 and node.mem_gb == 24
+        assert node.is_gpu_node()
+        assert node.inputs.preset == "paper" and node.inputs.iterations_srn == 10
+        node.plugin_args = {"sbatch_args": "--gres=gpu:1 -p gpu", "overwrite": True}
+    edges = {(u.name, v.name) for u, v in wf._graph.edges()}
+    assert {("train_dsn", "synthesize_pairs"), ("synthesize_pairs", "train_srn"), ("train_dsn", "train_srn")} <= edges
+    cpu = init_train_wf(hr_dir=".", lr_dir=".", output_dir="m", device="cpu")
+    assert cpu.get_node("train_dsn").inputs.use_gpu is False
+    assert "down-sampling network" in cpu.__desc__
+
+
+def test_smoke_workflow_run_writes_a_bundle(tmp_path, hr_bids, lr_bids):
+    torch = pytest.importorskip("torch")
+    from ddasr_nipype.bundle import load_bundle
+
+    out = tmp_path / "bundle"
+    wf = init_train_wf(hr_dir=str(hr_bids), lr_dir=str(lr_bids), output_dir=str(out), preset="smoke",
+                       device="cpu", allow_random_vgg19=True, hr_participant_label=["trio"],
+                       model_name="wf-smoke")
+    for name in TRAIN_NODE_NAMES:
+        wf.get_node(name).inputs.tensorboard = False
+    wf.base_dir = str(tmp_path / "work")
+    wf.run(plugin="Linear")
+    bundle = load_bundle(out)
+    assert bundle.name == "wf-smoke" and bundle.has_dsn
+    assert bundle.manifest["training"]["data"]["hr_files"] == ["sub-trio_T1w.nii.gz"]
+    assert bundle.manifest["training"]["dsn"]["iterations"] == 4
+    summary = json.loads((tmp_path / "work" / "train_wf" / "train_dsn" / "data_summary.json").read_text())
+    assert summary["hr_voxel_size"] == pytest.approx(1.0)
+    with torch.no_grad():
+        assert bundle.load_generator()(torch.rand(1, 1, 16, 16)).shape == (1, 1, 32, 32)
