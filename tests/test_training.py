@@ -354,14 +354,44 @@ def test_unwritable_output_directory(tmp_path, hr_bids, lr_bids):
             check_writable(locked / "model")
 
 
-def test_classical_degradation_without_module_is_a_clear_error(tmp_path, hr_bids):
-    import importlib.util
+def test_srn_only_with_a_classical_degradation(tmp_path, hr_bids):
+    """No DSN, no LR data: pairs from the bicubic degradation, a bundle without dsn.pt."""
+    from ddasr_nipype.bundle import load_bundle
 
-    if importlib.util.find_spec("ddasr_nipype.degradations") is not None:
-        pytest.skip("ddasr_nipype.degradations is installed")
-    opts = _options(hr_bids, hr_bids, tmp_path / "m", degradation="bicubic", lr_dir=None)
-    with pytest.raises(NotImplementedError, match="ddasr_nipype.degradations"):
-        run_training(opts)
+    pytest.importorskip("ddasr_nipype.degradations")
+    preset = load_preset("smoke")
+    preset = preset.replace(data=preset.data.replace(hr_voxel_size=1.0))
+    bundle = run_training(_options(hr_bids, hr_bids, tmp_path / "m", degradation="bicubic", lr_dir=None,
+                                   preset=preset, hr_participant_label=("trio",)))
+    assert not bundle.has_dsn and bundle.manifest["training"]["degradation"] == "bicubic"
+    from ddasr_nipype.training.datasets import PairSet
+
+    pairs = PairSet.load(tmp_path / "m.work" / "pairs" / "pairs.npz")
+    lr0, hr0 = pairs.pair(10)
+    assert pairs.source == "bicubic" and hr0.shape == (96, 96) and lr0.shape == (48, 48)
+    # bicubic down-sampling keeps the local mean: compare with a 2x2 box average
+    box = hr0.reshape(48, 2, 48, 2).mean(axis=(1, 3))
+    assert np.abs(lr0 - np.clip(box, 0, 1)).mean() < 0.05
+    with pytest.raises(ValueError, match="unknown degradation"):
+        from ddasr_nipype.training.synthesis import degrade_pairs
+
+        degrade_pairs(SliceSet([SliceStack("x", hr0[None], 1.0)]), "nearest", scale=2,
+                      rng=np.random.default_rng(0))
+
+
+def test_srn_only_against_an_existing_dsn(tmp_path, hr_bids, lr_bids, slices, smoke, vgg):
+    """--dsn-from a DSN checkpoint: stage 1 is skipped, the given DSN makes the pairs and joins the bundle."""
+    hr, lr, _ = slices
+    trainer = DSNTrainer(smoke, tmp_path / "dsn-run", hr, lr, **_kwargs(vgg))
+    trainer.run(until=2)
+    bundle = run_training(_options(hr_bids, lr_bids, tmp_path / "m", dsn_from=trainer.checkpoint_path,
+                                   hr_participant_label=("trio",)))
+    assert bundle.manifest["training"]["dsn"]["source"] == "checkpoint"
+    assert bundle.manifest["training"]["dsn"]["iterations"] == 2
+    assert not (tmp_path / "m.work" / "checkpoints" / "dsn_last.pt").exists()  # no DSN training
+    dsn = bundle.load_dsn()
+    for key, value in trainer.dsn.state_dict().items():
+        assert torch.equal(dsn.state_dict()[key], value)
 
 
 def test_cli_usage_errors(tmp_path, hr_bids, lr_bids):

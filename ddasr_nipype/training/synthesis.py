@@ -54,45 +54,31 @@ def synthesize_pairs(dsn, hr: SliceSet, lr: SliceSet, *, scale: int, rng: np.ran
     return PairSet(lr_out, hr_out, scale, names, source="dsn")
 
 
-def _classical_function(name: str):
-    """The slice-degradation function of :mod:`ddasr_nipype.degradations` called ``name``."""
+def _classical_function(name: str, scale: int = 2):
+    """The seeded degradation ``name`` of :mod:`ddasr_nipype.degradations` (``deg(x, rng) -> (y, params)``)."""
     if name not in CLASSICAL_DEGRADATIONS:
         raise ValueError(f"unknown degradation {name!r}; choose one of {', '.join(CLASSICAL_DEGRADATIONS)}")
     try:
-        import ddasr_nipype.degradations as degradations
+        from ddasr_nipype.degradations import get_degradation
     except ImportError as err:
         raise NotImplementedError(
             "classical degradations need the ddasr_nipype.degradations module, which this installation "
             f"does not provide ({err}); train with the DSN instead (omit --degradation)"
         ) from err
-    for getter in ("get_degradation", "build_degradation"):
-        if hasattr(degradations, getter):
-            return getattr(degradations, getter)(name)
-    registry = getattr(degradations, "DEGRADATIONS", None)
-    if isinstance(registry, dict) and name in registry:
-        return registry[name]
-    if callable(getattr(degradations, name, None)):
-        return getattr(degradations, name)
-    raise NotImplementedError(f"ddasr_nipype.degradations has no {name!r} degradation")
+    return get_degradation(name, scale)
 
 
 def degrade_pairs(hr: SliceSet, method: str, *, scale: int, rng: np.random.Generator,
                   multiple: int | None = None) -> PairSet:
-    """Pairs from a classical degradation: ``lr = degrade(hr_slice, scale, rng)`` for every HR slice."""
-    degrade = _classical_function(method)
+    """Pairs from a classical degradation: each HR slice degraded with parameters drawn from ``rng``."""
+    degrade = _classical_function(method, scale)
     multiple = multiple or scale
     lr_out, hr_out, names = [], [], []
     for stack in hr.stacks:
         hr_slices = np.ascontiguousarray(center_crop_to_multiple(stack.slices, multiple)).astype(np.float32)
-        lr_slices = np.stack([np.asarray(_call(degrade, sl, scale, rng), dtype=np.float32) for sl in hr_slices])
+        lr_slices = np.stack([np.asarray(degrade(np.clip(sl, 0.0, 1.0), rng)[0], dtype=np.float32)
+                              for sl in hr_slices])
         lr_out.append(lr_slices)
         hr_out.append(hr_slices)
         names.append(stack.name)
     return PairSet(lr_out, hr_out, scale, names, source=method)
-
-
-def _call(fn, image, scale, rng):
-    try:
-        return fn(image, scale=scale, rng=rng)
-    except TypeError:
-        return fn(image, scale)
