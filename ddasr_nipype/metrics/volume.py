@@ -197,4 +197,6 @@ def summarize(values: np.ndarray) -> tuple[float, float, int]:
     v = v[~np.isnan(v)]
     if v.size == 0:
         return float("nan"), float("nan"), 0
-    return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else float("nan"), int(v.size)
+    with np.errstate(invalid="ignore"):  # identical images: PSNR inf, its std NaN
+        std = float(v.std(ddof=1)) if v.size > 1 else float("nan")
+    return float(v.mean()), std, int(v.size)
