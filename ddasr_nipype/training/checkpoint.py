@@ -36,11 +36,19 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
             torch.save({"format": CHECKPOINT_FORMAT, **state}, stream)
             stream.flush()
             os.fsync(stream.fileno())
+        _chmod_default(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _chmod_default(path) -> None:
+    """Give a ``mkstemp`` file (0600) the permissions of an ordinary new file (0666 & ~umask)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
 
 
 def load_checkpoint(path: str | Path, *, stage: str | None = None) -> dict[str, Any]:

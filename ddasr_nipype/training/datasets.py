@@ -21,6 +21,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from ddasr_nipype.errors import TrainingDataError
+from ddasr_nipype.training.checkpoint import _chmod_default
 from ddasr_nipype.training.config import DataConfig
 
 __all__ = [
@@ -51,6 +52,7 @@ def _atomic_savez(path: Path, arrays: dict[str, np.ndarray]) -> None:
     os.close(fd)
     try:
         np.savez(tmp, **arrays)
+        _chmod_default(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -243,13 +243,14 @@ class StageTrainer:
                                 batch_size=self.stage_config.batch_size, start=self.iteration,
                                 tensorboard=self.tensorboard)
         self._stop.clear()
+        first = self.iteration + 1
         try:
             with _signal_flag(self._stop):
                 while self.iteration < stop_at:
                     losses = self.train_step()
                     self.iteration += 1
                     it = self.iteration
-                    if it % cfg.log_every == 0 or it == stop_at:
+                    if it % cfg.log_every == 0 or it == stop_at or it == first:
                         self.last_losses = {k: float(v) for k, v in losses.items()}
                         logger.log(it, self.last_losses, lr=self.current_lr())
                     if it % cfg.image_every == 0 or it == self.total:
