@@ -92,6 +92,8 @@ def test_ddasr_wf_crash_dir_sinks_and_commit(multi_bids, tmp_path):
     sub = wf.get_node("sub_01_wf")
     assert sub.config["execution"]["crashdump_dir"] == str(
         tmp_path / "out" / "ddasr" / "sub-01" / "log" / "test")
+    assert sub.config["execution"]["crashfile_format"] == "txt"
+    assert sub.config["execution"]["stop_on_first_crash"] is False
     ds = wf.get_node("sub_01_wf.ds_t1w_0")
     assert ds.inputs.desc == "ddasr" and ds.inputs.suffix == "T1w"
     assert ds.inputs.base_directory == str(tmp_path / "out" / ".ddasr-staging" / "test")

@@ -99,7 +99,11 @@ the [CC0](https://creativecommons.org/publicdomain/zero/1.0/) license.
         crash_dir = (
             Path(config.output_dir) / OUT_PATH_BASE / f"sub-{subject}" / "log" / config.run_uuid
         )
-        subject_wf.config["execution"]["crashdump_dir"] = str(crash_dir)
+        subject_wf.config["execution"].update({
+            "crashdump_dir": str(crash_dir),
+            "crashfile_format": "txt",
+            "stop_on_first_crash": config.stop_on_first_crash,
+        })
         for node in subject_wf._get_all_nodes():
             node.config = deepcopy(subject_wf.config)
         workflow.add_nodes([subject_wf])
