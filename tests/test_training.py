@@ -125,6 +125,19 @@ def test_prepared_slices_match_the_x2_target(slices, smoke, hr_files):
     assert patches.shape == (5, 1, 32, 32) and patches.dtype == np.float32
 
 
+def test_bids_queries_with_filters_and_labels(tmp_path, hr_bids):
+    from ddasr_nipype.training.datasets import load_filters
+
+    assert [f.name for f in find_t1w(hr_bids)] == ["sub-forrest_T1w.nii.gz", "sub-trio_T1w.nii.gz"]
+    assert [f.name for f in find_t1w(hr_bids, participant_label=["sub-trio"])] == ["sub-trio_T1w.nii.gz"]
+    flt = tmp_path / "filters.json"
+    flt.write_text(json.dumps({"t1w": {"subject": "forrest"}}))
+    assert [f.name for f in find_t1w(hr_bids, filters=load_filters(flt))] == ["sub-forrest_T1w.nii.gz"]
+    flt.write_text("{not json")
+    with pytest.raises(TrainingDataError, match="cannot read the BIDS filter file"):
+        load_filters(flt)
+
+
 def test_slice_set_archive_is_lossless(tmp_path, slices):
     hr = slices[0]
     path = hr.save(tmp_path / "hr.npz")
