@@ -35,6 +35,7 @@ class Config:
     device: str = "auto"
     planes: str = "sagittal"
     skip_brain_extraction: bool = False
+    quality_metrics: bool = False
     batch_size: int = 8
     tile_size: int | None = None
     run_uuid: str = ""

@@ -223,9 +223,12 @@ def test_summary_and_sidecars(tmp_path):
             "input_voxel_size_mm": [2, 2, 2], "output_shape": [8, 8, 8],
             "output_voxel_size_mm": [1, 1, 1]}
     res = SRSummary(metadata=meta, source_file="sub-01/anat/sub-01_T1w.nii.gz",
-                    mask_info={"backend": "deepbet", "mask_volume_ml": 1234.5}).run(cwd=str(tmp_path))
+                    mask_info={"backend": "deepbet", "mask_volume_ml": 1234.5},
+                    metrics_before={"niqe_mean": 8.5}, metrics_after={"niqe_mean": 6.25}
+                    ).run(cwd=str(tmp_path))
     html = Path(res.outputs.out_report).read_text()
-    for text in ("tiny-test", "abababab", "x2 / all", "1234.5 ml", "sub-01_T1w.nii.gz"):
+    for text in ("tiny-test", "abababab", "x2 / all", "1234.5 ml", "sub-01_T1w.nii.gz",
+                 "NIQE (lower is better)", "input 8.50 &rarr; super-resolved 6.25"):
         assert text in html
     assert bids_uri("/data/ds/sub-01/anat/x.nii.gz", "/data/ds") == "bids:raw:sub-01/anat/x.nii.gz"
     assert mask_sidecar({"backend": "mask"}, "/d/sub-01/anat/x.nii.gz", "/d")["Type"] == "Brain"

@@ -108,6 +108,15 @@ def test_ddasr_wf_crash_dir_sinks_and_commit(multi_bids, tmp_path):
     assert sinks and sinks == merged
 
 
+def test_ddasr_wf_quality_metrics_feed_the_summary(multi_bids, tmp_path):
+    config = _config(multi_bids, tmp_path, participant_label=("02",), quality_metrics=True)
+    sub = init_ddasr_wf(config=config).get_node("sub_02_wf")
+    edges = {(u.name, v.name) for u, v in sub._graph.edges()}
+    assert {("metrics_input_0", "summary_0"), ("metrics_output_0", "summary_0")} <= edges
+    plain = init_ddasr_wf(config=_config(multi_bids, tmp_path, participant_label=("02",)))
+    assert not [n for n in plain.list_node_names() if "metrics_" in n]
+
+
 def test_sr_wf_runs_and_keeps_world_alignment(lr_file, tmp_path):
     """Run on a crop of the real PSR scan: output in the input's orientation, FOV aligned."""
     bundle = make_tiny_bundle(tmp_path / "tiny-test")

@@ -195,6 +195,9 @@ input BIDS dataset.
             (ds_summary, merge, [("out_file", f"in{base + 3}")]),
             (ds_sr_report, merge, [("out_file", f"in{base + 4}")]),
         ])
+        if config.quality_metrics:
+            _add_quality_metrics(workflow, sr_wf, summary, idx,
+                                 with_mask=not config.skip_brain_extraction)
         if config.skip_brain_extraction:
             continue
         mask_meta = pe.Node(
@@ -212,6 +215,22 @@ input BIDS dataset.
             (ds_mask, merge, [("out_file", f"in{base + 5}"), ("out_meta", f"in{base + 6}")]),
         ])
     return workflow
+
+
+def _add_quality_metrics(workflow, sr_wf, summary, idx: int, *, with_mask: bool) -> None:
+    """NIQE/BRISQUE of the input and of the output (same slicing plane) into the summary panel."""
+    from ddasr_nipype.interfaces.metrics import QualityMetrics
+
+    before = pe.Node(QualityMetrics(), name=f"metrics_input_{idx}", mem_gb=1.0)
+    after = pe.Node(QualityMetrics(), name=f"metrics_output_{idx}", mem_gb=1.0)
+    workflow.connect([
+        (sr_wf, before, [("outputnode.t1w_ref", "in_file")]),
+        (sr_wf, after, [("outputnode.sr_t1w", "in_file")]),
+        (before, summary, [("metrics", "metrics_before")]),
+        (after, summary, [("metrics", "metrics_after")]),
+    ])
+    if with_mask:
+        workflow.connect(sr_wf, "outputnode.brain_mask", after, "mask_file")
 
 
 def _before_after():

@@ -24,7 +24,8 @@ def _fmt_vec(values, unit: str = "") -> str:
 
 
 def summary_html(metadata: dict, *, source_file: str | None = None,
-                 mask_info: dict | None = None, metrics: dict | None = None) -> str:
+                 mask_info: dict | None = None, metrics: dict | None = None,
+                 metrics_before: dict | None = None, metrics_after: dict | None = None) -> str:
     """The summary panel: input and output grids, model (name, sha256), planes, device, runtime."""
     esc = html.escape
     rows = []
@@ -46,6 +47,12 @@ def summary_html(metadata: dict, *, source_file: str | None = None,
                      f"{mask_info.get('mask_volume_ml', '?')} ml"))
     for key, value in (metrics or {}).items():
         rows.append((esc(str(key)), esc(f"{value:.4g}" if isinstance(value, float) else str(value))))
+    for name in ("niqe", "brisque"):  # QualityMetrics of the input and of the output
+        before = (metrics_before or {}).get(f"{name}_mean")
+        after = (metrics_after or {}).get(f"{name}_mean")
+        if before is not None and after is not None:
+            rows.append((f"{name.upper()} (lower is better)",
+                         f"input {before:.2f} &rarr; super-resolved {after:.2f}"))
     body = "\n".join(f"\t\t<li><strong>{k}:</strong> {v}</li>" for k, v in rows)
     return f'<h3 class="elem-title">Summary</h3>\n\t<ul class="elem-desc">\n{body}\n\t</ul>\n'
 
@@ -54,7 +61,9 @@ class _SRSummaryInputSpec(BaseInterfaceInputSpec):
     metadata = traits.Dict(mandatory=True, desc="SuperResolve's metadata dictionary")
     source_file = traits.Str(desc="the input T1w (shown in the summary)")
     mask_info = traits.Dict(desc="BrainExtraction's info dictionary")
-    metrics = traits.Dict(desc="optional image-quality metrics to list")
+    metrics = traits.Dict(desc="optional extra values to list (name: value)")
+    metrics_before = traits.Dict(desc="QualityMetrics of the input (NIQE/BRISQUE means are shown)")
+    metrics_after = traits.Dict(desc="QualityMetrics of the super-resolved image")
 
 
 class _SRSummaryOutputSpec(TraitedSpec):
@@ -82,6 +91,8 @@ class SRSummary(SimpleInterface):
         Path(out_report).write_text(summary_html(
             self.inputs.metadata, source_file=_opt(self.inputs.source_file),
             mask_info=_opt(self.inputs.mask_info), metrics=_opt(self.inputs.metrics),
+            metrics_before=_opt(self.inputs.metrics_before),
+            metrics_after=_opt(self.inputs.metrics_after),
         ))
         self._results["out_report"] = out_report
         return runtime
