@@ -124,9 +124,12 @@ def run(config: Config) -> int:
     crashed = False
     try:
         workflow.run(plugin=config.plugin, plugin_args=plugin_args)
-    except RuntimeError as err:  # nipype: "Workflow did not execute cleanly"
+    except Exception as err:  # nipype: "Workflow did not execute cleanly", or the first crash
         crashed = True
         LOGGER.debug("nipype: %s", err)
+        if config.stop_on_first_crash:
+            LOGGER.error("stopped at the first crash (--stop-on-first-crash): %s",
+                         str(err).strip().splitlines()[-1] if str(err).strip() else err)
     finally:
         shutil.rmtree(staging_dir_for(config), ignore_errors=True)
         staging_root = staging_dir_for(config).parent
