@@ -174,7 +174,13 @@ def multiproc_run(two_subjects, tiny_model, tmp_path_factory, slurm_env):
     return out
 
 
-@pytest.mark.parametrize("plugin", ["slurmgraph", "slurm"])
+# SLURMGraph returns as soon as the jobs are submitted; `ddasr` then writes the reports and removes its
+# staging folder before any job ran. Strict: this fails (XPASS) once the app waits for its jobs.
+SLURMGRAPH_XFAIL = pytest.mark.xfail(
+    strict=True, reason="bids_app.run finalizes the run before the SLURMGraph jobs ran (known bug)")
+
+
+@pytest.mark.parametrize("plugin", [pytest.param("slurmgraph", marks=SLURMGRAPH_XFAIL), "slurm"])
 def test_bids_app_on_slurm_matches_multiproc(plugin, two_subjects, tiny_model, multiproc_run,
                                              slurm_env, job_tag, tmp_path):
     tag = job_tag
