@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-DEGRADATION_NAMES = ("bicubic", "kspace", "realesrgan", "realsr")  # ddasr_nipype.degradations.DEGRADATIONS
+DEGRADATION_NAMES = ("bicubic", "kspace", "kspace-rician", "realesrgan", "realsr")  # ddasr_nipype.degradations.DEGRADATIONS
 PLANES = ("sagittal", "coronal", "axial")
 
 _existing_dir = click.Path(exists=True, file_okay=False, path_type=Path)

@@ -47,6 +47,7 @@ __all__ = [
     "Degradation",
     "BicubicDegradation",
     "KSpaceDegradation",
+    "KSpaceRicianDegradation",
     "RealSRDegradation",
     "RealESRGANDegradation",
     "RicianNoise",
@@ -590,14 +591,47 @@ class RicianNoise(Degradation):
         return rician_noise(x, params.sigma, seed=params.seed)
 
 
+@dataclass(frozen=True)
+class KSpaceRicianParams:
+    scale: int
+    sigma: float
+    seed: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class KSpaceRicianDegradation(Degradation):
+    """k-space truncation, then Rician noise: what a shorter, lower-resolution acquisition of the same
+    scanner gives (sinc-limited resolution, magnitude noise). Noise ``sigma`` is drawn uniformly from
+    ``sigma_range`` on the [0, 1] intensity scale."""
+
+    name = "kspace-rician"
+
+    def __init__(self, scale: int = 2, *, sigma_range: tuple[float, float] = (0.01, 0.03),
+                 axes: tuple[int, ...] = (-2, -1)):
+        super().__init__(axes=axes)
+        self.scale = _check_scale(scale)
+        self.sigma_range = _check_range("sigma_range", sigma_range, high=1.0)
+
+    def draw(self, rng: np.random.Generator) -> KSpaceRicianParams:
+        return KSpaceRicianParams(scale=self.scale, sigma=float(rng.uniform(*self.sigma_range)),
+                                  seed=int(rng.integers(2**31 - 1)))
+
+    def apply(self, x: np.ndarray, params: KSpaceRicianParams) -> np.ndarray:
+        return rician_noise(kspace_truncation(x, params.scale, axes=self.axes), params.sigma, seed=params.seed)
+
+
 #: Down-sampling degradations by name (``rician`` keeps the grid and is not listed here).
 DEGRADATIONS: dict[str, type[Degradation]] = {
-    cls.name: cls for cls in (BicubicDegradation, KSpaceDegradation, RealSRDegradation, RealESRGANDegradation)
+    cls.name: cls for cls in (BicubicDegradation, KSpaceDegradation, RealSRDegradation, RealESRGANDegradation,
+                              KSpaceRicianDegradation)
 }
 
 
 def get_degradation(name: str, scale: int = 2, *, axes: tuple[int, ...] = (-2, -1), **kwargs) -> Degradation:
-    """Build the down-sampling degradation ``name`` (``bicubic``, ``kspace``, ``realsr``, ``realesrgan``)."""
+    """Build the down-sampling degradation ``name`` (``bicubic``, ``kspace``, ``kspace-rician``, ``realsr``,
+    ``realesrgan``)."""
     if name not in DEGRADATIONS:
         raise ValueError(f"unknown degradation {name!r}; choose from {sorted(DEGRADATIONS)}")
     return DEGRADATIONS[name](scale, axes=axes, **kwargs)
