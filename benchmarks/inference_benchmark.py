@@ -42,8 +42,12 @@ def _random_bundle(out_dir: Path) -> Path:
     from ddasr_nipype.bundle import save_bundle
     from ddasr_nipype.models import GeneratorConfig, SRGenerator
 
+    import yaml
+
+    preset = REPO / "ddasr_nipype" / "training" / "presets" / "starter.yml"
+    generator = yaml.safe_load(preset.read_text())["srn"]["generator"]
     torch.manual_seed(0)
-    config = GeneratorConfig()
+    config = GeneratorConfig(**generator)  # the size of the shipped starter model
     save_bundle(out_dir, name="random-shipped-size", generator_state=SRGenerator(config).state_dict(),
                 generator_config=config, preprocessing={"plane": "sagittal", "scale": 2},
                 backbone={"source": "random", "seed": 0},
