@@ -180,7 +180,7 @@ def test_super_resolve_grid_and_sidecar(planes, lr_crop, tiny_bundle, tmp_path):
     assert meta == res.outputs.metadata
     assert meta["model_sha256"] == load_bundle(tiny_bundle).sha256 == res.outputs.model_sha256
     assert meta["planes"] == planes and meta["scale"] == 2 and meta["device"] == "cpu"
-    assert meta["output_shape"] == sorted(meta["output_shape"], key=lambda _: 0)  # a list
+    assert meta["input_voxel_size_mm"] == [2.0, 2.0, 2.0]
     assert np.isfinite(out.get_fdata()).all() and out.get_fdata().max() > 0
 
 
