@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import logging
+import re
 import shutil
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 from .config import EXAMPLE_DIR, Config  # noqa: F401  (EXAMPLE_DIR re-exported for users)
@@ -46,6 +49,34 @@ def _progress(node, status: str) -> None:
         LOGGER.error("%s (crash file in the participant's log folder)", message)
     else:
         LOGGER.info(message)
+
+
+def wait_for_slurm_graph(batch_dir: Path, *, poll_s: float = 2.0) -> list[str]:
+    """Wait until the jobs that nipype's SLURMGraph plugin submitted from ``batch_dir`` have left the queue.
+
+    SLURMGraph returns as soon as its jobs are submitted; the app must not write reports or clean up
+    before they ran. Jobs whose dependency failed (reason ``DependencyNeverSatisfied``) would wait
+    forever: they are cancelled and returned, so the caller can report the run as failed.
+    """
+    submit = batch_dir / "submit_jobs.sh"
+    if not submit.is_file():
+        return []
+    names = set(re.findall(r" -J (\S+) ", submit.read_text()))
+    cancelled: list[str] = []
+    LOGGER.info("SLURMGraph: waiting for %d submitted job(s)", len(names))
+    while True:
+        queue = subprocess.run(["squeue", "-h", "-o", "%i %j %r"], capture_output=True, text=True,
+                               check=True).stdout
+        ours = [line.split(None, 2) for line in queue.splitlines() if line.split()[1:2] and
+                line.split()[1] in names]
+        stuck = [job[0] for job in ours if len(job) > 2 and "DependencyNeverSatisfied" in job[2]]
+        if stuck:
+            subprocess.run(["scancel", *stuck], check=False)
+            cancelled += stuck
+            LOGGER.error("SLURMGraph: cancelled %d job(s) whose dependencies failed", len(stuck))
+        if not ours:
+            return cancelled
+        time.sleep(poll_s)
 
 
 def build_workflow(config: Config):
@@ -124,6 +155,8 @@ def run(config: Config) -> int:
     crashed = False
     try:
         workflow.run(plugin=config.plugin, plugin_args=plugin_args)
+        if config.plugin == "SLURMGraph":
+            crashed = bool(wait_for_slurm_graph(Path(workflow.base_dir) / workflow.name / "batch"))
     except Exception as err:  # nipype: "Workflow did not execute cleanly", or the first crash
         crashed = True
         LOGGER.debug("nipype: %s", err)
