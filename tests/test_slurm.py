@@ -176,13 +176,7 @@ def multiproc_run(two_subjects, tiny_model, tmp_path_factory, slurm_env):
     return out
 
 
-# SLURMGraph returns as soon as the jobs are submitted; `ddasr` then writes the reports and removes its
-# staging folder before any job ran. Strict: this fails (XPASS) once the app waits for its jobs.
-SLURMGRAPH_XFAIL = pytest.mark.xfail(
-    strict=True, reason="bids_app.run finalizes the run before the SLURMGraph jobs ran (known bug)")
-
-
-@pytest.mark.parametrize("plugin", [pytest.param("slurmgraph", marks=SLURMGRAPH_XFAIL), "slurm"])
+@pytest.mark.parametrize("plugin", ["slurmgraph", "slurm"])
 def test_bids_app_on_slurm_matches_multiproc(plugin, two_subjects, tiny_model, multiproc_run,
                                              slurm_env, job_tag, tmp_path):
     tag = job_tag
@@ -191,10 +185,8 @@ def test_bids_app_on_slurm_matches_multiproc(plugin, two_subjects, tiny_model, m
     work.mkdir()
     t0 = time.monotonic()
     _ddasr(two_subjects, out, work, tiny_model, slurm_env, "--use-plugin", str(plugin_file))
-    if plugin == "slurmgraph":  # SLURMGraph returns once the jobs are submitted
-        _wait_for_jobs(slurm_env, tag)
-    else:  # SLURM waits for its jobs itself
-        assert not _jobs(slurm_env, tag)
+    # SLURM waits for its jobs; SLURMGraph returns once they are submitted, and ddasr waits for them.
+    assert not _jobs(slurm_env, tag), "ddasr returned before its jobs left the queue"
     elapsed = time.monotonic() - t0
     print(f"\n{plugin}: 2 subjects in {elapsed:.1f} s")
 
