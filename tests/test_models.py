@@ -270,6 +270,19 @@ def test_rrdbnet_reference():
         assert tiny(torch.rand(1, 1, 7, 9)).shape == (1, 1, 28, 36)
 
 
+def test_rrdbnet_real_esrgan_x2_variant():
+    # RealESRGAN_x2plus: the body runs on the pixel-unshuffled input (4 channels, half size)
+    net = RRDBNet(RRDBNetConfig(num_feat=8, num_block=1, num_grow_ch=4, pixel_unshuffle=True))
+    assert net.conv_first.in_channels == 4
+    seen = []
+    net.body.register_forward_hook(lambda module, args, out: seen.append(out.shape))
+    with torch.no_grad():
+        assert net(torch.rand(2, 1, 7, 10)).shape == (2, 1, 14, 20)  # odd sizes padded, then cropped
+    assert seen[0][-2:] == (4, 5)
+    with pytest.raises(ValueError, match="needs scale=2"):
+        RRDBNetConfig(scale=4, pixel_unshuffle=True)
+
+
 # --------------------------------------------------------------------------- discriminator
 
 

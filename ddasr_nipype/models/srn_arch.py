@@ -186,8 +186,13 @@ class RRDBNetConfig(ModelConfig):
     num_block: int = 23
     num_grow_ch: int = 32
     scale: int = 2
+    #: Real-ESRGAN's x2 model (RealESRGAN_x2plus): pixel-unshuffle the input by 2, run the body at half
+    #: the LR resolution, then upsample x4. A quarter of the body's FLOPs; the x2 RRDBNet most users run.
+    pixel_unshuffle: bool = False
 
     def __post_init__(self) -> None:
+        if self.pixel_unshuffle and self.scale != 2:
+            raise ValueError("RRDBNetConfig: pixel_unshuffle is Real-ESRGAN's x2 design; it needs scale=2")
         _check_positive("RRDBNetConfig", in_channels=self.in_channels, out_channels=self.out_channels,
                         num_feat=self.num_feat, num_block=self.num_block, num_grow_ch=self.num_grow_ch,
                         scale=self.scale)
@@ -197,18 +202,20 @@ class RRDBNet(nn.Module):
     """ESRGAN generator (reference for benchmarks): ``[B,1,h,w] -> [B,1,s*h,s*w]``.
 
     Upsampling as in the ESRGAN paper: nearest-neighbour x2 + 3x3 conv + LeakyReLU per factor of 2
-    (so x2 uses one such step, x4 two), or one nearest x``s`` + conv for other integers. BasicSR's
-    pixel-unshuffle trick for x2 is not used.
+    (so x2 uses one such step, x4 two), or one nearest x``s`` + conv for other integers. With
+    ``pixel_unshuffle=True`` it is Real-ESRGAN's x2 variant (BasicSR): the input is pixel-unshuffled by
+    2 (4x the channels, half the size), the body runs there, and two x2 steps bring it to x2.
     """
 
     def __init__(self, config: RRDBNetConfig | None = None):
         super().__init__()
         self.config = config = config if config is not None else RRDBNetConfig()
         nf = config.num_feat
-        self.conv_first = nn.Conv2d(config.in_channels, nf, 3, 1, 1)
+        in_channels = config.in_channels * (4 if config.pixel_unshuffle else 1)
+        self.conv_first = nn.Conv2d(in_channels, nf, 3, 1, 1)
         self.body = nn.Sequential(*(RRDB(nf, config.num_grow_ch) for _ in range(config.num_block)))
         self.conv_body = nn.Conv2d(nf, nf, 3, 1, 1)
-        s = config.scale
+        s = 4 if config.pixel_unshuffle else config.scale
         self._factors = [2] * int(math.log2(s)) if s & (s - 1) == 0 else [s]
         self._factors = [f for f in self._factors if f > 1]
         self.conv_up = nn.ModuleList(nn.Conv2d(nf, nf, 3, 1, 1) for _ in self._factors)
@@ -217,8 +224,16 @@ class RRDBNet(nn.Module):
         self.lrelu = nn.LeakyReLU(0.2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        feat = self.conv_first(x)
+        if self.config.pixel_unshuffle:
+            height, width = x.shape[-2:]
+            x = F.pad(x, (0, width % 2, 0, height % 2), mode="replicate")
+            feat = self.conv_first(F.pixel_unshuffle(x, 2))
+        else:
+            feat = self.conv_first(x)
         feat = feat + self.conv_body(self.body(feat))
         for factor, conv in zip(self._factors, self.conv_up):
             feat = self.lrelu(conv(F.interpolate(feat, scale_factor=factor, mode="nearest")))
-        return self.conv_last(self.lrelu(self.conv_hr(feat)))
+        out = self.conv_last(self.lrelu(self.conv_hr(feat)))
+        if self.config.pixel_unshuffle:
+            out = out[..., : 2 * height, : 2 * width]
+        return out
