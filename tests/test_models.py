@@ -506,3 +506,22 @@ def test_config_dict_round_trip_and_errors(tmp_path):
                 "state_dict": {"conv_first.weight": torch.zeros(3)}}, mismatched)
     with pytest.raises(CheckpointError):
         load_model(mismatched)
+
+
+def test_residual_dsn_starts_as_the_linear_degradation_and_learns():
+    from ddasr_nipype.models.dsn_arch import linear_degradation
+
+    cfg = DSNConfig(d_model=16, nhead=2, dim_feedforward=32, num_encoder_layers=1, num_decoder_layers=1,
+                    cape_pool_size=2, decoder_channels=(8, 8, 8), decoder_extra_convs=(0, 0, 0), residual=True)
+    torch.manual_seed(0)
+    dsn = DSN(cfg).eval()
+    hr, lr = torch.rand(2, 1, 37, 50), torch.rand(2, 1, 20, 24)
+    with torch.no_grad():
+        torch.testing.assert_close(dsn(hr, lr), linear_degradation(hr, 2, "area"))
+        torch.testing.assert_close(dsn(hr, lr, degrade=False), hr)
+    # the zero-initialised last conv still receives gradient, so training moves away from identity
+    dsn.train()
+    dsn(hr, lr).mean().backward()
+    last = [m for m in dsn.cnn_decoder.modules() if isinstance(m, torch.nn.Conv2d)][-1]
+    assert last.weight.grad.abs().sum() > 0
+    assert DSNConfig.from_dict(cfg.to_dict()).residual is True and DSNConfig().residual is False
