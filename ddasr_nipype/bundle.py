@@ -212,13 +212,20 @@ def save_bundle(
     backbone: dict[str, Any],
     training: dict[str, Any],
     card_text: str | None = None,
+    weights_dtype: str = "float32",
 ) -> ModelBundle:
     """Write a model bundle atomically (into a temporary sibling directory, then renamed).
 
     ``preprocessing`` must give at least ``plane`` and ``scale``; ``backbone`` is the perceptual
-    backbone provenance returned by :func:`ddasr_nipype.models.load_vgg19`.
+    backbone provenance returned by :func:`ddasr_nipype.models.load_vgg19`. ``weights_dtype="float16"``
+    stores floating-point tensors in half precision (half the size; loading casts them back to the
+    model's float32 parameters).
     """
     import torch
+
+    dtypes = {"float32": torch.float32, "float16": torch.float16}
+    if weights_dtype not in dtypes:
+        raise ValueError(f"weights_dtype must be one of {sorted(dtypes)}, got {weights_dtype!r}")
 
     out_dir = Path(out_dir).expanduser().resolve()
     for key in ("plane", "scale"):
@@ -234,7 +241,11 @@ def save_bundle(
         if dsn_state is not None:
             weights.append((DSN_FILE, "down-sampling network", "DSN", dsn_state, dsn_config))
         for filename, role, arch, state, config in weights:
-            state = {key: value.detach().cpu().contiguous() for key, value in state.items()}
+            state = {
+                key: (value.to(dtypes[weights_dtype]) if value.is_floating_point() else value)
+                .detach().cpu().contiguous()
+                for key, value in state.items()
+            }
             torch.save(state, tmp / filename)
             files[filename] = {
                 "role": role,
@@ -242,6 +253,7 @@ def save_bundle(
                 "config": _config_dict(config),
                 "sha256": sha256sum(tmp / filename),
                 "bytes": (tmp / filename).stat().st_size,
+                "dtype": weights_dtype,
             }
         manifest = {
             "format_version": FORMAT_VERSION,

@@ -89,3 +89,22 @@ def test_weights_for_another_architecture_are_refused(tmp_path):
     manifest_path.write_text(json.dumps(manifest))
     with pytest.raises(ModelBundleError, match="cannot load weights"):
         load_bundle(tmp_path / "b").load_generator()
+
+
+def test_half_precision_weights_halve_the_size_and_keep_the_output(tmp_path):
+    torch.manual_seed(0)
+    gen = SRGenerator(TINY_G).eval()
+    common = dict(name="tiny-test", generator_state=gen.state_dict(), generator_config=TINY_G,
+                  preprocessing=PRE, backbone={"source": "random", "seed": 0}, training={})
+    full = save_bundle(tmp_path / "f32", **common)
+    half = save_bundle(tmp_path / "f16", weights_dtype="float16", **common)
+    assert half.manifest["files"]["srn.pt"]["dtype"] == "float16"
+    ratio = half.manifest["files"]["srn.pt"]["bytes"] / full.manifest["files"]["srn.pt"]["bytes"]
+    assert 0.45 < ratio < 0.75  # tensors halve; pickle overhead does not
+    loaded = half.load_generator()
+    assert all(p.dtype == torch.float32 for p in loaded.parameters())
+    x = torch.rand(1, 1, 16, 12)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), gen(x), rtol=2e-2, atol=2e-3)
+    with pytest.raises(ValueError, match="weights_dtype"):
+        save_bundle(tmp_path / "x", weights_dtype="int8", **common)
