@@ -420,3 +420,15 @@ def test_cli_usage_errors(tmp_path, hr_bids, lr_bids):
     assert res.exit_code == 2 and "--lr is required" in res.output
     res = runner.invoke(main, _cli_args(hr_bids, lr_bids, tmp_path / "m", "--preset", "nope"))
     assert res.exit_code == 2 and "unknown preset" in res.output
+
+
+def test_ema_decay_warms_up_so_short_runs_forget_the_random_init():
+    from types import SimpleNamespace
+
+    trainer = SimpleNamespace(preset=SimpleNamespace(srn=SimpleNamespace(ema_decay=0.999)))
+    decay = [SRNTrainer.ema_decay_at(trainer, t) for t in range(1, 2001)]
+    assert decay[0] == pytest.approx(2 / 11) and max(decay) <= 0.999
+    assert all(a <= b for a, b in zip(decay, decay[1:]))
+    # weight left on the initial (random) generator after 2000 updates: ~0.1 % with the warm-up,
+    # versus 0.999 ** 2000 = 13.5 % with a constant decay
+    assert np.prod(decay) < 0.002 < 0.135 < 0.999 ** 2000 + 1e-3

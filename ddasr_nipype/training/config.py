@@ -163,7 +163,7 @@ class SRNStageConfig(_Config):
 
     Adam (``lr``, ``betas``) for both networks, ``CosineAnnealingWarmRestarts(T_0=restart_period,
     T_mult=restart_mult, eta_min=eta_min)``, and an EMA copy of the generator (``ema_decay``) that
-    becomes the bundle's generator. ``patch_size`` is the HR crop edge (LR crop = ``patch_size //
+    becomes the bundle's generator (with a warm-up: ``SRNTrainer.ema_decay_at``). ``patch_size`` is the HR crop edge (LR crop = ``patch_size //
     scale``). During the first ``pixel_warmup_iterations`` the generator is trained with the L1 +
     perceptual terms only (no adversarial term, discriminator frozen), as in Real-ESRGAN's PSNR
     pre-training; the paper's recipe sets it to 0.

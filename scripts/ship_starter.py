@@ -1,0 +1,62 @@
+"""Pack a trained bundle as the shipped starter model: float16 weights, the model card, a few panels.
+
+    python scripts/ship_starter.py TRAINED_BUNDLE [--dest ddasr_nipype/resources/models/ixi-t1w-x2]
+                                   [--card CARD.md] [--panel PNG ...]
+
+The weights are re-saved in half precision (about half the size); the manifest keeps the training
+recipe and records where the weights came from. Evaluate the *packed* bundle (scripts/evaluate_starter.sh)
+and give its card with ``--card`` (MODEL_CARD.md is not part of the checksummed weights, so the card
+can be rewritten after the evaluation without touching them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+from pathlib import Path
+
+import torch
+
+from ddasr_nipype.bundle import GENERATOR_FILE, DSN_FILE, CARD_FILE, load_bundle, save_bundle, sha256sum
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("trained", type=Path)
+    parser.add_argument("--dest", type=Path, default=REPO / "ddasr_nipype/resources/models/ixi-t1w-x2")
+    parser.add_argument("--card", type=Path, help="model card to ship (default: the trained bundle's)")
+    parser.add_argument("--panel", type=Path, nargs="*", default=[], help="PNG panels to ship beside the card")
+    opts = parser.parse_args(argv)
+
+    trained = load_bundle(opts.trained)
+    if opts.dest.is_dir() and (opts.dest / "manifest.json").is_file() and opts.card and not opts.panel:
+        # card-only update: the weights stay exactly as they are
+        shutil.copyfile(opts.card, opts.dest / CARD_FILE)
+        print(f"updated {opts.dest / CARD_FILE}")
+        return
+    state = lambda name: torch.load(trained.path / name, map_location="cpu", weights_only=True)  # noqa: E731
+    training = dict(trained.manifest["training"])
+    training["shipped_from"] = {"path": str(opts.trained), "srn_sha256_float32": trained.sha256}
+    bundle = save_bundle(
+        opts.dest, name=trained.name, generator_state=state(GENERATOR_FILE),
+        generator_config=trained.generator_config,
+        dsn_state=state(DSN_FILE) if trained.has_dsn else None, dsn_config=trained.dsn_config,
+        preprocessing=trained.preprocessing, backbone=trained.backbone, training=training,
+        card_text=(opts.card or trained.path / CARD_FILE).read_text(), weights_dtype="float16",
+    )
+    if opts.panel:
+        panels = bundle.path / "panels"
+        panels.mkdir(exist_ok=True)
+        for png in opts.panel:
+            shutil.copyfile(png, panels / png.name)
+    total = sum(p.stat().st_size for p in bundle.path.rglob("*") if p.is_file())
+    print(f"shipped {bundle.name} to {bundle.path}: {total / 1e6:.2f} MB, srn.pt sha256 {bundle.sha256}")
+    for name in (GENERATOR_FILE, DSN_FILE):
+        if (bundle.path / name).is_file():
+            print(f"  {name}: {sha256sum(bundle.path / name)}")
+
+
+if __name__ == "__main__":
+    main()
