@@ -28,6 +28,11 @@ def main(argv=None) -> None:
     parser.add_argument("--dest", type=Path, default=REPO / "ddasr_nipype/resources/models/ixi-t1w-x2")
     parser.add_argument("--card", type=Path, help="model card to ship (default: the trained bundle's)")
     parser.add_argument("--panel", type=Path, nargs="*", default=[], help="PNG panels to ship beside the card")
+    parser.add_argument("--checkpoint", type=Path,
+                        help="take the generator from this SRN checkpoint (srn_last.pt) instead of the bundle")
+    parser.add_argument("--generator", choices=["ema", "generator"], default="ema",
+                        help="with --checkpoint: the EMA copy or the last trained weights")
+    parser.add_argument("--name", help="model name (default: the trained bundle's)")
     opts = parser.parse_args(argv)
 
     trained = load_bundle(opts.trained)
@@ -39,8 +44,14 @@ def main(argv=None) -> None:
     state = lambda name: torch.load(trained.path / name, map_location="cpu", weights_only=True)  # noqa: E731
     training = dict(trained.manifest["training"])
     training["shipped_from"] = {"path": str(opts.trained), "srn_sha256_float32": trained.sha256}
+    generator_state = state(GENERATOR_FILE)
+    if opts.checkpoint:
+        ckpt = torch.load(opts.checkpoint, map_location="cpu", weights_only=True)
+        generator_state = ckpt["models"][opts.generator]
+        training["shipped_from"].update(checkpoint=str(opts.checkpoint), generator=opts.generator,
+                                        iteration=int(ckpt["iteration"]))
     bundle = save_bundle(
-        opts.dest, name=trained.name, generator_state=state(GENERATOR_FILE),
+        opts.dest, name=opts.name or trained.name, generator_state=generator_state,
         generator_config=trained.generator_config,
         dsn_state=state(DSN_FILE) if trained.has_dsn else None, dsn_config=trained.dsn_config,
         preprocessing=trained.preprocessing, backbone=trained.backbone, training=training,
