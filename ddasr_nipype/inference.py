@@ -13,8 +13,11 @@ from typing import Any
 
 import numpy as np
 
-PLANE_AXES = {"sagittal": 0, "coronal": 1, "axial": 2}
-PLANE_CHOICES = ("sagittal", "coronal", "axial", "all")
+from .data.slicing import PLANES, plane_axis
+
+#: slice axis of each plane in RAS voxel order (the data layer's convention)
+PLANE_AXES = {plane: plane_axis(plane) for plane in PLANES}
+PLANE_CHOICES = (*PLANES, "all")
 
 
 def resolve_device(device: str = "auto"):
