@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 
 from nipype.interfaces.base import (
     BaseInterfaceInputSpec,
@@ -12,7 +11,6 @@ from nipype.interfaces.base import (
     isdefined,
     traits,
 )
-from nipype.utils.filemanip import fname_presuffix
 
 
 def degrade_file(in_file, reference_lr, *, model: str, plane: str | None = None,
@@ -70,21 +68,13 @@ class DSNDegrade(SimpleInterface):
     output_spec = _DSNDegradeOutputSpec
 
     def _run_interface(self, runtime):
-        from ..data.io import save_volume
+        from .super_resolve import write_image_and_sidecar
 
         out_img, info = degrade_file(
             self.inputs.in_file, self.inputs.reference_lr, model=self.inputs.model,
             plane=self.inputs.plane if isdefined(self.inputs.plane) else None,
             device=self.inputs.device, batch_size=self.inputs.batch_size,
         )
-        out_file = fname_presuffix(
-            self.inputs.in_file, suffix="_dsn.nii.gz", newpath=runtime.cwd, use_ext=False
-        )
-        out_json = fname_presuffix(
-            self.inputs.in_file, suffix="_dsn.json", newpath=runtime.cwd, use_ext=False
-        )
-        save_volume(out_img, out_file)
-        with open(out_json, "w") as stream:
-            json.dump(info, stream, indent=2, sort_keys=True)
+        out_file, out_json = write_image_and_sidecar(out_img, info, self.inputs.in_file, "_dsn", runtime.cwd)
         self._results.update(out_file=out_file, out_json=out_json, metadata=info)
         return runtime

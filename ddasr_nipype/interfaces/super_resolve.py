@@ -17,6 +17,18 @@ PLANES = ("sagittal", "coronal", "axial", "all")
 DEVICES = ("auto", "cpu", "cuda")
 
 
+def write_image_and_sidecar(img, info: dict, in_file: str, suffix: str, cwd: str) -> tuple[str, str]:
+    """Write ``img`` and its ``info`` JSON into ``cwd``, named after ``in_file`` plus ``suffix``."""
+    from ..data.io import save_volume
+
+    out_file = fname_presuffix(in_file, suffix=f"{suffix}.nii.gz", newpath=cwd, use_ext=False)
+    out_json = fname_presuffix(in_file, suffix=f"{suffix}.json", newpath=cwd, use_ext=False)
+    save_volume(img, out_file)
+    with open(out_json, "w") as stream:
+        json.dump(info, stream, indent=2, sort_keys=True)
+    return out_file, out_json
+
+
 def super_resolve_file(
     in_file,
     *,
@@ -103,8 +115,6 @@ class SuperResolve(SimpleInterface):
     output_spec = _SuperResolveOutputSpec
 
     def _run_interface(self, runtime):
-        from ..data.io import save_volume
-
         def _opt(value):
             return value if isdefined(value) and value else None
 
@@ -113,15 +123,7 @@ class SuperResolve(SimpleInterface):
             device=self.inputs.device, batch_size=self.inputs.batch_size,
             num_threads=_opt(self.inputs.num_threads), tile_size=_opt(self.inputs.tile_size),
         )
-        out_file = fname_presuffix(
-            self.inputs.in_file, suffix="_sr.nii.gz", newpath=runtime.cwd, use_ext=False
-        )
-        out_json = fname_presuffix(
-            self.inputs.in_file, suffix="_sr.json", newpath=runtime.cwd, use_ext=False
-        )
-        save_volume(out_img, out_file)
-        with open(out_json, "w") as stream:
-            json.dump(info, stream, indent=2, sort_keys=True)
+        out_file, out_json = write_image_and_sidecar(out_img, info, self.inputs.in_file, "_sr", runtime.cwd)
         self._results.update(
             out_file=out_file, out_json=out_json, metadata=info, model_sha256=info["model_sha256"]
         )
