@@ -29,6 +29,7 @@ __all__ = [
     "SRNStageConfig",
     "LoggingConfig",
     "TrainingPreset",
+    "lr_noise_settings",
     "available_presets",
     "load_preset",
 ]
@@ -163,10 +164,16 @@ class SRNStageConfig(_Config):
 
     Adam (``lr``, ``betas``) for both networks, ``CosineAnnealingWarmRestarts(T_0=restart_period,
     T_mult=restart_mult, eta_min=eta_min)``, and an EMA copy of the generator (``ema_decay``) that
-    becomes the bundle's generator (with a warm-up: ``SRNTrainer.ema_decay_at``). ``patch_size`` is the HR crop edge (LR crop = ``patch_size //
-    scale``). During the first ``pixel_warmup_iterations`` the generator is trained with the L1 +
-    perceptual terms only (no adversarial term, discriminator frozen), as in Real-ESRGAN's PSNR
-    pre-training; the paper's recipe sets it to 0.
+    becomes the bundle's generator (with a warm-up: ``SRNTrainer.ema_decay_at``). ``patch_size`` is
+    the HR crop edge (LR crop = ``patch_size // scale``). During the first ``pixel_warmup_iterations``
+    the generator is trained with the L1 + perceptual terms only (no adversarial term, discriminator
+    frozen), as in Real-ESRGAN's PSNR pre-training; the paper's recipe sets it to 0.
+
+    ``lr_noise`` (off by default; not in the paper) adds zero-mean Gaussian noise to the synthetic LR
+    patch of a training pair with probability ``probability``, its standard deviation drawn uniformly
+    from ``sigma`` (normalised [0, 1] intensity scale). The DSN is deterministic and passes on only the
+    HR scan's own noise, while real LR scans are noisier: without it the generator learns to sharpen
+    noise instead of suppressing it.
     """
 
     iterations: int = 250_000
@@ -184,14 +191,36 @@ class SRNStageConfig(_Config):
     generator: dict = field(default_factory=dict)
     discriminator: dict = field(default_factory=dict)
     loss: dict = field(default_factory=dict)
+    lr_noise: dict = field(default_factory=dict)
 
     def __post_init__(self):
+        lr_noise_settings(self.lr_noise)  # validates
         _positive("SRNStageConfig", iterations=self.iterations, batch_size=self.batch_size,
                   patch_size=self.patch_size, lr=self.lr, restart_period=self.restart_period)
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"SRNStageConfig: ema_decay must be in [0, 1), got {self.ema_decay}")
         if self.pixel_warmup_iterations < 0:
             raise ValueError("SRNStageConfig: pixel_warmup_iterations must be >= 0")
+
+
+def lr_noise_settings(spec: dict) -> tuple[float, float, float]:
+    """``(probability, sigma_low, sigma_high)`` of an ``srn.lr_noise`` mapping (``{}``: no noise)."""
+    spec = dict(spec or {})
+    unknown = set(spec) - {"probability", "sigma"}
+    if unknown:
+        raise ValueError(f"srn.lr_noise: unknown keys {sorted(unknown)}; expected 'probability' and 'sigma'")
+    if not spec:
+        return 0.0, 0.0, 0.0
+    probability = float(spec.get("probability", 1.0))
+    try:
+        low, high = (float(v) for v in spec["sigma"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"srn.lr_noise.sigma must be [low, high], got {spec.get('sigma')!r}") from err
+    if not 0.0 <= probability <= 1.0:
+        raise ValueError(f"srn.lr_noise.probability must be in [0, 1], got {probability}")
+    if not 0.0 <= low <= high <= 1.0:
+        raise ValueError(f"srn.lr_noise.sigma must satisfy 0 <= low <= high <= 1, got {[low, high]}")
+    return probability, low, high
 
 
 @dataclass(frozen=True)

@@ -190,6 +190,19 @@ class PairSet:
             hr_out[b, 0] = hr_patch
         return lr_out, hr_out
 
+    @staticmethod
+    def add_lr_noise(lr: np.ndarray, rng: np.random.Generator, probability: float, sigma_low: float,
+                     sigma_high: float) -> np.ndarray:
+        """Zero-mean Gaussian noise on each LR patch of ``lr`` ``[B, 1, p, p]`` (in place), with
+        probability ``probability`` and a standard deviation drawn from ``U(sigma_low, sigma_high)``."""
+        if probability <= 0 or sigma_high <= 0:
+            return lr
+        for b in range(lr.shape[0]):
+            if rng.uniform() < probability:
+                sigma = rng.uniform(sigma_low, sigma_high)
+                lr[b] += rng.normal(0.0, sigma, size=lr[b].shape).astype(lr.dtype, copy=False)
+        return lr
+
     def save(self, path: str | Path) -> Path:
         arrays = {}
         for k, (a, b) in enumerate(zip(self.lr, self.hr)):

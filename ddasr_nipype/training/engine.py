@@ -114,6 +114,7 @@ class StageTrainer:
         self.last_losses: dict[str, float] = {}
         self._last_batch: dict[str, Any] = {}
         self._stop: dict[str, str] = {}
+        self.stopped_early: int | None = None
 
     # -- to implement -------------------------------------------------------------------------
     @property
@@ -232,11 +233,17 @@ class StageTrainer:
         self.last_losses = dict(state.get("last_losses", {}))
         return self.iteration
 
-    def run(self, *, until: int | None = None) -> dict[str, Any]:
+    def run(self, *, until: int | None = None, time_limit: float | None = None) -> dict[str, Any]:
         """Train up to ``until`` (default: the preset's iteration count), checkpointing on the way.
 
-        Raises :class:`TrainingInterrupted` after checkpointing when SIGTERM/SIGINT arrives.
+        With ``time_limit`` (seconds of wall time from now) the stage ends early, checkpointed, once
+        that time is spent (``self.stopped_early`` then holds the iteration it stopped at): a run that
+        must fit an allocation still ends with a usable model. Raises :class:`TrainingInterrupted`
+        after checkpointing when SIGTERM/SIGINT arrives.
         """
+        import time
+
+        deadline = None if time_limit is None else time.monotonic() + float(time_limit)
         cfg = self.preset.logging
         stop_at = self.total if until is None else min(int(until), self.total)
         logger = TrainingLogger(self.work_dir, self.stage, total=self.total,
@@ -262,6 +269,12 @@ class StageTrainer:
                     if self._stop:
                         self.save()
                         raise TrainingInterrupted(self.stage, it, self.checkpoint_path, self._stop["signal"])
+                    if deadline is not None and it < stop_at and time.monotonic() >= deadline:
+                        self.last_losses = {k: float(v) for k, v in losses.items()}
+                        logger.log(it, self.last_losses, lr=self.current_lr())
+                        self.save()
+                        self.stopped_early = it
+                        break
                 if self.iteration >= stop_at and not self.checkpoint_path.exists():
                     self.save()
         finally:

@@ -56,6 +56,8 @@ class TrainingOptions:
     ``degradation`` (``bicubic``, ``kspace``, ``realsr``, ``realesrgan``) replaces the DSN by a
     classical degradation. ``allow_random_vgg19`` is the explicit opt-in to a seeded random VGG19
     when no weights file is found; it is recorded in the bundle.
+    ``dsn_time_limit``/``srn_time_limit`` (seconds) end that stage early, checkpointed; the run goes
+    on and still writes the bundle, which records it.
     """
 
     preset: TrainingPreset
@@ -79,6 +81,8 @@ class TrainingOptions:
     tensorboard: bool = True
     name: str | None = None
     num_threads: int | None = None
+    dsn_time_limit: float | None = None
+    srn_time_limit: float | None = None
 
     @property
     def work(self) -> Path:
@@ -175,7 +179,7 @@ def run_dsn_stage(options: TrainingOptions, hr: SliceSet, lr: SliceSet, vgg, bac
     if options.resume and trainer.checkpoint_path.is_file():
         trainer.resume()
     if not trainer.finished:
-        trainer.run(until=until)
+        trainer.run(until=until, time_limit=options.dsn_time_limit)
     return trainer
 
 
@@ -230,7 +234,7 @@ def run_srn_stage(options: TrainingOptions, pairs: PairSet, vgg, backbone, *, un
     if options.resume and trainer.checkpoint_path.is_file():
         trainer.resume()
     if not trainer.finished:
-        trainer.run(until=until)
+        trainer.run(until=until, time_limit=options.srn_time_limit)
     return trainer
 
 
@@ -276,6 +280,7 @@ def run_training(options: TrainingOptions):
         dsn_trainer = run_dsn_stage(options, hr, lr, vgg, backbone)
         dsn = dsn_trainer.dsn
         dsn_info = {"source": "trained", "iterations": dsn_trainer.iteration,
+                    "planned_iterations": dsn_trainer.total, "stopped_early": dsn_trainer.stopped_early is not None,
                     "final_losses": dsn_trainer.last_losses}
         del dsn_trainer
     pairs = run_synthesis_stage(options, hr, lr, dsn)
@@ -307,7 +312,8 @@ def write_bundle(options: TrainingOptions, *, srn, summary: dict, n_pairs: int, 
         "device": str(srn.device),
         "degradation": options.degradation or "dsn",
         "dsn": dsn_info,
-        "srn": {"iterations": srn.iteration, "final_losses": srn.last_losses},
+        "srn": {"iterations": srn.iteration, "final_losses": srn.last_losses,
+                "planned_iterations": srn.total, "stopped_early": srn.stopped_early is not None},
         "data": {"hr_files": [Path(f).name for f in summary["hr_files"]],
                  "lr_files": [Path(f).name for f in summary["lr_files"]],
                  "hr_slices": summary["hr_slices"], "lr_slices": summary["lr_slices"],
@@ -358,7 +364,10 @@ def model_card(name: str, preprocessing: dict, backbone: dict, training: dict) -
         f"- Preset: `{training['preset']}`, seed {training['seed']}, device {training['device']}",
         f"- DSN: {dsn.get('source', 'none')}; iterations {dsn.get('iterations', 'n/a')}; "
         f"final losses: {losses(dsn.get('final_losses'))}",
-        f"- SRN: iterations {training['srn']['iterations']}; final losses: {losses(training['srn']['final_losses'])}",
+        f"- SRN: iterations {training['srn']['iterations']}"
+        + (f" of {training['srn']['planned_iterations']} planned (stopped by the time limit)"
+           if training["srn"].get("stopped_early") else "")
+        + f"; final losses: {losses(training['srn']['final_losses'])}",
         f"- Perceptual backbone: {vgg}",
         f"- ddasr-nipype {__version__}, finished {training['finished']}",
         "",

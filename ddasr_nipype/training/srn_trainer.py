@@ -9,6 +9,8 @@ Each iteration crops ``batch_size`` aligned pairs (LR ``p x p`` at ``(i, j)``, H
    during the warm-up);
 3. EMA update of the generator copy used for inference (``ema_decay``; buffers copied).
 
+With ``srn.lr_noise`` the LR crops get Gaussian noise first (:meth:`PairSet.add_lr_noise`).
+
 Both networks use Adam (``lr``, betas ``(0.9, 0.99)``) and ``CosineAnnealingWarmRestarts(T_0 =
 restart_period, T_mult = restart_mult, eta_min = 1e-7)``, stepped once per iteration.
 """
@@ -21,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from ddasr_nipype.training.config import SRNStageConfig, TrainingPreset
+from ddasr_nipype.training.config import SRNStageConfig, TrainingPreset, lr_noise_settings
 from ddasr_nipype.training.datasets import PairSet
 from ddasr_nipype.training.engine import StageTrainer
 
@@ -57,6 +59,7 @@ class SRNTrainer(StageTrainer):
             raise ValueError(f"pairs are x{pairs.scale}, the preset trains x{preset.data.scale}")
         pairs.check_patch_size(cfg.patch_size)
         self.pairs = pairs
+        self._lr_noise = lr_noise_settings(cfg.lr_noise)
         self.generator_config = build_generator_config(preset)
         self.discriminator_config = build_discriminator_config(preset)
         self.generator = self.prepare_module(SRGenerator(self.generator_config))
@@ -86,6 +89,8 @@ class SRNTrainer(StageTrainer):
         lr_np, hr_np = self.pairs.sample_pairs(self.rng, cfg.batch_size, cfg.patch_size,
                                                threshold=data.foreground_threshold,
                                                min_fraction=data.min_patch_fraction)
+        if self._lr_noise[0] > 0:
+            self.pairs.add_lr_noise(lr_np, self.rng, *self._lr_noise)
         lr, hr = self.to_tensor(lr_np), self.to_tensor(hr_np)
         adversarial = self.iteration >= cfg.pixel_warmup_iterations
         self.generator.train()

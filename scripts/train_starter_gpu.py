@@ -1,0 +1,211 @@
+"""Train the starter model's candidates on one GPU within a wall-time budget, evaluate them on the
+held-out split there, and pack each as a bundle archive.
+
+    python scripts/train_starter_gpu.py SHARED_DATA_DIR WORK_DIR --pack PACK_DIR [--budget SECONDS]
+                                        [--variant NAME ...]
+
+``PACK_DIR`` receives one ``bundle-<variant>.tar.gz`` per trained variant (bundle, recipe, logs),
+``eval.tar.gz`` (the selection tables), ``driver.log`` and ``summary.json``.
+
+One DSN is trained (preset ``starter-gpu``) and its pairs are shared by every SRN variant, which then
+train side by side on the same GPU (the starter networks are far too small to fill one). Each stage
+gets a share of the budget through ``ddasr-train --dsn-time-limit/--srn-time-limit``, so the run
+ends with usable bundles even when the GPU is slower than planned. Held-out split, never trained on:
+HR sub-trio; LR sub-IXI546, 565, 577, 603, 606 (as in scripts/train_starter.sh).
+
+The evaluation here is the selection step (NIQE only; BRISQUE needs numpy < 2.4): the shipped
+numbers come from ``scripts/evaluate_starter.sh`` on the packed bundle.
+
+Variants (``--variant``, default all):
+
+- ``gan``: the preset as it is (L1 + perceptual warm-up, then adversarial training);
+- ``gan-light``: the same with a 5x smaller adversarial weight (``eta_adv`` 0.02);
+- ``psnr``: no adversarial stage (L1 + perceptual only);
+- ``psnr-nonoise``: ``psnr`` without the LR noise augmentation (the ablation of ``srn.lr_noise``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+BASE_PRESET = REPO / "ddasr_nipype" / "training" / "presets" / "starter-gpu.yml"
+HELD_OUT_LR = ("IXI546", "IXI565", "IXI577", "IXI603", "IXI606")
+TRAIN_HR = ("forrest", "otsu")
+VARIANTS = {
+    "gan": {},
+    "gan-light": {"srn": {"loss": {"eta_adv": 0.02}}},
+    "psnr": {"srn": {"pixel_warmup_iterations": None}},  # None: the whole run
+    "psnr-nonoise": {"srn": {"pixel_warmup_iterations": None, "lr_noise": {}}},
+}
+
+
+def merge(base: dict, update: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and value and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def variant_preset(name: str, base: dict) -> dict:
+    preset = merge(base, VARIANTS[name])
+    if preset["srn"].get("pixel_warmup_iterations") is None:
+        preset["srn"]["pixel_warmup_iterations"] = preset["srn"]["iterations"]
+    preset["description"] = f"{base.get('description', '')} (variant {name})"
+    return preset
+
+
+def log(msg: str, fh) -> None:
+    line = f"[{time.strftime('%H:%M:%S')}] {msg}"
+    print(line, flush=True)
+    fh.write(line + "\n")
+    fh.flush()
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("data", type=Path, help="folder with the hr/ and lr/ BIDS datasets")
+    parser.add_argument("out", type=Path, help="work area (runs, evaluation)")
+    parser.add_argument("--pack", type=Path, required=True, help="where the archives go")
+    parser.add_argument("--preset", type=Path, default=BASE_PRESET, help="base recipe of every variant")
+    parser.add_argument("--hr-label", action="append", help=f"HR training subjects (default {TRAIN_HR})")
+    parser.add_argument("--budget", type=float, default=520.0, help="wall seconds for everything")
+    parser.add_argument("--eval-reserve", type=float, default=110.0, help="seconds kept for evaluation")
+    parser.add_argument("--dsn-share", type=float, default=0.22, help="share of the training time for the DSN")
+    parser.add_argument("--variant", action="append", choices=sorted(VARIANTS))
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads per training process")
+    parser.add_argument("--python", default=sys.executable)
+    opts = parser.parse_args(argv)
+
+    start = time.monotonic()
+    end_training = start + opts.budget - opts.eval_reserve
+    out = opts.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    work = out / "runs"
+    work.mkdir(exist_ok=True)
+    pack = opts.pack.resolve()
+    pack.mkdir(parents=True, exist_ok=True)
+    fh = open(pack / "driver.log", "a")
+    variants = opts.variant or list(VARIANTS)
+    base = yaml.safe_load(opts.preset.read_text())
+    data = opts.data.resolve()
+    lr_labels = sorted(p.name for p in (data / "lr").glob("sub-*") if p.name[4:] not in HELD_OUT_LR)
+    log(f"variants {variants}; {len(lr_labels)} LR training subjects; budget {opts.budget:.0f} s", fh)
+
+    def train_cmd(name: str, *extra: str) -> list[str]:
+        preset_path = work / f"{name}.yml"
+        preset_path.write_text(yaml.safe_dump(variant_preset(name, base), sort_keys=False))
+        cmd = [opts.python, "-m", "ddasr_nipype.bids_app.train", "--hr", str(data / "hr"), "--lr", str(data / "lr"),
+               "--out", str(work / name / f"ixi-t1w-x2-{name}"), "--work-dir", str(work / name / "work"),
+               "--preset", str(preset_path), "--device", opts.device, "--seed", "0", "--allow-random-vgg19",
+               "--num-threads", str(opts.threads), "--name", f"ixi-t1w-x2-{name}", "--no-tensorboard"]
+        for label in opts.hr_label or TRAIN_HR:
+            cmd += ["--hr-participant-label", label]
+        for label in lr_labels:
+            cmd += ["--lr-participant-label", label]
+        return cmd + list(extra)
+
+    first, others = variants[0], variants[1:]
+    training_left = end_training - time.monotonic()
+    dsn_limit = max(30.0, opts.dsn_share * training_left)
+    srn_first = max(30.0, training_left - dsn_limit - 45.0)  # 45 s: data preparation and synthesis
+    procs = {}
+    logs = {}
+    logs[first] = open(work / f"{first}.log", "w")
+    procs[first] = subprocess.Popen(
+        train_cmd(first, "--dsn-time-limit", f"{dsn_limit:.0f}", "--srn-time-limit", f"{srn_first:.0f}"),
+        stdout=logs[first], stderr=subprocess.STDOUT)
+    log(f"{first}: started (DSN limit {dsn_limit:.0f} s, SRN limit {srn_first:.0f} s)", fh)
+
+    pairs = work / first / "work" / "pairs" / "pairs.npz"
+    dsn_ckpt = work / first / "work" / "checkpoints" / "dsn_last.pt"
+    while others and not pairs.is_file():
+        if procs[first].poll() is not None:
+            log(f"{first}: ended (rc {procs[first].returncode}) before its pairs existed", fh)
+            break
+        time.sleep(2)
+    if pairs.is_file():
+        log(f"pairs ready after {time.monotonic() - start:.0f} s", fh)
+        for name in others:
+            wdir = work / name / "work"
+            (wdir / "pairs").mkdir(parents=True, exist_ok=True)
+            (wdir / "data").mkdir(parents=True, exist_ok=True)
+            for sub in ("data", "pairs"):
+                for f in (work / first / "work" / sub).iterdir():
+                    target = wdir / sub / f.name
+                    if not target.exists():
+                        os.link(f, target) if f.stat().st_dev == wdir.stat().st_dev else target.write_bytes(f.read_bytes())
+            limit = max(20.0, end_training - time.monotonic() - 15.0)
+            logs[name] = open(work / f"{name}.log", "w")
+            procs[name] = subprocess.Popen(
+                train_cmd(name, "--resume", "--dsn-from", str(dsn_ckpt), "--srn-time-limit", f"{limit:.0f}"),
+                stdout=logs[name], stderr=subprocess.STDOUT)
+            log(f"{name}: started (SRN limit {limit:.0f} s)", fh)
+
+    for name, proc in procs.items():
+        rc = proc.wait()
+        logs[name].close()
+        log(f"{name}: rc {rc} after {time.monotonic() - start:.0f} s", fh)
+
+    bundles = [work / name / f"ixi-t1w-x2-{name}" for name in variants
+               if (work / name / f"ixi-t1w-x2-{name}" / "manifest.json").is_file()]
+    log(f"bundles: {[b.name for b in bundles]}", fh)
+    evals = []
+    if bundles:
+        models = [a for b in bundles for a in ("--model", str(b))]
+        ev = [opts.python, "-m", "ddasr_nipype.bids_app.evaluate", "--metric", "niqe", "--device", opts.device]
+        paired = ev + ["--hr", str(data / "hr"), "--participant-label", "trio", "--degradation", "kspace-rician",
+                       "--degradation", "bicubic", "--out", str(out / "eval" / "paired"), "--panels", "2"] + models
+        unpaired = ev + ["--lr", str(data / "lr"), "--out", str(out / "eval" / "unpaired"), "--panels", "1"] + models
+        for label in HELD_OUT_LR:
+            unpaired += ["--participant-label", label]
+        for tag, cmd in (("paired", paired), ("unpaired", unpaired)):
+            fh_eval = open(out / f"eval-{tag}.log", "w")
+            evals.append((tag, subprocess.Popen(cmd, stdout=fh_eval, stderr=subprocess.STDOUT), fh_eval))
+        for tag, proc, fh_eval in evals:
+            try:
+                rc = proc.wait(timeout=max(10.0, start + opts.budget - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                rc = "killed (budget)"
+            fh_eval.close()
+            log(f"eval {tag}: rc {rc} after {time.monotonic() - start:.0f} s", fh)
+
+    # pack: one archive per bundle (with its preset, training log and loss curves), one for the rest
+    for bundle in bundles:
+        name = bundle.name.removeprefix("ixi-t1w-x2-")
+        with tarfile.open(pack / f"bundle-{name}.tar.gz", "w:gz") as tar:
+            tar.add(bundle, arcname=bundle.name)
+            tar.add(work / f"{name}.yml", arcname=f"{bundle.name}.recipe.yml")
+            tar.add(work / f"{name}.log", arcname=f"{bundle.name}.train.log")
+            for sub in ("logs", "images"):
+                folder = work / name / "work" / sub
+                if folder.is_dir():
+                    tar.add(folder, arcname=f"{bundle.name}.{sub}")
+    with tarfile.open(pack / "eval.tar.gz", "w:gz") as tar:
+        for item in ["eval", "eval-paired.log", "eval-unpaired.log"] + [f"runs/{v}.log" for v in variants]:
+            if (out / item).exists():
+                tar.add(out / item, arcname=item)
+    summary = {"variants": variants, "bundles": [b.name for b in bundles],
+               "seconds": round(time.monotonic() - start, 1)}
+    (pack / "summary.json").write_text(json.dumps(summary, indent=2))
+    log(f"done: {summary}", fh)
+    return 0 if bundles else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
