@@ -16,12 +16,18 @@ HR sub-trio; LR sub-IXI546, 565, 577, 603, 606 (as in scripts/train_starter.sh).
 The evaluation here is the selection step (NIQE only; BRISQUE needs numpy < 2.4): the shipped
 numbers come from ``scripts/evaluate_starter.sh`` on the packed bundle.
 
-Variants (``--variant``, default all):
+Variants (``--variant``; default: the first four):
 
 - ``gan``: the preset as it is (L1 + perceptual warm-up, then adversarial training);
 - ``gan-light``: the same with a 5x smaller adversarial weight (``eta_adv`` 0.02);
 - ``psnr``: no adversarial stage (L1 + perceptual only);
-- ``psnr-nonoise``: ``psnr`` without the LR noise augmentation (the ablation of ``srn.lr_noise``).
+- ``psnr-nonoise``: ``psnr`` without the LR noise augmentation (the ablation of ``srn.lr_noise``);
+- ``res``, ``res-d1b4``, ``res-d0f48b6``, ``res-d0b8``: ``psnr`` with the generator's global bicubic
+  residual, at the preset's size and at three other depth/width trade-offs; ``res-gan-light``:
+  ``gan-light`` with the residual.
+
+With ``--dsn-from`` (a DSN checkpoint or bundle of an earlier run) no DSN is trained and every
+variant starts at once.
 """
 
 from __future__ import annotations
@@ -42,12 +48,25 @@ REPO = Path(__file__).resolve().parents[1]
 BASE_PRESET = REPO / "ddasr_nipype" / "training" / "presets" / "starter-gpu.yml"
 HELD_OUT_LR = ("IXI546", "IXI565", "IXI577", "IXI603", "IXI606")
 TRAIN_HR = ("forrest", "otsu")
+PSNR = {"pixel_warmup_iterations": None}  # None: the whole run, no adversarial stage
+RESIDUAL = {"pixel_warmup_iterations": None, "generator": {"global_residual": True}}
 VARIANTS = {
+    # first GPU run (generator as in `starter`, no global residual)
     "gan": {},
     "gan-light": {"srn": {"loss": {"eta_adv": 0.02}}},
-    "psnr": {"srn": {"pixel_warmup_iterations": None}},  # None: the whole run
-    "psnr-nonoise": {"srn": {"pixel_warmup_iterations": None, "lr_noise": {}}},
+    "psnr": {"srn": PSNR},
+    "psnr-nonoise": {"srn": {**PSNR, "lr_noise": {}}},
+    # second GPU run: generators with the global bicubic residual, L1 + perceptual only
+    "res": {"srn": RESIDUAL},
+    "res-d1b4": {"srn": {**RESIDUAL, "generator": {"global_residual": True, "num_down": 1,
+                                                   "num_bottleneck_blocks": 4}}},
+    "res-d0f48b6": {"srn": {**RESIDUAL, "generator": {"global_residual": True, "num_down": 0, "num_feat": 48,
+                                                      "num_grow_ch": 24, "num_bottleneck_blocks": 6}}},
+    "res-d0b8": {"srn": {**RESIDUAL, "generator": {"global_residual": True, "num_down": 0,
+                                                   "num_bottleneck_blocks": 8}}},
+    "res-gan-light": {"srn": {"generator": {"global_residual": True}, "loss": {"eta_adv": 0.02}}},
 }
+DEFAULT_VARIANTS = ("gan", "gan-light", "psnr", "psnr-nonoise")
 
 
 def merge(base: dict, update: dict) -> dict:
@@ -86,6 +105,7 @@ def main(argv=None) -> int:
     parser.add_argument("--eval-reserve", type=float, default=110.0, help="seconds kept for evaluation")
     parser.add_argument("--dsn-share", type=float, default=0.22, help="share of the training time for the DSN")
     parser.add_argument("--variant", action="append", choices=sorted(VARIANTS))
+    parser.add_argument("--dsn-from", type=Path, help="reuse this DSN (checkpoint or bundle) instead of training one")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads per training process")
     parser.add_argument("--python", default=sys.executable)
@@ -100,7 +120,7 @@ def main(argv=None) -> int:
     pack = opts.pack.resolve()
     pack.mkdir(parents=True, exist_ok=True)
     fh = open(pack / "driver.log", "a")
-    variants = opts.variant or list(VARIANTS)
+    variants = opts.variant or list(DEFAULT_VARIANTS)
     base = yaml.safe_load(opts.preset.read_text())
     data = opts.data.resolve()
     lr_labels = sorted(p.name for p in (data / "lr").glob("sub-*") if p.name[4:] not in HELD_OUT_LR)
@@ -119,26 +139,37 @@ def main(argv=None) -> int:
             cmd += ["--lr-participant-label", label]
         return cmd + list(extra)
 
-    first, others = variants[0], variants[1:]
+    procs = {}
+    logs = {}
+    if opts.dsn_from:
+        for name in variants:
+            limit = max(20.0, end_training - time.monotonic() - 35.0)  # 35 s: data preparation, synthesis
+            logs[name] = open(work / f"{name}.log", "w")
+            procs[name] = subprocess.Popen(
+                train_cmd(name, "--dsn-from", str(opts.dsn_from.resolve()), "--srn-time-limit", f"{limit:.0f}"),
+                stdout=logs[name], stderr=subprocess.STDOUT)
+            log(f"{name}: started with the DSN {opts.dsn_from} (SRN limit {limit:.0f} s)", fh)
+        first, others = None, []
+    else:
+        first, others = variants[0], variants[1:]
     training_left = end_training - time.monotonic()
     dsn_limit = max(30.0, opts.dsn_share * training_left)
     srn_first = max(30.0, training_left - dsn_limit - 45.0)  # 45 s: data preparation and synthesis
-    procs = {}
-    logs = {}
-    logs[first] = open(work / f"{first}.log", "w")
-    procs[first] = subprocess.Popen(
-        train_cmd(first, "--dsn-time-limit", f"{dsn_limit:.0f}", "--srn-time-limit", f"{srn_first:.0f}"),
-        stdout=logs[first], stderr=subprocess.STDOUT)
-    log(f"{first}: started (DSN limit {dsn_limit:.0f} s, SRN limit {srn_first:.0f} s)", fh)
+    if first is not None:
+        logs[first] = open(work / f"{first}.log", "w")
+        procs[first] = subprocess.Popen(
+            train_cmd(first, "--dsn-time-limit", f"{dsn_limit:.0f}", "--srn-time-limit", f"{srn_first:.0f}"),
+            stdout=logs[first], stderr=subprocess.STDOUT)
+        log(f"{first}: started (DSN limit {dsn_limit:.0f} s, SRN limit {srn_first:.0f} s)", fh)
 
-    pairs = work / first / "work" / "pairs" / "pairs.npz"
-    dsn_ckpt = work / first / "work" / "checkpoints" / "dsn_last.pt"
+    pairs = work / str(first) / "work" / "pairs" / "pairs.npz"
+    dsn_ckpt = work / str(first) / "work" / "checkpoints" / "dsn_last.pt"
     while others and not pairs.is_file():
         if procs[first].poll() is not None:
             log(f"{first}: ended (rc {procs[first].returncode}) before its pairs existed", fh)
             break
         time.sleep(2)
-    if pairs.is_file():
+    if others and pairs.is_file():
         log(f"pairs ready after {time.monotonic() - start:.0f} s", fh)
         for name in others:
             wdir = work / name / "work"

@@ -100,6 +100,10 @@ class GeneratorConfig(ModelConfig):
     64 -> 128 -> 256 over ``num_down = 2`` stride-2 stages. The paper does not state the number of
     bottleneck RRDBs; 8 is this package's choice (``num_bottleneck_blocks``). For tests use e.g.
     ``GeneratorConfig(num_feat=8, num_grow_ch=4, num_bottleneck_blocks=1)``.
+
+    ``global_residual`` (off by default; not in the paper) adds the bicubic up-sampling of the input
+    to the output, so the network learns only the missing detail (the residual learning of VDSR): short
+    trainings then no longer spend their iterations relearning the image itself.
     """
 
     in_channels: int = 1
@@ -109,8 +113,11 @@ class GeneratorConfig(ModelConfig):
     num_down: int = 2
     num_bottleneck_blocks: int = 8
     scale: int = 2
+    global_residual: bool = False
 
     def __post_init__(self) -> None:
+        if not isinstance(self.global_residual, bool):
+            raise ValueError(f"GeneratorConfig.global_residual must be true or false, got {self.global_residual!r}")
         _check_positive("GeneratorConfig", in_channels=self.in_channels, out_channels=self.out_channels,
                         num_feat=self.num_feat, num_grow_ch=self.num_grow_ch,
                         num_bottleneck_blocks=self.num_bottleneck_blocks, scale=self.scale)
@@ -173,7 +180,11 @@ class SRGenerator(nn.Module):
             feat = fuse(torch.cat((up(feat), skip), 1))
         out = self.conv_last(self.lrelu(self.conv_hr(self.upsample(feat))))
         s = self.config.scale
-        return out[..., : s * h, : s * w]
+        out = out[..., : s * h, : s * w]
+        if self.config.global_residual:
+            lr = x[..., :h, :w]
+            out = out + F.interpolate(lr, scale_factor=s, mode="bicubic", align_corners=False)
+        return out
 
 
 @dataclass(frozen=True)
