@@ -70,6 +70,8 @@ _existing_file = click.Path(exists=True, dir_okay=False, path_type=Path)
 @click.option("--patch-size", type=click.IntRange(min=8), default=None, help="HR patch edge, both stages.")
 @click.option("--num-threads", type=click.IntRange(min=1), default=None,
               help="CPU threads for torch (use fewer than the cores on a shared machine).")
+@click.option("--init-generator", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              metavar="BUNDLE", help="Fine-tune: start the SRN from this bundle's generator (same srn.generator).")
 @click.option("--dsn-time-limit", type=click.FloatRange(min=0, min_open=True), default=None, metavar="SECONDS",
               help="End the DSN stage after this much wall time (checkpointed) and go on.")
 @click.option("--srn-time-limit", type=click.FloatRange(min=0, min_open=True), default=None, metavar="SECONDS",
@@ -85,7 +87,8 @@ def main(**kw) -> None:
 def build_options(*, hr_dir, lr_dir, out_dir, preset, work_dir, device, precision, compile_, resume, seed,
                   vgg19_weights, allow_random_vgg19, hr_filter_file, lr_filter_file, hr_participant_label,
                   lr_participant_label, dsn_from, degradation, iterations_dsn, iterations_srn, batch_size,
-                  patch_size, num_threads, no_tensorboard, name, dsn_time_limit=None, srn_time_limit=None):
+                  patch_size, num_threads, no_tensorboard, name, dsn_time_limit=None, srn_time_limit=None,
+                  init_generator=None):
     """Turn the parsed command line into :class:`~ddasr_nipype.training.pipeline.TrainingOptions`."""
     from ddasr_nipype.errors import TrainingDataError
     from ddasr_nipype.training.config import load_preset
@@ -110,6 +113,7 @@ def build_options(*, hr_dir, lr_dir, out_dir, preset, work_dir, device, precisio
         lr_participant_label=tuple(lr_participant_label), dsn_from=dsn_from, degradation=degradation,
         precision=precision, compile=compile_, tensorboard=not no_tensorboard, name=name,
         num_threads=num_threads, dsn_time_limit=dsn_time_limit, srn_time_limit=srn_time_limit,
+        init_generator=init_generator,
     )
 
 

@@ -242,6 +242,28 @@ def test_generator_crop_is_local():
     torch.testing.assert_close(both[:1], single, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("size", [(13, 22), (16, 16), (5, 3)])
+def test_generator_global_residual_adds_bicubic_upsampling(size):
+    """With ``global_residual`` the network output is a correction to bicubic x2: a silenced last
+    layer leaves exactly torch's bicubic up-sampling, also for sizes that need padding."""
+    torch.manual_seed(0)
+    gen = SRGenerator(GeneratorConfig(**TINY_GEN, global_residual=True))
+    x = torch.rand(2, 1, *size)
+    with torch.no_grad():
+        full = gen(x)
+        nn.init.zeros_(gen.conv_last.weight)
+        nn.init.zeros_(gen.conv_last.bias)
+        out = gen(x)
+    bicubic = nn.functional.interpolate(x, scale_factor=2, mode="bicubic", align_corners=False)
+    torch.testing.assert_close(out, bicubic)
+    assert not torch.allclose(full, bicubic)
+    old = GeneratorConfig(**TINY_GEN).to_dict()
+    del old["global_residual"]  # configs written before the option existed
+    assert GeneratorConfig.from_dict(old).global_residual is False
+    with pytest.raises(ValueError, match="global_residual"):
+        GeneratorConfig(**TINY_GEN, global_residual="yes")
+
+
 def test_rrdb_residual_scaling_and_init():
     torch.manual_seed(0)
     block = RRDB(num_feat=16, num_grow_ch=8)

@@ -432,3 +432,86 @@ def test_ema_decay_warms_up_so_short_runs_forget_the_random_init():
     # weight left on the initial (random) generator after 2000 updates: ~0.1 % with the warm-up,
     # versus 0.999 ** 2000 = 13.5 % with a constant decay
     assert np.prod(decay) < 0.002 < 0.135 < 0.999 ** 2000 + 1e-3
+
+
+# -- LR noise, time limits, fine-tuning ----------------------------------------------------------------
+def test_lr_noise_settings_are_validated():
+    from ddasr_nipype.training.config import SRNStageConfig, lr_noise_settings
+
+    assert lr_noise_settings({}) == (0.0, 0.0, 0.0)
+    assert lr_noise_settings({"probability": 0.5, "sigma": [0.0, 0.03]}) == (0.5, 0.0, 0.03)
+    for bad, match in (({"sigma": [0.03, 0.01]}, "low <= high"), ({"probability": 1.5, "sigma": [0, 0.1]}, r"\[0, 1\]"),
+                       ({"sigma": 0.1}, r"\[low, high\]"), ({"kind": "rician", "sigma": [0, 0.1]}, "unknown keys")):
+        with pytest.raises(ValueError, match=match):
+            SRNStageConfig(lr_noise=bad)
+
+
+def test_add_lr_noise_draws_per_patch_levels_from_the_rng():
+    from ddasr_nipype.training.datasets import PairSet
+
+    clean = np.full((64, 1, 16, 16), 0.5, dtype=np.float32)
+    noisy = PairSet.add_lr_noise(clean.copy(), np.random.default_rng(1), 1.0, 0.02, 0.04)
+    std = (noisy - clean).std(axis=(1, 2, 3))
+    assert np.all((std > 0.015) & (std < 0.05)) and std.std() > 0.003  # one level per patch, in range
+    again = PairSet.add_lr_noise(clean.copy(), np.random.default_rng(1), 1.0, 0.02, 0.04)
+    assert np.array_equal(noisy, again)  # replayable from the trainer's RNG
+    half = PairSet.add_lr_noise(clean.copy(), np.random.default_rng(2), 0.5, 0.05, 0.05)
+    untouched = np.all(half == clean, axis=(1, 2, 3))
+    assert 16 < untouched.sum() < 48  # about half the patches keep their values
+    assert np.array_equal(PairSet.add_lr_noise(clean.copy(), np.random.default_rng(3), 0.0, 0.1, 0.1), clean)
+
+
+def test_srn_trainer_feeds_noisy_lr_crops(tmp_path, slices, smoke, vgg):
+    hr, lr, _ = slices
+    from ddasr_nipype.models import DSN
+    from ddasr_nipype.training.dsn_trainer import build_dsn_config
+
+    torch.manual_seed(0)
+    pairs = synthesize_pairs(DSN(build_dsn_config(smoke)), hr, lr, scale=2, rng=np.random.default_rng(0))
+    noisy = smoke.replace(srn=smoke.srn.replace(lr_noise={"probability": 1.0, "sigma": [0.2, 0.2]}))
+    batches = {}
+    for name, preset in (("clean", smoke), ("noisy", noisy)):
+        trainer = SRNTrainer(preset, tmp_path / name, pairs, **_kwargs(vgg))
+        trainer.run(until=1)
+        batches[name] = trainer._last_batch["lr"]
+    # same crops (the RNG draws the noise after the crop), 0.2 noise added on top
+    assert 0.15 < (batches["noisy"] - batches["clean"]).std() < 0.25
+
+
+def test_time_limits_end_stages_early_and_still_write_the_bundle(tmp_path, hr_bids, lr_bids):
+    preset = load_preset("smoke").with_overrides(iterations_dsn=500, iterations_srn=500)
+    bundle = run_training(_options(hr_bids, lr_bids, tmp_path / "m", preset=preset, dsn_time_limit=1e-6,
+                                   srn_time_limit=1e-6, hr_participant_label=("trio",)))
+    training = bundle.manifest["training"]
+    assert training["dsn"]["iterations"] == 1 and training["dsn"]["stopped_early"] is True
+    assert training["srn"]["iterations"] == 1 and training["srn"]["planned_iterations"] == 500
+    assert training["srn"]["stopped_early"] is True
+    assert "1 of 500 planned (stopped by the time limit)" in (bundle.path / "MODEL_CARD.md").read_text()
+    from ddasr_nipype.training.checkpoint import load_checkpoint
+
+    state = load_checkpoint(tmp_path / "m.work" / "checkpoints" / "srn_last.pt", stage="srn")
+    assert state["iteration"] == 1 and state["finished"] is False  # --resume can continue it
+
+
+def test_fine_tuning_starts_from_the_bundle_generator(tmp_path, hr_bids, lr_bids, slices, smoke, vgg):
+    from ddasr_nipype.bundle import load_bundle
+    from ddasr_nipype.errors import ModelBundleError
+    from ddasr_nipype.training.datasets import PairSet
+
+    base = run_training(_options(hr_bids, lr_bids, tmp_path / "base", hr_participant_label=("trio",)))
+    pairs = PairSet.load(tmp_path / "base.work" / "pairs" / "pairs.npz")
+    trainer = SRNTrainer(smoke, tmp_path / "ft", pairs, **_kwargs(vgg))
+    info = trainer.init_generator_from(base.path)
+    source = base.load_generator()
+    for key, value in source.state_dict().items():
+        assert torch.equal(trainer.generator.state_dict()[key], value)
+        assert torch.equal(trainer.ema.state_dict()[key], value)
+    assert info["sha256"] == base.sha256
+    tuned = run_training(_options(hr_bids, lr_bids, tmp_path / "tuned", init_generator=base.path,
+                                  hr_participant_label=("trio",)))
+    assert tuned.manifest["training"]["srn"]["initialized_from"]["sha256"] == base.sha256
+    assert "fine-tuned from" in (tuned.path / "MODEL_CARD.md").read_text()
+    wider = smoke.replace(srn=smoke.srn.replace(generator={**smoke.srn.generator, "num_feat": 12}))
+    with pytest.raises(ModelBundleError, match="differs from this preset"):
+        SRNTrainer(wider, tmp_path / "bad", pairs, **_kwargs(vgg)).init_generator_from(base.path)
+    assert load_bundle(base.path).sha256 == base.sha256  # the source bundle is untouched

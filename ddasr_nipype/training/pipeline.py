@@ -57,7 +57,8 @@ class TrainingOptions:
     classical degradation. ``allow_random_vgg19`` is the explicit opt-in to a seeded random VGG19
     when no weights file is found; it is recorded in the bundle.
     ``dsn_time_limit``/``srn_time_limit`` (seconds) end that stage early, checkpointed; the run goes
-    on and still writes the bundle, which records it.
+    on and still writes the bundle, which records it. ``init_generator`` (a bundle) starts the SRN
+    from that bundle's generator instead of random weights: fine-tuning, e.g. on another site.
     """
 
     preset: TrainingPreset
@@ -83,6 +84,7 @@ class TrainingOptions:
     num_threads: int | None = None
     dsn_time_limit: float | None = None
     srn_time_limit: float | None = None
+    init_generator: Path | None = None
 
     @property
     def work(self) -> Path:
@@ -233,6 +235,8 @@ def run_srn_stage(options: TrainingOptions, pairs: PairSet, vgg, backbone, *, un
     trainer = SRNTrainer(options.preset, options.work, pairs, **options.trainer_kwargs(vgg, backbone))
     if options.resume and trainer.checkpoint_path.is_file():
         trainer.resume()
+    elif options.init_generator is not None:
+        trainer.init_generator_from(options.init_generator)
     if not trainer.finished:
         trainer.run(until=until, time_limit=options.srn_time_limit)
     return trainer
@@ -313,6 +317,7 @@ def write_bundle(options: TrainingOptions, *, srn, summary: dict, n_pairs: int, 
         "degradation": options.degradation or "dsn",
         "dsn": dsn_info,
         "srn": {"iterations": srn.iteration, "final_losses": srn.last_losses,
+                "initialized_from": srn.initialized_from,
                 "planned_iterations": srn.total, "stopped_early": srn.stopped_early is not None},
         "data": {"hr_files": [Path(f).name for f in summary["hr_files"]],
                  "lr_files": [Path(f).name for f in summary["lr_files"]],
@@ -368,6 +373,8 @@ def model_card(name: str, preprocessing: dict, backbone: dict, training: dict) -
         + (f" of {training['srn']['planned_iterations']} planned (stopped by the time limit)"
            if training["srn"].get("stopped_early") else "")
         + f"; final losses: {losses(training['srn']['final_losses'])}",
+        *([f"- SRN generator fine-tuned from `{training['srn']['initialized_from']['name']}` (generator sha256 "
+           f"{training['srn']['initialized_from']['sha256'][:12]})"] if training["srn"].get("initialized_from") else []),
         f"- Perceptual backbone: {vgg}",
         f"- ddasr-nipype {__version__}, finished {training['finished']}",
         "",

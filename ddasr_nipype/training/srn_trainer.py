@@ -59,6 +59,7 @@ class SRNTrainer(StageTrainer):
             raise ValueError(f"pairs are x{pairs.scale}, the preset trains x{preset.data.scale}")
         pairs.check_patch_size(cfg.patch_size)
         self.pairs = pairs
+        self.initialized_from: dict[str, str] | None = None
         self._lr_noise = lr_noise_settings(cfg.lr_noise)
         self.generator_config = build_generator_config(preset)
         self.discriminator_config = build_discriminator_config(preset)
@@ -74,6 +75,27 @@ class SRNTrainer(StageTrainer):
         sched = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts
         kw = {"T_0": cfg.restart_period, "T_mult": cfg.restart_mult, "eta_min": cfg.eta_min}
         self.sched_g, self.sched_d = sched(self.opt_g, **kw), sched(self.opt_d, **kw)
+
+    def init_generator_from(self, bundle_path) -> dict[str, str]:
+        """Start from the generator of a model bundle (weights into the generator and its EMA copy).
+
+        The bundle's generator config must equal this preset's (``srn.generator`` and the scale);
+        raises :class:`~ddasr_nipype.errors.ModelBundleError` otherwise. Recorded in the new bundle.
+        """
+        from ddasr_nipype.bundle import load_bundle
+        from ddasr_nipype.errors import ModelBundleError
+
+        bundle = load_bundle(bundle_path)
+        if bundle.generator_config.to_dict() != self.generator_config.to_dict():
+            raise ModelBundleError(
+                f"{bundle.path}: its generator ({bundle.generator_config.to_dict()}) differs from this preset's "
+                f"({self.generator_config.to_dict()}); fine-tune with the bundle's srn.generator settings"
+            )
+        source = bundle.load_generator(str(self.device))
+        self.generator.load_state_dict(source.state_dict())
+        self.ema.load_state_dict(source.state_dict())
+        self.initialized_from = {"name": bundle.name, "path": str(bundle.path), "sha256": bundle.sha256}
+        return self.initialized_from
 
     @property
     def stage_config(self) -> SRNStageConfig:
@@ -171,6 +193,7 @@ class SRNTrainer(StageTrainer):
             "opt_d": self.opt_d.state_dict(),
             "sched_g": self.sched_g.state_dict(),
             "sched_d": self.sched_d.state_dict(),
+            "initialized_from": self.initialized_from,
         }
 
     def load_model_state(self, state: dict[str, Any]) -> None:
@@ -183,3 +206,4 @@ class SRNTrainer(StageTrainer):
         self.opt_d.load_state_dict(state["opt_d"])
         self.sched_g.load_state_dict(state["sched_g"])
         self.sched_d.load_state_dict(state["sched_d"])
+        self.initialized_from = state.get("initialized_from")
