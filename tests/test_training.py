@@ -515,3 +515,36 @@ def test_fine_tuning_starts_from_the_bundle_generator(tmp_path, hr_bids, lr_bids
     with pytest.raises(ModelBundleError, match="differs from this preset"):
         SRNTrainer(wider, tmp_path / "bad", pairs, **_kwargs(vgg)).init_generator_from(base.path)
     assert load_bundle(base.path).sha256 == base.sha256  # the source bundle is untouched
+
+
+def test_noise_sigma_estimates_gaussian_noise_and_ignores_smooth_structure():
+    from ddasr_nipype.training.synthesis import noise_sigma
+
+    yy, xx = np.mgrid[0:96, 0:96] / 96.0
+    smooth = 0.2 + 0.5 * xx + 0.2 * yy ** 2
+    assert noise_sigma(smooth) < 0.002
+    noisy = smooth + np.random.default_rng(0).normal(0, 0.05, smooth.shape)
+    assert noise_sigma(noisy) == pytest.approx(0.05, rel=0.1)
+    with pytest.raises(ValueError, match="2D image"):
+        noise_sigma(np.zeros((2, 5)))
+
+
+def test_denoise_targets_cleans_hr_keeps_edges_and_lr():
+    from ddasr_nipype.training.config import SynthesisConfig
+    from ddasr_nipype.training.datasets import PairSet
+    from ddasr_nipype.training.synthesis import denoise_targets
+
+    rng = np.random.default_rng(0)
+    clean = np.where(np.arange(64)[None, :] < 32, 0.2, 0.8) * np.ones((64, 64))
+    hr = (clean + rng.normal(0, 0.05, (3, 64, 64))).astype(np.float32)
+    lr = hr[:, ::2, ::2].copy()
+    pairs = PairSet([lr], [hr], 2, ["s"], source="dsn")
+    assert denoise_targets(pairs, 0.0) is pairs
+    out = denoise_targets(pairs, 0.8)
+    assert out.source == "dsn+nlmeans(0.8)" and np.array_equal(out.lr[0], lr)
+    err_before = np.abs(hr - clean).mean()
+    err_after = np.abs(out.hr[0] - clean).mean()
+    assert err_after < 0.5 * err_before  # much closer to the clean image
+    assert out.hr[0][:, :, 36:].mean() - out.hr[0][:, :, :28].mean() == pytest.approx(0.6, abs=0.03)  # the edge
+    with pytest.raises(ValueError, match="denoise_targets"):
+        SynthesisConfig(denoise_targets=-1)

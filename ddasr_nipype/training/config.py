@@ -153,9 +153,20 @@ class DSNStageConfig(_Config):
 
 @dataclass(frozen=True)
 class SynthesisConfig(_Config):
-    """Stage 2: how the trained DSN turns every HR slice into a synthetic LR slice."""
+    """Stage 2: how the trained DSN turns every HR slice into a synthetic LR slice.
+
+    ``denoise_targets`` (off by default; not in the paper) denoises the HR *targets* with non-local
+    means after the DSN has degraded the raw HR slices, with ``h = denoise_targets x`` each slice's
+    noise level (Immerkaer's estimate). The synthetic LR keeps the HR scan's noise, the target does
+    not, so the SR learns to remove noise instead of passing on the part of it that the LR predicts.
+    """
 
     batch_size: int = 4
+    denoise_targets: float = 0.0
+
+    def __post_init__(self):
+        if not self.denoise_targets >= 0:
+            raise ValueError(f"SynthesisConfig: denoise_targets must be >= 0, got {self.denoise_targets}")
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ import numpy as np
 
 from ddasr_nipype.training.datasets import PairSet, SliceSet, center_crop_to_multiple
 
-__all__ = ["synthesize_pairs", "degrade_pairs", "CLASSICAL_DEGRADATIONS"]
+__all__ = ["synthesize_pairs", "degrade_pairs", "denoise_targets", "noise_sigma", "CLASSICAL_DEGRADATIONS"]
 
 CLASSICAL_DEGRADATIONS = ("bicubic", "kspace", "realsr", "realesrgan")
 
@@ -82,3 +82,38 @@ def degrade_pairs(hr: SliceSet, method: str, *, scale: int, rng: np.random.Gener
         hr_out.append(hr_slices)
         names.append(stack.name)
     return PairSet(lr_out, hr_out, scale, names, source=method)
+
+
+_IMMERKAER = np.array([[1.0, -2.0, 1.0], [-2.0, 4.0, -2.0], [1.0, -2.0, 1.0]])
+
+
+def noise_sigma(image: np.ndarray) -> float:
+    """Noise standard deviation of a 2D image by Immerkaer's method (Immerkaer, CVIU 1996): the mean
+    absolute response to a Laplacian-difference mask that cancels smooth structure."""
+    from scipy.ndimage import convolve
+
+    image = np.asarray(image, dtype=np.float64)
+    if image.ndim != 2 or min(image.shape) < 3:
+        raise ValueError(f"noise_sigma needs a 2D image of at least 3x3 pixels, got shape {image.shape}")
+    h, w = image.shape
+    response = np.abs(convolve(image, _IMMERKAER, mode="reflect"))[1:-1, 1:-1]
+    return float(np.sqrt(np.pi / 2.0) * response.sum() / (6.0 * (h - 2) * (w - 2)))
+
+
+def denoise_targets(pairs: PairSet, strength: float) -> PairSet:
+    """Non-local means on every HR target (``h = strength x`` the slice's :func:`noise_sigma`); the LR
+    inputs are left as they are. ``strength = 0`` returns ``pairs`` unchanged."""
+    if strength <= 0:
+        return pairs
+    from skimage.restoration import denoise_nl_means
+
+    hr_out = []
+    for stack in pairs.hr:
+        slices = []
+        for sl in stack:
+            sigma = noise_sigma(sl)
+            slices.append(denoise_nl_means(sl.astype(np.float64), h=strength * sigma, sigma=sigma, fast_mode=True,
+                                           patch_size=5, patch_distance=6).astype(np.float32)
+                          if sigma > 0 else sl.astype(np.float32))
+        hr_out.append(np.stack(slices))
+    return PairSet(pairs.lr, hr_out, pairs.scale, pairs.names, source=f"{pairs.source}+nlmeans({strength:g})")
