@@ -46,3 +46,18 @@ def test_smoke_workflow_run_writes_a_bundle(tmp_path, hr_bids, lr_bids):
     assert summary["hr_voxel_size"] == pytest.approx(1.0)
     with torch.no_grad():
         assert bundle.load_generator()(torch.rand(1, 1, 16, 16)).shape == (1, 1, 32, 32)
+
+    # the SRN node alone: fine-tune that bundle's generator within a wall-time limit
+    from ddasr_nipype.interfaces.training import TrainSRN
+
+    work = tmp_path / "work" / "train_wf"
+    node = TrainSRN(pairs_file=str(work / "synthesize_pairs" / "train" / "pairs" / "pairs.npz"),
+                    data_summary=str(work / "train_dsn" / "data_summary.json"), preset="smoke",
+                    iterations_srn=500, device="cpu", allow_random_vgg19=True, tensorboard=False,
+                    init_generator=str(out), time_limit=1e-6, out_dir=str(tmp_path / "tuned"))
+    (tmp_path / "tune").mkdir()
+    result = node.run(cwd=str(tmp_path / "tune"))
+    tuned = load_bundle(result.outputs.bundle_dir)
+    srn = tuned.manifest["training"]["srn"]
+    assert srn["initialized_from"]["sha256"] == bundle.sha256
+    assert srn["iterations"] == 1 and srn["stopped_early"] is True and srn["planned_iterations"] == 500

@@ -74,6 +74,8 @@ class _TrainDSNInputSpec(_VGGInputSpec):
     lr_filters = traits.Dict(desc="pybids filters of the LR T1w query")
     hr_participant_label = InputMultiObject(traits.Str, desc="HR subjects to use")
     lr_participant_label = InputMultiObject(traits.Str, desc="LR subjects to use")
+    time_limit = traits.Float(desc="end the DSN stage after this many seconds (checkpointed), e.g. to fit "
+                                   "a SLURM wall time")
 
 
 class _TrainDSNOutputSpec(TraitedSpec):
@@ -107,6 +109,7 @@ class TrainDSN(SimpleInterface):
             lr_filters=dict(i.lr_filters) if isdefined(i.lr_filters) else {},
             hr_participant_label=tuple(i.hr_participant_label) if isdefined(i.hr_participant_label) else (),
             lr_participant_label=tuple(i.lr_participant_label) if isdefined(i.lr_participant_label) else (),
+            dsn_time_limit=i.time_limit if isdefined(i.time_limit) else None,
         )
         apply_num_threads(options.num_threads)
         vgg, backbone = load_backbone(options)
@@ -174,6 +177,9 @@ class _TrainSRNInputSpec(_VGGInputSpec):
     dsn_checkpoint = File(exists=True, desc="the DSN to include in the bundle (optional)")
     out_dir = traits.Str(desc="bundle directory to write (default: <node dir>/bundle)")
     model_name = traits.Str(desc="name recorded in the bundle (default: the bundle folder name)")
+    init_generator = Directory(exists=True, desc="fine-tune: start from this bundle's generator")
+    time_limit = traits.Float(desc="end the SRN stage after this many seconds (checkpointed) and still "
+                                   "write the bundle")
 
 
 class _TrainSRNOutputSpec(TraitedSpec):
@@ -202,7 +208,9 @@ class TrainSRN(SimpleInterface):
         i = self.inputs
         out_dir = i.out_dir if isdefined(i.out_dir) and i.out_dir else os.path.join(runtime.cwd, "bundle")
         options = _options(i, work_dir=os.path.join(runtime.cwd, "train"), out_dir=out_dir,
-                           name=i.model_name if isdefined(i.model_name) else None)
+                           name=i.model_name if isdefined(i.model_name) else None,
+                           init_generator=i.init_generator if isdefined(i.init_generator) else None,
+                           srn_time_limit=i.time_limit if isdefined(i.time_limit) else None)
         apply_num_threads(options.num_threads)
         vgg, backbone = load_backbone(options)
         pairs = PairSet.load(i.pairs_file)
@@ -213,7 +221,7 @@ class TrainSRN(SimpleInterface):
         if isdefined(i.dsn_checkpoint):
             dsn, dsn_info = load_dsn(i.dsn_checkpoint)
             dsn_info["source"] = "trained"
-        if pairs.source != "dsn":
+        if not pairs.source.startswith("dsn"):  # "dsn" or "dsn+nlmeans(...)": DSN pairs
             options = _replace(options, degradation=pairs.source)
         bundle = write_bundle(options, srn=trainer, summary=summary, n_pairs=len(pairs), backbone=backbone,
                               dsn=dsn, dsn_info=dsn_info)
