@@ -36,6 +36,7 @@ import argparse
 import copy
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -139,53 +140,52 @@ def main(argv=None) -> int:
             cmd += ["--lr-participant-label", label]
         return cmd + list(extra)
 
-    procs = {}
+    procs: dict[str, subprocess.Popen] = {}
     logs = {}
-    if opts.dsn_from:
-        for name in variants:
-            limit = max(20.0, end_training - time.monotonic() - 35.0)  # 35 s: data preparation, synthesis
-            logs[name] = open(work / f"{name}.log", "w")
-            procs[name] = subprocess.Popen(
-                train_cmd(name, "--dsn-from", str(opts.dsn_from.resolve()), "--srn-time-limit", f"{limit:.0f}"),
-                stdout=logs[name], stderr=subprocess.STDOUT)
-            log(f"{name}: started with the DSN {opts.dsn_from} (SRN limit {limit:.0f} s)", fh)
-        first, others = None, []
-    else:
-        first, others = variants[0], variants[1:]
-    training_left = end_training - time.monotonic()
-    dsn_limit = max(30.0, opts.dsn_share * training_left)
-    srn_first = max(30.0, training_left - dsn_limit - 45.0)  # 45 s: data preparation and synthesis
-    if first is not None:
-        logs[first] = open(work / f"{first}.log", "w")
-        procs[first] = subprocess.Popen(
-            train_cmd(first, "--dsn-time-limit", f"{dsn_limit:.0f}", "--srn-time-limit", f"{srn_first:.0f}"),
-            stdout=logs[first], stderr=subprocess.STDOUT)
-        log(f"{first}: started (DSN limit {dsn_limit:.0f} s, SRN limit {srn_first:.0f} s)", fh)
 
-    pairs = work / str(first) / "work" / "pairs" / "pairs.npz"
-    dsn_ckpt = work / str(first) / "work" / "checkpoints" / "dsn_last.pt"
-    while others and not pairs.is_file():
-        if procs[first].poll() is not None:
-            log(f"{first}: ended (rc {procs[first].returncode}) before its pairs existed", fh)
-            break
-        time.sleep(2)
-    if others and pairs.is_file():
-        log(f"pairs ready after {time.monotonic() - start:.0f} s", fh)
-        for name in others:
-            wdir = work / name / "work"
-            (wdir / "pairs").mkdir(parents=True, exist_ok=True)
-            (wdir / "data").mkdir(parents=True, exist_ok=True)
-            for sub in ("data", "pairs"):
-                for f in (work / first / "work" / sub).iterdir():
-                    target = wdir / sub / f.name
-                    if not target.exists():
-                        os.link(f, target) if f.stat().st_dev == wdir.stat().st_dev else target.write_bytes(f.read_bytes())
-            limit = max(20.0, end_training - time.monotonic() - 15.0)
-            logs[name] = open(work / f"{name}.log", "w")
-            procs[name] = subprocess.Popen(
-                train_cmd(name, "--resume", "--dsn-from", str(dsn_ckpt), "--srn-time-limit", f"{limit:.0f}"),
-                stdout=logs[name], stderr=subprocess.STDOUT)
-            log(f"{name}: started (SRN limit {limit:.0f} s)", fh)
+    def launch(name: str, *extra: str, note: str) -> None:
+        logs[name] = open(work / f"{name}.log", "w")
+        procs[name] = subprocess.Popen(train_cmd(name, *extra), stdout=logs[name], stderr=subprocess.STDOUT)
+        log(f"{name}: started ({note})", fh)
+
+    def srn_limit(setup: float) -> str:
+        """Seconds left for an SRN stage that starts now, after ``setup`` seconds of preparation."""
+        return f"{max(20.0, end_training - time.monotonic() - setup):.0f}"
+
+    if opts.dsn_from:  # every variant starts at once from the given DSN
+        for name in variants:
+            limit = srn_limit(35.0)  # data preparation and synthesis in each run
+            launch(name, "--dsn-from", str(opts.dsn_from.resolve()), "--srn-time-limit", limit,
+                   note=f"DSN {opts.dsn_from}, SRN limit {limit} s")
+    else:  # the first variant trains the DSN; the others start from its pairs
+        first, others = variants[0], variants[1:]
+        training_left = end_training - time.monotonic()
+        dsn_limit = max(30.0, opts.dsn_share * training_left)
+        srn_first = max(30.0, training_left - dsn_limit - 45.0)  # 45 s: data preparation and synthesis
+        launch(first, "--dsn-time-limit", f"{dsn_limit:.0f}", "--srn-time-limit", f"{srn_first:.0f}",
+               note=f"DSN limit {dsn_limit:.0f} s, SRN limit {srn_first:.0f} s")
+        first_work = work / first / "work"
+        pairs = first_work / "pairs" / "pairs.npz"
+        while others and not pairs.is_file():
+            if procs[first].poll() is not None:
+                log(f"{first}: ended (rc {procs[first].returncode}) before its pairs existed", fh)
+                break
+            time.sleep(2)
+        if others and pairs.is_file():
+            log(f"pairs ready after {time.monotonic() - start:.0f} s", fh)
+            for name in others:
+                for sub in ("data", "pairs"):  # the prepared data and pairs, reused through --resume
+                    (work / name / "work" / sub).mkdir(parents=True, exist_ok=True)
+                    for f in (first_work / sub).iterdir():
+                        target = work / name / "work" / sub / f.name
+                        if not target.exists():
+                            try:
+                                os.link(f, target)
+                            except OSError:  # another file system
+                                shutil.copyfile(f, target)
+                limit = srn_limit(15.0)
+                launch(name, "--resume", "--dsn-from", str(first_work / "checkpoints" / "dsn_last.pt"),
+                       "--srn-time-limit", limit, note=f"SRN limit {limit} s")
 
     for name, proc in procs.items():
         rc = proc.wait()

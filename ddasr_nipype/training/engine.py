@@ -114,7 +114,7 @@ class StageTrainer:
         self.last_losses: dict[str, float] = {}
         self._last_batch: dict[str, Any] = {}
         self._stop: dict[str, str] = {}
-        self.stopped_early: int | None = None
+        self.stopped_early = False  # set when run()'s time limit ended the stage
 
     # -- to implement -------------------------------------------------------------------------
     @property
@@ -237,8 +237,8 @@ class StageTrainer:
         """Train up to ``until`` (default: the preset's iteration count), checkpointing on the way.
 
         With ``time_limit`` (seconds of wall time from now) the stage ends early, checkpointed, once
-        that time is spent (``self.stopped_early`` then holds the iteration it stopped at): a run that
-        must fit an allocation still ends with a usable model. Raises :class:`TrainingInterrupted`
+        that time is spent (``self.stopped_early`` is then set): a run that must fit an allocation
+        still ends with a usable model. Raises :class:`TrainingInterrupted`
         after checkpointing when SIGTERM/SIGINT arrives.
         """
         import time
@@ -257,23 +257,21 @@ class StageTrainer:
                     losses = self.train_step()
                     self.iteration += 1
                     it = self.iteration
-                    if it % cfg.log_every == 0 or it == stop_at or it == first:
+                    out_of_time = deadline is not None and it < stop_at and time.monotonic() >= deadline
+                    if it % cfg.log_every == 0 or it == stop_at or it == first or out_of_time:
                         self.last_losses = {k: float(v) for k, v in losses.items()}
                         logger.log(it, self.last_losses, lr=self.current_lr())
                     if it % cfg.image_every == 0 or it == self.total:
                         columns = self.image_columns()
                         if columns:
                             logger.images(it, columns)
-                    if it % cfg.checkpoint_every == 0 or it == stop_at:
+                    if it % cfg.checkpoint_every == 0 or it == stop_at or out_of_time:
                         self.save()
                     if self._stop:
                         self.save()
                         raise TrainingInterrupted(self.stage, it, self.checkpoint_path, self._stop["signal"])
-                    if deadline is not None and it < stop_at and time.monotonic() >= deadline:
-                        self.last_losses = {k: float(v) for k, v in losses.items()}
-                        logger.log(it, self.last_losses, lr=self.current_lr())
-                        self.save()
-                        self.stopped_early = it
+                    if out_of_time:
+                        self.stopped_early = True
                         break
                 if self.iteration >= stop_at and not self.checkpoint_path.exists():
                     self.save()

@@ -285,7 +285,7 @@ def run_training(options: TrainingOptions):
         dsn_trainer = run_dsn_stage(options, hr, lr, vgg, backbone)
         dsn = dsn_trainer.dsn
         dsn_info = {"source": "trained", "iterations": dsn_trainer.iteration,
-                    "planned_iterations": dsn_trainer.total, "stopped_early": dsn_trainer.stopped_early is not None,
+                    "planned_iterations": dsn_trainer.total, "stopped_early": dsn_trainer.stopped_early,
                     "final_losses": dsn_trainer.last_losses}
         del dsn_trainer
     pairs = run_synthesis_stage(options, hr, lr, dsn)
@@ -319,7 +319,7 @@ def write_bundle(options: TrainingOptions, *, srn, summary: dict, n_pairs: int, 
         "dsn": dsn_info,
         "srn": {"iterations": srn.iteration, "final_losses": srn.last_losses,
                 "initialized_from": srn.initialized_from,
-                "planned_iterations": srn.total, "stopped_early": srn.stopped_early is not None},
+                "planned_iterations": srn.total, "stopped_early": srn.stopped_early},
         "data": {"hr_files": [Path(f).name for f in summary["hr_files"]],
                  "lr_files": [Path(f).name for f in summary["lr_files"]],
                  "hr_slices": summary["hr_slices"], "lr_slices": summary["lr_slices"],
@@ -342,6 +342,12 @@ def model_card(name: str, preprocessing: dict, backbone: dict, training: dict) -
 
     def losses(d):
         return ", ".join(f"{k} {v:.4g}" for k, v in (d or {}).items()) or "n/a"
+
+    def iterations(stage):
+        text = f"iterations {stage.get('iterations', 'n/a')}"
+        if stage.get("stopped_early"):
+            text += f" of {stage['planned_iterations']} planned (stopped by the time limit)"
+        return text
 
     if backbone.get("source") == "random":
         vgg = (f"**random, untrained VGG19** (seed {backbone.get('seed')}, explicit opt-in): perceptual, "
@@ -368,12 +374,8 @@ def model_card(name: str, preprocessing: dict, backbone: dict, training: dict) -
         "",
         "## Training",
         f"- Preset: `{training['preset']}`, seed {training['seed']}, device {training['device']}",
-        f"- DSN: {dsn.get('source', 'none')}; iterations {dsn.get('iterations', 'n/a')}; "
-        f"final losses: {losses(dsn.get('final_losses'))}",
-        f"- SRN: iterations {training['srn']['iterations']}"
-        + (f" of {training['srn']['planned_iterations']} planned (stopped by the time limit)"
-           if training["srn"].get("stopped_early") else "")
-        + f"; final losses: {losses(training['srn']['final_losses'])}",
+        f"- DSN: {dsn.get('source', 'none')}; {iterations(dsn)}; final losses: {losses(dsn.get('final_losses'))}",
+        f"- SRN: {iterations(training['srn'])}; final losses: {losses(training['srn']['final_losses'])}",
         *([f"- SRN generator fine-tuned from `{training['srn']['initialized_from']['name']}` (generator sha256 "
            f"{training['srn']['initialized_from']['sha256'][:12]})"] if training["srn"].get("initialized_from") else []),
         f"- Perceptual backbone: {vgg}",
