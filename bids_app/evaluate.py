@@ -13,6 +13,7 @@ import click
 
 DEGRADATION_NAMES = ("bicubic", "kspace", "kspace-rician", "realesrgan", "realsr")  # ddasr_nipype.degradations.DEGRADATIONS
 PLANES = ("sagittal", "coronal", "axial")
+NO_REFERENCE_METRICS = ("niqe", "brisque", "niqe_head", "brisque_head")  # ddasr_nipype.metrics.volume
 
 _existing_dir = click.Path(exists=True, file_okay=False, path_type=Path)
 
@@ -39,8 +40,9 @@ _existing_dir = click.Path(exists=True, file_okay=False, path_type=Path)
               help="Participant label(s), with or without 'sub-' (default: all).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Output folder (tables, per-slice CSV, panels).")
-@click.option("--metric", "metrics", multiple=True, type=click.Choice(["niqe", "brisque"]),
-              help="No-reference metric(s) of Table I [default: both].")
+@click.option("--metric", "metrics", multiple=True, type=click.Choice(NO_REFERENCE_METRICS),
+              help="No-reference metric(s) of Table I; the _head variants score the slice cropped to the "
+                   "head's bounding box [default: niqe and brisque].")
 @click.option("--min-brain-fraction", default=0.1, show_default=True, type=click.FloatRange(0, 1),
               help="Slices whose brain (foreground) mask covers less of the area are skipped.")
 @click.option("--niqe-block-size", default=96, show_default=True, type=click.IntRange(min=8),

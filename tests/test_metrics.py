@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from ddasr_nipype.metrics.volume import _head_crop  # noqa: E402
 from ddasr_nipype.metrics import (
     brisque,
     foreground_mask,
@@ -184,6 +185,24 @@ def test_volume_scores_on_real_scan(lr_file):
     worse = reference_scores(data, blurred, plane="sagittal", mask=mask)
     assert np.all(worse["ssim"] < 1) and 15 < summarize(worse["psnr_mask"])[0] < 40
     assert worse["ssim_3d_mask"] < worse["ssim_3d"]  # background is easy, the brain is not
+
+
+def test_head_variants_score_the_head_not_the_air_around_it(lr_file):
+    data = nib.as_closest_canonical(nib.load(lr_file)).get_fdata()[::12]
+    data = np.clip(data / np.percentile(data, 99.5), 0, 1)
+    scores = {}
+    mask = foreground_mask(data)
+    for pad in (20, 60):  # more air around the same head
+        width = ((0, 0), (pad, pad), (pad, pad))
+        scores[pad] = no_reference_scores(np.pad(data, width), plane="sagittal", mask=np.pad(mask, width),
+                                          metrics=("niqe", "brisque", "niqe_head", "brisque_head"), min_fraction=0.0)
+    assert scores[20]["slice"].size > 3
+    for metric in ("niqe_head", "brisque_head"):
+        np.testing.assert_allclose(scores[20][metric], scores[60][metric])
+    for metric in ("niqe", "brisque"):
+        assert np.abs(scores[20][metric] - scores[60][metric]).mean() > 0.5
+    crop = _head_crop(np.ones((50, 60)), np.pad(np.ones((10, 20), bool), ((30, 10), (2, 38))))
+    assert crop.shape == (10 + 4 + 4, 20 + 2 + 4)  # 4-pixel margin, clipped at the image edge
 
 
 def test_summarize_ignores_nan():

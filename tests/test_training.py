@@ -407,6 +407,32 @@ def test_srn_only_against_an_existing_dsn(tmp_path, hr_bids, lr_bids, slices, sm
         assert torch.equal(dsn.state_dict()[key], value)
 
 
+def test_synthesis_matches_intensities_and_mixes_classical_pairs(tmp_path, hr_bids, lr_bids, slices, smoke, vgg):
+    from ddasr_nipype.degradations import bicubic_downsample
+    from ddasr_nipype.training.config import SynthesisConfig
+    from ddasr_nipype.training.datasets import PairSet
+    from ddasr_nipype.training.pipeline import run_synthesis_stage
+
+    hr, lr, _ = slices
+    dsn = DSNTrainer(smoke, tmp_path / "dsn-run", hr, lr, **_kwargs(vgg)).dsn
+    preset = smoke.replace(synthesis=SynthesisConfig(match_intensity=True, mix=["bicubic", "realsr"]))
+    options = _options(hr_bids, lr_bids, tmp_path / "m", preset=preset)
+    pairs = run_synthesis_stage(options, hr, lr, dsn)
+    n = len(hr.stacks)
+    assert pairs.source == "dsn+matched|bicubic|realsr" and len(pairs.lr) == 3 * n
+    assert pairs.names[0].endswith("|dsn+matched") and pairs.names[n].endswith("|bicubic")
+    assert PairSet.load(tmp_path / "m.work" / "pairs" / "pairs.npz").source == pairs.source
+    for k in range(n):  # the DSN set has the HR contrast; the bicubic set is plain bicubic
+        ref = bicubic_downsample(np.clip(pairs.hr[k][0].astype(np.float64), 0, 1), 2)
+        assert np.percentile(pairs.lr[k][0], 90) == pytest.approx(np.percentile(ref, 90), abs=0.01)
+        np.testing.assert_allclose(pairs.lr[n + k], np.stack([bicubic_downsample(np.clip(h, 0, 1), 2)
+                                                               for h in pairs.hr[n + k]]), atol=1e-5)
+    with pytest.raises(ValueError, match="mix"):
+        SynthesisConfig(mix=("jpeg",))
+    with pytest.raises(ValueError, match="mix"):
+        SynthesisConfig(mix="bicubic")
+
+
 def test_cli_usage_errors(tmp_path, hr_bids, lr_bids):
     from click.testing import CliRunner
 
@@ -548,3 +574,31 @@ def test_denoise_targets_cleans_hr_keeps_edges_and_lr():
     assert out.hr[0][:, :, 36:].mean() - out.hr[0][:, :, :28].mean() == pytest.approx(0.6, abs=0.03)  # the edge
     with pytest.raises(ValueError, match="denoise_targets"):
         SynthesisConfig(denoise_targets=-1)
+
+
+def test_match_intensity_takes_the_hr_contrast_and_keeps_the_lr_structure():
+    from scipy.ndimage import gaussian_filter, laplace
+
+    from ddasr_nipype.degradations import bicubic_downsample
+    from ddasr_nipype.training.datasets import PairSet
+    from ddasr_nipype.training.synthesis import match_intensity
+
+    rng = np.random.default_rng(1)
+    yy, xx = np.mgrid[0:64, 0:64] / 64.0
+    hr = np.stack([np.clip(0.1 + 0.6 * xx + 0.2 * np.sin(9 * yy + k) + rng.normal(0, 0.02, xx.shape), 0, 1)
+                   for k in range(3)]).astype(np.float32)
+    ref = np.stack([bicubic_downsample(h.astype(np.float64), 2) for h in hr])
+    other_site = (0.3 + 0.5 * ref ** 0.5).astype(np.float32)  # another contrast, same structure
+    out = match_intensity(PairSet([other_site], [hr], 2, ["s"], source="dsn"))
+    assert out.source == "dsn+matched" and out.hr[0] is hr
+    assert np.abs(other_site - ref).mean() > 0.15
+    assert np.abs(out.lr[0] - ref).mean() < 0.01  # a monotone contrast change is undone
+    for k in range(3):  # the map is monotone: the LR's pixel order is kept
+        order = np.argsort(other_site[k].ravel(), kind="stable")
+        assert np.all(np.diff(out.lr[0][k].ravel()[order]) >= -1e-6)
+    blurred = gaussian_filter(ref, sigma=(0, 2, 2)).astype(np.float32)  # a blurrier site: the blur stays
+    matched = match_intensity(PairSet([blurred], [hr], 2)).lr[0]
+    detail = lambda x: np.mean([np.abs(laplace(s, mode="nearest")).mean() for s in x])  # noqa: E731
+    assert detail(matched) < 0.5 * detail(ref)
+    with pytest.raises(ValueError, match="levels"):
+        match_intensity(PairSet([other_site], [hr], 2), levels=1)

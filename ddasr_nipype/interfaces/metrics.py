@@ -31,8 +31,9 @@ class _QualityMetricsInputSpec(BaseInterfaceInputSpec):
     )
     plane = traits.Enum(*PLANES, usedefault=True, desc="plane of the 2D slices the metrics are computed on")
     metrics = traits.List(
-        traits.Enum("niqe", "brisque"), value=["niqe", "brisque"], usedefault=True,
-        desc="no-reference metrics to compute (an empty list skips them)",
+        traits.Enum("niqe", "brisque", "niqe_head", "brisque_head"), value=["niqe", "brisque"], usedefault=True,
+        desc="no-reference metrics to compute (an empty list skips them); the _head variants score each "
+        "slice cropped to the bounding box of the mask",
     )
     min_brain_fraction = traits.Range(
         low=0.0, high=1.0, value=0.1, usedefault=True,

@@ -21,7 +21,9 @@ from functools import lru_cache
 
 import numpy as np
 
-__all__ = ["brisque"]
+__all__ = ["brisque", "MIN_SIZE"]
+
+MIN_SIZE = 16  #: the smallest image edge BRISQUE scores
 
 
 @lru_cache(maxsize=1)
@@ -43,8 +45,8 @@ def brisque(image: np.ndarray) -> float:
     img = np.asarray(image, dtype=np.float64)
     if img.ndim != 2:
         raise ValueError(f"BRISQUE needs a 2D grayscale image, got shape {img.shape}")
-    if min(img.shape) < 16:
-        raise ValueError(f"image of shape {img.shape} is too small for BRISQUE (16 x 16 at least)")
+    if min(img.shape) < MIN_SIZE:
+        raise ValueError(f"image of shape {img.shape} is too small for BRISQUE ({MIN_SIZE} x {MIN_SIZE} at least)")
     gray = np.clip(np.floor(img + 0.5), 0, 255).astype(np.uint8)
     if gray.min() == gray.max():
         return float("nan")

@@ -15,6 +15,10 @@ Protocol (the paper's: 2D slices, mean ± std over slices):
   (:func:`ddasr_nipype.metrics.niqe.to_8bit`: ``round(255 * clip(x, 0, 1))``), the whole slice
   (background included, as the models were built for whole images). NIQE needs at least one whole
   ``niqe_block_size`` block; smaller slices score NaN and are left out of the mean.
+- ``niqe_head`` and ``brisque_head`` are the same metrics on the slice cropped to the bounding box
+  of its mask (plus a 4-pixel margin): the air around the head, where a denoising method leaves a
+  flat black field that NIQE scores as unnatural, weighs far less (a slice whose crop is smaller
+  than a NIQE block, or than BRISQUE's 16 pixels, scores NaN).
 - **Full-reference metrics** (PSNR, SSIM) are computed per slice over the whole slice and inside
   the mask, and on the whole 3D volume (whole and masked).
 """
@@ -26,6 +30,7 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import ndimage
 
+from .brisque import MIN_SIZE as BRISQUE_MIN_SIZE
 from .brisque import brisque
 from .niqe import niqe, to_8bit
 from .reference import psnr, ssim_whole_and_masked
@@ -44,7 +49,8 @@ __all__ = [
 ]
 
 PLANES = {"sagittal": 0, "coronal": 1, "axial": 2}
-NO_REFERENCE_METRICS = ("niqe", "brisque")
+NO_REFERENCE_METRICS = ("niqe", "brisque", "niqe_head", "brisque_head")
+HEAD_MARGIN = 4
 
 
 def _plane_axis(plane: str) -> int:
@@ -117,6 +123,16 @@ def _slice_mask(mask: np.ndarray, shape: Sequence[int]) -> np.ndarray:
     return mask
 
 
+def _head_crop(image: np.ndarray, mask2d: np.ndarray) -> np.ndarray:
+    """``image`` cropped to the bounding box of ``mask2d`` plus :data:`HEAD_MARGIN` pixels."""
+    rows, cols = np.flatnonzero(mask2d.any(axis=1)), np.flatnonzero(mask2d.any(axis=0))
+    if rows.size == 0:
+        return image
+    r0, r1 = max(rows[0] - HEAD_MARGIN, 0), min(rows[-1] + HEAD_MARGIN + 1, image.shape[0])
+    c0, c1 = max(cols[0] - HEAD_MARGIN, 0), min(cols[-1] + HEAD_MARGIN + 1, image.shape[1])
+    return image[r0:r1, c0:c1]
+
+
 def no_reference_scores(
     volume01: np.ndarray,
     *,
@@ -141,12 +157,14 @@ def no_reference_scores(
     out: dict[str, np.ndarray] = {"slice": indices}
     scores: dict[str, list[float]] = {m: [] for m in metrics}
     for index in indices:
-        img = to_8bit(take_slice(volume01, plane, int(index)))
-        if "niqe" in scores:
-            fits = min(img.shape) >= niqe_block_size
-            scores["niqe"].append(niqe(img, block_size=niqe_block_size) if fits else np.nan)
-        if "brisque" in scores:
-            scores["brisque"].append(brisque(img))
+        whole = to_8bit(take_slice(volume01, plane, int(index)))
+        for metric in scores:
+            img = _head_crop(whole, take_slice(mask, plane, int(index))) if metric.endswith("_head") else whole
+            if metric.startswith("niqe"):
+                fits = min(img.shape) >= niqe_block_size
+                scores[metric].append(niqe(img, block_size=niqe_block_size) if fits else np.nan)
+            else:
+                scores[metric].append(brisque(img) if min(img.shape) >= BRISQUE_MIN_SIZE else np.nan)
     out.update({m: np.asarray(v, dtype=np.float64) for m, v in scores.items()})
     return out
 

@@ -159,12 +159,31 @@ class SynthesisConfig(_Config):
     means after the DSN has degraded the raw HR slices, with ``h = denoise_targets x`` each slice's
     noise level (Immerkaer's estimate). The synthetic LR keeps the HR scan's noise, the target does
     not, so the SR learns to remove noise instead of passing on the part of it that the LR predicts.
+
+    ``match_intensity`` (off by default; not in the paper) maps every synthetic LR slice onto the
+    intensity distribution of the bicubic down-sampling of its HR slice
+    (:func:`~ddasr_nipype.training.synthesis.match_intensity`): the DSN also learns the LR site's
+    contrast, and an SR trained on such pairs would translate that contrast back to the HR site's
+    instead of keeping the contrast of the scan it super-resolves.
+
+    ``mix`` (empty by default; not in the paper) names classical degradations
+    (:data:`~ddasr_nipype.training.synthesis.CLASSICAL_DEGRADATIONS`) whose pairs of the same HR
+    slices are added to the DSN pairs, one set each, seeded: the DSN gives the real LR site's
+    degradation, the random classical ones make the SR robust to scans that are degraded otherwise.
     """
 
     batch_size: int = 4
     denoise_targets: float = 0.0
+    match_intensity: bool = False
+    mix: tuple[str, ...] = ()
 
     def __post_init__(self):
+        from ddasr_nipype.training.synthesis import CLASSICAL_DEGRADATIONS
+
+        if isinstance(self.mix, str) or set(self.mix) - set(CLASSICAL_DEGRADATIONS):
+            raise ValueError(f"SynthesisConfig: mix must list degradations of {', '.join(CLASSICAL_DEGRADATIONS)}, "
+                             f"got {self.mix!r}")
+        object.__setattr__(self, "mix", tuple(self.mix))
         if not self.denoise_targets >= 0:
             raise ValueError(f"SynthesisConfig: denoise_targets must be >= 0, got {self.denoise_targets}")
 

@@ -208,7 +208,8 @@ def load_dsn(source: str | Path, device="cpu"):
 def run_synthesis_stage(options: TrainingOptions, hr: SliceSet, lr: SliceSet | None, dsn=None) -> PairSet:
     """Stage 2: pairs from the DSN (or ``options.degradation``), cached in ``pairs/pairs.npz``."""
     from ddasr_nipype.training.engine import precision_dtype, resolve_device
-    from ddasr_nipype.training.synthesis import degrade_pairs, denoise_targets, synthesize_pairs
+    from ddasr_nipype.training.synthesis import (combine_pairs, degrade_pairs, denoise_targets, match_intensity,
+                                                 synthesize_pairs)
 
     path = options.work / "pairs" / "pairs.npz"
     if options.resume and path.is_file():
@@ -224,6 +225,10 @@ def run_synthesis_stage(options: TrainingOptions, hr: SliceSet, lr: SliceSet | N
         pairs = synthesize_pairs(dsn, hr, lr, scale=preset.data.scale, rng=rng,
                                  batch_size=preset.synthesis.batch_size, device=device,
                                  amp_dtype=precision_dtype(options.precision, device))
+        if preset.synthesis.match_intensity:
+            pairs = match_intensity(pairs)
+        pairs = combine_pairs(pairs, *(degrade_pairs(hr, name, scale=preset.data.scale, rng=rng)
+                                       for name in preset.synthesis.mix))
     pairs = denoise_targets(pairs, preset.synthesis.denoise_targets)
     pairs.save(path)
     return pairs

@@ -14,7 +14,8 @@ import numpy as np
 
 from ddasr_nipype.training.datasets import PairSet, SliceSet, center_crop_to_multiple
 
-__all__ = ["synthesize_pairs", "degrade_pairs", "denoise_targets", "noise_sigma", "CLASSICAL_DEGRADATIONS"]
+__all__ = ["synthesize_pairs", "degrade_pairs", "combine_pairs", "denoise_targets", "match_intensity",
+           "noise_sigma", "CLASSICAL_DEGRADATIONS"]
 
 CLASSICAL_DEGRADATIONS = ("bicubic", "kspace", "realsr", "realesrgan")
 
@@ -84,6 +85,20 @@ def degrade_pairs(hr: SliceSet, method: str, *, scale: int, rng: np.random.Gener
     return PairSet(lr_out, hr_out, scale, names, source=method)
 
 
+def combine_pairs(first: PairSet, *others: PairSet) -> PairSet:
+    """One pair set with the stacks of all (same scale); stack names get their set's source appended
+    and the source names every set (``dsn+matched|realsr``)."""
+    sets = (first, *others)
+    if len({p.scale for p in sets}) != 1:
+        raise ValueError(f"cannot combine pair sets of scales {sorted({p.scale for p in sets})}")
+    if not others:
+        return first
+    lr = [a for p in sets for a in p.lr]
+    hr = [b for p in sets for b in p.hr]
+    names = [f"{n}|{p.source}" for p in sets for n in p.names]
+    return PairSet(lr, hr, first.scale, names, source="|".join(p.source for p in sets))
+
+
 _IMMERKAER = np.array([[1.0, -2.0, 1.0], [-2.0, 4.0, -2.0], [1.0, -2.0, 1.0]])
 
 
@@ -117,3 +132,29 @@ def denoise_targets(pairs: PairSet, strength: float) -> PairSet:
                           if sigma > 0 else sl.astype(np.float32))
         hr_out.append(np.stack(slices))
     return PairSet(pairs.lr, hr_out, pairs.scale, pairs.names, source=f"{pairs.source}+nlmeans({strength:g})")
+
+
+def match_intensity(pairs: PairSet, *, levels: int = 201) -> PairSet:
+    """Give every synthetic LR slice the intensity distribution of its own HR slice.
+
+    Each LR slice goes through the monotone, piecewise-linear map that takes its quantiles (``levels``
+    of them, 0 to 100 %) onto those of the bicubic down-sampling of its HR target. The LR keeps its
+    spatial content (blur, aliasing, noise pattern: what the DSN learned from the real LR site) but
+    not a contrast of its own, so the SR trained on it learns resolution, not a contrast
+    translation, and keeps the contrast of the scan it is given.
+    """
+    from ddasr_nipype.degradations import bicubic_downsample
+
+    if levels < 2:
+        raise ValueError(f"levels must be >= 2, got {levels}")
+    q = np.linspace(0.0, 100.0, int(levels))
+    ramp = np.arange(q.size) * 1e-9  # strictly increasing sample points where quantiles tie
+    lr_out = []
+    for lr_stack, hr_stack in zip(pairs.lr, pairs.hr):
+        slices = []
+        for lr, hr in zip(lr_stack, hr_stack):
+            ref = bicubic_downsample(np.clip(hr.astype(np.float64), 0.0, 1.0), pairs.scale)  # PairSet: same shape
+            src_q = np.percentile(lr, q) + ramp
+            slices.append(np.interp(lr, src_q, np.percentile(ref, q)).astype(np.float32))
+        lr_out.append(np.stack(slices))
+    return PairSet(lr_out, pairs.hr, pairs.scale, pairs.names, source=f"{pairs.source}+matched")
