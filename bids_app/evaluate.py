@@ -51,8 +51,11 @@ _existing_dir = click.Path(exists=True, file_okay=False, path_type=Path)
               help="PNG panels per scan (and per degradation).")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the random degradations.")
 @click.option("--device", default="cpu", show_default=True, help="Device of the models (cpu, cuda, auto).")
+@click.option("--brain-mask", default="none", show_default=True, type=click.Choice(["none", "deepbet"]),
+              help="Table II (SR): also PSNR/SSIM inside the HR's brain mask (deepbet, offline), beside "
+                   "the head mask.")
 def main(hr_dir, lr_dir, models, baselines, degradations, plane, scale, participants, out_dir, metrics,
-         min_brain_fraction, niqe_block_size, n_panels, seed, device):
+         min_brain_fraction, niqe_block_size, n_panels, seed, device, brain_mask):
     """Evaluate SR models and baselines on BIDS datasets; write markdown + CSV tables and PNG panels."""
     from ddasr_nipype.errors import DDASRError
     from ddasr_nipype.evaluation import EvaluationConfig, run_evaluation
@@ -68,7 +71,7 @@ def main(hr_dir, lr_dir, models, baselines, degradations, plane, scale, particip
             plane=plane, scale=scale, participants=tuple(participants),
             no_reference_metrics=tuple(metrics) or ("niqe", "brisque"),
             min_brain_fraction=min_brain_fraction, niqe_block_size=niqe_block_size, seed=seed,
-            n_panels=n_panels, device=device,
+            n_panels=n_panels, device=device, brain_mask=brain_mask,
         )
     except ValueError as err:
         raise click.UsageError(str(err)) from None

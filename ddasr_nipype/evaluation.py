@@ -60,6 +60,8 @@ def lower_is_better(metric: str) -> bool:
 
 REAL_LR = "real LR"
 BICUBIC = "bicubic"
+#: ``none``: PSNR/SSIM in the head (Otsu foreground) mask only; ``deepbet``: also inside the HR's brain
+BRAIN_MASKS = ("none", "deepbet")
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,7 @@ class EvaluationConfig:
     seed: int = 0
     n_panels: int = 3
     device: str = "cpu"
+    brain_mask: str = "none"
 
     def __post_init__(self):
         if self.hr_dir is None and self.lr_dir is None:
@@ -92,6 +95,8 @@ class EvaluationConfig:
             raise ValueError(f"unknown degradation(s) {unknown}; choose from {sorted(DEGRADATIONS)}")
         if not self.bicubic and not self.models:
             raise ValueError("nothing to evaluate: give a model bundle or keep the bicubic baseline")
+        if self.brain_mask not in BRAIN_MASKS:
+            raise ValueError(f"brain_mask must be one of {BRAIN_MASKS}, got {self.brain_mask!r}")
         if isinstance(self.scale, bool) or int(self.scale) != self.scale or self.scale < 2:
             raise ValueError(f"scale must be an integer >= 2, got {self.scale!r}")
 
@@ -365,14 +370,30 @@ def _lr_image(lr: np.ndarray, hr_ras, factors_down: tuple[float, float, float]):
     return nib.Nifti1Image(lr.astype(np.float32), upsampled_affine(hr_ras.affine, factors_down))
 
 
+def _brain_mask(hr: np.ndarray, hr_ras) -> np.ndarray:
+    """deepbet's brain mask of an HR volume (RAS array and image)."""
+    import nibabel as nib
+
+    from .interfaces.brain_extraction import extract_brain
+
+    _, mask_img, _ = extract_brain(nib.Nifti1Image(hr.astype(np.float32), hr_ras.affine))
+    return np.asarray(mask_img.dataobj) > 0
+
+
 def _table2_sr(config: EvaluationConfig, scans: list[Scan], models: _Models, out: _Collector,
                params_log: dict[str, Any]) -> None:
     axes = _inplane_axes(config.plane)
     down = tuple(1.0 if a == PLANES[config.plane] else 1.0 / config.scale for a in range(3))
+    metrics = ("psnr", "ssim", "psnr_mask", "ssim_mask")
+    metrics_3d = ("psnr_3d", "ssim_3d", "psnr_3d_mask", "ssim_3d_mask")
+    if config.brain_mask != "none":
+        metrics += ("psnr_brain", "ssim_brain")
+        metrics_3d += ("psnr_3d_brain", "ssim_3d_brain")
     for scan in scans:
         _, hr_ras, hr = _load_ras(scan.path)
         mask = foreground_mask(hr)
         hr01 = normalize_volume(hr, mask)
+        brain = _brain_mask(hr, hr_ras) if config.brain_mask == "deepbet" else None
         panel_slices = _panel_slices(select_slices(mask, config.plane, config.min_brain_fraction), config.n_panels)
         for name in config.degradations:
             rng = np.random.default_rng(_seed_sequence(config.seed, scan.key, name))
@@ -387,10 +408,9 @@ def _table2_sr(config: EvaluationConfig, scans: list[Scan], models: _Models, out
                 outputs[bundle.name] = sr[tuple(slice(0, n) for n in hr.shape)]
             for method, sr in outputs.items():
                 scores = reference_scores(hr01, sr, plane=config.plane, mask=mask,
-                                          min_fraction=config.min_brain_fraction)
-                out.add("table2_sr", scan.key, name, method, scores["slice"], scores,
-                        ("psnr", "ssim", "psnr_mask", "ssim_mask"))
-                for metric in ("psnr_3d", "ssim_3d", "psnr_3d_mask", "ssim_3d_mask"):
+                                          min_fraction=config.min_brain_fraction, brain_mask=brain)
+                out.add("table2_sr", scan.key, name, method, scores["slice"], scores, metrics)
+                for metric in metrics_3d:
                     out.add("table2_sr_3d", scan.key, name, method, np.array([-1]),
                             {metric: [scores[metric]]}, (metric,))
             for index in panel_slices:

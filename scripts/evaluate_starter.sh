@@ -2,8 +2,9 @@
 # Evaluate a starter-model bundle on the held-out split (see scripts/train_starter.sh):
 #  - paired: the held-out HR subject (sub-trio, 1 mm) degraded with k-space truncation + Rician noise
 #    (a degradation the model was not trained on) and with bicubic down-sampling, super-resolved, and
-#    compared with the HR (PSNR/SSIM, whole slice and brain);
-#  - unpaired: the five held-out real IXI LR scans, NIQE/BRISQUE of real LR, bicubic x2 and the model.
+#    compared with the HR (PSNR/SSIM, whole slice, inside the head mask and inside deepbet's brain mask);
+#  - unpaired: the five held-out real IXI LR scans, NIQE/BRISQUE of real LR, bicubic x2 and the model,
+#    on the whole slice and on the head's bounding box (niqe_head, brisque_head).
 #   usage: scripts/evaluate_starter.sh [BUNDLE] [SHARED_DATA_DIR] [OUT_DIR]
 set -euo pipefail
 bundle=${1:-ixi-t1w-x2}
@@ -11,7 +12,8 @@ data=${2:-../shared/data}
 out=${3:-out/starter-eval}
 eval_cmd=${DDASR_EVAL:-.venv/bin/ddasr-eval}
 "$eval_cmd" --hr "$data/hr" --participant-label trio --model "$bundle" \
-  --degradation kspace-rician --degradation bicubic --out "$out/paired" --panels 3
+  --degradation kspace-rician --degradation bicubic --brain-mask deepbet --out "$out/paired" --panels 3
 "$eval_cmd" --lr "$data/lr" --model "$bundle" --out "$out/unpaired" --panels 1 \
+  --metric niqe --metric brisque --metric niqe_head --metric brisque_head \
   --participant-label IXI546 --participant-label IXI565 --participant-label IXI577 \
   --participant-label IXI603 --participant-label IXI606

@@ -141,6 +141,21 @@ def test_model_path_with_a_tiny_bundle(tmp_path, trio_bids):
     assert json.loads((tmp_path / "out" / "evaluation.json").read_text())["models"][0]["name"] == "tiny-test"
 
 
+def test_brain_mask_adds_psnr_inside_the_brain(tmp_path, trio_bids):
+    pytest.importorskip("deepbet")
+    config = EvaluationConfig(out_dir=tmp_path / "out", hr_dir=trio_bids, participants=("trio",),
+                              degradations=("bicubic",), n_panels=0, brain_mask="deepbet")
+    rows = {r["metric"]: r for r in run_evaluation(config)["table2_sr"] if r["method"] == "bicubic"}
+    assert rows["psnr_brain"]["n"] > 0 and math.isfinite(rows["psnr_brain"]["mean"])
+    assert 0 < rows["ssim_brain"]["mean"] < 1
+    # the brain is a part of the head mask, with other errors than the scalp and skull around it
+    assert abs(rows["psnr_brain"]["mean"] - rows["psnr_mask"]["mean"]) > 0.1
+    rows_3d = {r["metric"] for r in csv.DictReader((tmp_path / "out" / "table2_sr_3d.csv").read_text().splitlines())}
+    assert {"psnr_3d_brain", "ssim_3d_brain"} <= rows_3d
+    with pytest.raises(ValueError, match="brain_mask"):
+        EvaluationConfig(out_dir=tmp_path, hr_dir=trio_bids, brain_mask="bet")
+
+
 def test_cli(tmp_path, trio_bids):
     from ddasr_nipype.bids_app.evaluate import main
 

@@ -177,12 +177,16 @@ def reference_scores(
     mask: np.ndarray | None = None,
     min_fraction: float = 0.1,
     normalize: bool = True,
+    brain_mask: np.ndarray | None = None,
 ) -> dict[str, np.ndarray | float]:
     """PSNR/SSIM of ``test`` against ``reference`` (same grid), per slice and in 3D.
 
     With ``normalize`` both are scaled by the reference's robust maximum (inside ``mask``) and
     clipped to ``[0, 1]`` first. Keys: ``slice``, ``psnr``, ``ssim``, ``psnr_mask``, ``ssim_mask``
     (per-slice arrays) and ``psnr_3d``, ``ssim_3d``, ``psnr_3d_mask``, ``ssim_3d_mask`` (floats).
+    With a ``brain_mask`` (e.g. deepbet's; ``mask`` stays the head mask that selects the slices and
+    sets the intensity scale) also ``psnr_brain``, ``ssim_brain`` (NaN on a slice without brain)
+    and ``psnr_3d_brain``, ``ssim_3d_brain``.
     """
     reference = np.asarray(reference, dtype=np.float64)
     test = np.asarray(test, dtype=np.float64)
@@ -192,7 +196,9 @@ def reference_scores(
     if normalize:
         reference, test = normalize_pair(reference, test, mask)
     indices = select_slices(mask, plane, min_fraction)
-    rows: dict[str, list[float]] = {k: [] for k in ("psnr", "ssim", "psnr_mask", "ssim_mask")}
+    brain = None if brain_mask is None else _slice_mask(brain_mask, reference.shape)
+    keys = ("psnr", "ssim", "psnr_mask", "ssim_mask") + (() if brain is None else ("psnr_brain", "ssim_brain"))
+    rows: dict[str, list[float]] = {k: [] for k in keys}
     for index in indices:
         ref2, test2 = take_slice(reference, plane, int(index)), take_slice(test, plane, int(index))
         m2 = take_slice(mask, plane, int(index))
@@ -201,11 +207,19 @@ def reference_scores(
         rows["ssim"].append(whole)
         rows["psnr_mask"].append(psnr(ref2, test2, mask=m2))
         rows["ssim_mask"].append(masked)
+        if brain is not None:
+            b2 = take_slice(brain, plane, int(index))
+            empty = not b2.any()
+            rows["psnr_brain"].append(np.nan if empty else psnr(ref2, test2, mask=b2))
+            rows["ssim_brain"].append(np.nan if empty else ssim_whole_and_masked(ref2, test2, b2)[1])
     out: dict[str, np.ndarray | float] = {"slice": indices}
     out.update({k: np.asarray(v, dtype=np.float64) for k, v in rows.items()})
     out["psnr_3d"] = psnr(reference, test)
     out["ssim_3d"], out["ssim_3d_mask"] = ssim_whole_and_masked(reference, test, mask)
     out["psnr_3d_mask"] = psnr(reference, test, mask=mask)
+    if brain is not None:
+        out["psnr_3d_brain"] = psnr(reference, test, mask=brain)
+        out["ssim_3d_brain"] = ssim_whole_and_masked(reference, test, brain)[1]
     return out
 
 
