@@ -1,8 +1,8 @@
 """The shipped starter model, checked on committed real data it never saw in training.
 
 ``tests/data/hr/sub-trio`` is a brain crop of the held-out HR subject and ``tests/data/lr/sub-IXI603``
-a held-out real 2 mm scan. The thresholds follow the model card. Inside the brain the starter is on a
-par with bicubic up-sampling (within 0.3 dB on this crop; +0.09 dB on the full volume): the paired
+a held-out real 2 mm scan. The thresholds follow the model card. Inside the head mask the starter is on
+a par with bicubic up-sampling (within 0.3 dB on this crop; +0.09 dB on the full volume): the paired
 check catches gross breakage (orientation, intensity scaling, a mis-packed bundle cost several dB).
 What the training bought is noise removal, and the no-reference check measures it: on IXI603 its
 BRISQUE is 9.5 against 44.9 for bicubic and its NIQE 5.7 against 8.7 for the real LR, where the same
@@ -45,7 +45,7 @@ def test_starter_bundle_is_the_documented_one():
     assert bundle.sha256[:12] in card
 
 
-def test_starter_keeps_par_with_bicubic_in_the_brain_on_an_unseen_degradation(tables):
+def test_starter_keeps_par_with_bicubic_in_the_head_on_an_unseen_degradation(tables):
     table = tables["table2_sr"]
     assert table[(STARTER, "psnr_mask")] > table[("bicubic", "psnr_mask")] - 0.6
     assert table[(STARTER, "ssim_mask")] > table[("bicubic", "ssim_mask")] - 0.02
