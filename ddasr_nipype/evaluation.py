@@ -370,13 +370,11 @@ def _lr_image(lr: np.ndarray, hr_ras, factors_down: tuple[float, float, float]):
     return nib.Nifti1Image(lr.astype(np.float32), upsampled_affine(hr_ras.affine, factors_down))
 
 
-def _brain_mask(hr: np.ndarray, hr_ras) -> np.ndarray:
-    """deepbet's brain mask of an HR volume (RAS array and image)."""
-    import nibabel as nib
-
+def _brain_mask(hr_ras) -> np.ndarray:
+    """deepbet's brain mask of an HR image (RAS), on its grid."""
     from .interfaces.brain_extraction import extract_brain
 
-    _, mask_img, _ = extract_brain(nib.Nifti1Image(hr.astype(np.float32), hr_ras.affine))
+    _, mask_img, _ = extract_brain(hr_ras)
     return np.asarray(mask_img.dataobj) > 0
 
 
@@ -393,7 +391,7 @@ def _table2_sr(config: EvaluationConfig, scans: list[Scan], models: _Models, out
         _, hr_ras, hr = _load_ras(scan.path)
         mask = foreground_mask(hr)
         hr01 = normalize_volume(hr, mask)
-        brain = _brain_mask(hr, hr_ras) if config.brain_mask == "deepbet" else None
+        brain = _brain_mask(hr_ras) if config.brain_mask == "deepbet" else None
         panel_slices = _panel_slices(select_slices(mask, config.plane, config.min_brain_fraction), config.n_panels)
         for name in config.degradations:
             rng = np.random.default_rng(_seed_sequence(config.seed, scan.key, name))

@@ -188,3 +188,11 @@ def test_cli_lists_every_degradation():
     from ddasr_nipype.bids_app.evaluate import DEGRADATION_NAMES
 
     assert sorted(DEGRADATION_NAMES) == sorted(DEGRADATIONS)
+
+
+def test_light_modules_list_every_no_reference_metric():
+    from ddasr_nipype.bids_app import evaluate
+    from ddasr_nipype.interfaces import metrics
+    from ddasr_nipype.metrics.volume import NO_REFERENCE_METRICS
+
+    assert evaluate.NO_REFERENCE_METRICS == metrics.NO_REFERENCE_METRICS == NO_REFERENCE_METRICS

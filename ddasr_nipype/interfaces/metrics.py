@@ -16,6 +16,7 @@ from nipype.interfaces.base import (
 from nipype.utils.filemanip import fname_presuffix
 
 PLANES = ("sagittal", "coronal", "axial")
+NO_REFERENCE_METRICS = ("niqe", "brisque", "niqe_head", "brisque_head")  # ddasr_nipype.metrics.volume
 
 
 class _QualityMetricsInputSpec(BaseInterfaceInputSpec):
@@ -31,7 +32,7 @@ class _QualityMetricsInputSpec(BaseInterfaceInputSpec):
     )
     plane = traits.Enum(*PLANES, usedefault=True, desc="plane of the 2D slices the metrics are computed on")
     metrics = traits.List(
-        traits.Enum("niqe", "brisque", "niqe_head", "brisque_head"), value=["niqe", "brisque"], usedefault=True,
+        traits.Enum(*NO_REFERENCE_METRICS), value=["niqe", "brisque"], usedefault=True,
         desc="no-reference metrics to compute (an empty list skips them); the _head variants score each "
         "slice cropped to the bounding box of the mask",
     )

@@ -50,10 +50,13 @@ def ssim(reference: np.ndarray, test: np.ndarray, *, mask: np.ndarray | None = N
     return float(value if mask is None else ssim_map[mask].mean())
 
 
-def ssim_whole_and_masked(reference: np.ndarray, test: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
-    """``(ssim(reference, test), ssim(reference, test, mask=mask))`` from a single SSIM map."""
+def ssim_whole_and_masked(reference: np.ndarray, test: np.ndarray, mask: np.ndarray,
+                          *more_masks: np.ndarray | None) -> tuple[float, ...]:
+    """``(ssim(reference, test), ssim(reference, test, mask=mask), ...)`` from a single SSIM map: one
+    masked mean per mask, NaN for an extra mask that is ``None`` or empty."""
     reference, test, mask = _check_pair(reference, test, mask)
     if min(reference.shape) < 7:
         raise ValueError(f"SSIM needs at least 7 samples along each axis, got {reference.shape}")
     value, ssim_map = structural_similarity(reference, test, data_range=1.0, full=True)
-    return float(value), float(ssim_map[mask].mean())
+    extra = tuple(float(ssim_map[m].mean()) if m is not None and m.any() else float("nan") for m in more_masks)
+    return (float(value), float(ssim_map[mask].mean()), *extra)

@@ -202,24 +202,24 @@ def reference_scores(
     for index in indices:
         ref2, test2 = take_slice(reference, plane, int(index)), take_slice(test, plane, int(index))
         m2 = take_slice(mask, plane, int(index))
-        whole, masked = ssim_whole_and_masked(ref2, test2, m2)
+        b2 = None if brain is None else take_slice(brain, plane, int(index))
+        whole, masked, *in_brain = ssim_whole_and_masked(ref2, test2, m2, *([] if b2 is None else [b2]))
         rows["psnr"].append(psnr(ref2, test2))
         rows["ssim"].append(whole)
         rows["psnr_mask"].append(psnr(ref2, test2, mask=m2))
         rows["ssim_mask"].append(masked)
-        if brain is not None:
-            b2 = take_slice(brain, plane, int(index))
-            empty = not b2.any()
-            rows["psnr_brain"].append(np.nan if empty else psnr(ref2, test2, mask=b2))
-            rows["ssim_brain"].append(np.nan if empty else ssim_whole_and_masked(ref2, test2, b2)[1])
+        if b2 is not None:
+            rows["psnr_brain"].append(psnr(ref2, test2, mask=b2) if b2.any() else np.nan)
+            rows["ssim_brain"].append(in_brain[0])
     out: dict[str, np.ndarray | float] = {"slice": indices}
     out.update({k: np.asarray(v, dtype=np.float64) for k, v in rows.items()})
     out["psnr_3d"] = psnr(reference, test)
-    out["ssim_3d"], out["ssim_3d_mask"] = ssim_whole_and_masked(reference, test, mask)
+    out["ssim_3d"], out["ssim_3d_mask"], *in_brain = ssim_whole_and_masked(reference, test, mask,
+                                                                            *([] if brain is None else [brain]))
     out["psnr_3d_mask"] = psnr(reference, test, mask=mask)
     if brain is not None:
         out["psnr_3d_brain"] = psnr(reference, test, mask=brain)
-        out["ssim_3d_brain"] = ssim_whole_and_masked(reference, test, brain)[1]
+        out["ssim_3d_brain"] = in_brain[0]
     return out
 
 
