@@ -487,6 +487,38 @@ def test_add_lr_noise_draws_per_patch_levels_from_the_rng():
     assert np.array_equal(PairSet.add_lr_noise(clean.copy(), np.random.default_rng(3), 0.0, 0.1, 0.1), clean)
 
 
+def test_augment_applies_the_same_flip_or_transpose_to_lr_and_hr():
+    from ddasr_nipype.degradations import bicubic_downsample
+    from ddasr_nipype.training.config import SRNStageConfig
+    from ddasr_nipype.training.datasets import PairSet
+
+    rng = np.random.default_rng(0)
+    hr = rng.uniform(size=(64, 1, 16, 16)).astype(np.float32)
+    lr = np.stack([[bicubic_downsample(h[0], 2)] for h in hr]).astype(np.float32)
+    lr_a, hr_a = PairSet.augment(lr.copy(), hr.copy(), np.random.default_rng(1))
+    seen = set()
+    for k in range(len(hr)):
+        # each augmented HR patch is one of the eight symmetries of its original ...
+        matches = [(fr, fc, t) for fr in (0, 1) for fc in (0, 1) for t in (0, 1)
+                   if np.array_equal(_dihedral(hr[k, 0], fr, fc, t), hr_a[k, 0])]
+        assert len(matches) == 1
+        seen.add(matches[0])
+        # ... and its LR is still the down-sampling of it (the pair stays aligned)
+        np.testing.assert_allclose(lr_a[k, 0], bicubic_downsample(hr_a[k, 0], 2), atol=1e-6)
+    assert len(seen) == 8  # all eight symmetries are drawn
+    again = PairSet.augment(lr.copy(), hr.copy(), np.random.default_rng(1))
+    assert np.array_equal(again[1], hr_a)  # replayable from the trainer's RNG
+    assert SRNStageConfig().augment is False
+    with pytest.raises(ValueError, match="augment"):
+        SRNStageConfig(augment="yes")
+
+
+def _dihedral(x, flip_rows, flip_cols, transpose):
+    x = x[::-1] if flip_rows else x
+    x = x[:, ::-1] if flip_cols else x
+    return x.T if transpose else x
+
+
 def test_srn_trainer_feeds_noisy_lr_crops(tmp_path, slices, smoke, vgg):
     hr, lr, _ = slices
     from ddasr_nipype.models import DSN
@@ -502,6 +534,28 @@ def test_srn_trainer_feeds_noisy_lr_crops(tmp_path, slices, smoke, vgg):
         batches[name] = trainer._last_batch["lr"]
     # same crops (the RNG draws the noise after the crop), 0.2 noise added on top
     assert 0.15 < (batches["noisy"] - batches["clean"]).std() < 0.25
+
+
+def test_srn_trainer_augments_its_crops_when_asked(tmp_path, slices, smoke, vgg):
+    hr, lr, _ = slices
+    from ddasr_nipype.models import DSN
+    from ddasr_nipype.training.dsn_trainer import build_dsn_config
+
+    torch.manual_seed(0)
+    pairs = synthesize_pairs(DSN(build_dsn_config(smoke)), hr, lr, scale=2, rng=np.random.default_rng(0))
+    augmented = smoke.replace(srn=smoke.srn.replace(augment=True))
+    batches = {}
+    for name, preset in (("plain", smoke), ("augmented", augmented)):
+        trainer = SRNTrainer(preset, tmp_path / name, pairs, **_kwargs(vgg))
+        trainer.run(until=1)
+        batches[name] = trainer._last_batch
+    # same crops (drawn before the symmetries); each one is one of the eight symmetries of the plain crop
+    for kind in ("lr", "hr"):
+        plain, aug = batches["plain"][kind], batches["augmented"][kind]
+        assert not np.array_equal(plain, aug)
+        for k in range(len(plain)):
+            assert any(np.array_equal(_dihedral(plain[k, 0], *t), aug[k, 0])
+                       for t in np.ndindex(2, 2, 2))
 
 
 def test_time_limits_end_stages_early_and_still_write_the_bundle(tmp_path, hr_bids, lr_bids):

@@ -204,6 +204,11 @@ class SRNStageConfig(_Config):
     from ``sigma`` (normalised [0, 1] intensity scale). The DSN is deterministic and passes on only the
     HR scan's own noise, while real LR scans are noisier: without it the generator learns to sharpen
     noise instead of suppressing it.
+
+    ``augment`` (off by default; not in the paper) applies one of the eight flips and transposes of the
+    square (the dihedral group, as in EDSR/ESRGAN training) to each (LR, HR) crop, the same to both.
+    The field-of-view preserving grids stay aligned under all eight, and a few HR subjects give eight
+    times as many distinct patches.
     """
 
     iterations: int = 250_000
@@ -222,9 +227,12 @@ class SRNStageConfig(_Config):
     discriminator: dict = field(default_factory=dict)
     loss: dict = field(default_factory=dict)
     lr_noise: dict = field(default_factory=dict)
+    augment: bool = False
 
     def __post_init__(self):
         lr_noise_settings(self.lr_noise)  # validates
+        if not isinstance(self.augment, bool):
+            raise ValueError(f"SRNStageConfig: augment must be true or false, got {self.augment!r}")
         _positive("SRNStageConfig", iterations=self.iterations, batch_size=self.batch_size,
                   patch_size=self.patch_size, lr=self.lr, restart_period=self.restart_period)
         if not 0 <= self.ema_decay < 1:

@@ -191,6 +191,23 @@ class PairSet:
         return lr_out, hr_out
 
     @staticmethod
+    def augment(lr: np.ndarray, hr: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """Apply one random element of the dihedral group (flips of either axis, transpose) to each
+        pair of ``lr`` ``[B, 1, p, p]`` and ``hr`` ``[B, 1, s*p, s*p]``, the same to both (in place)."""
+        for b in range(lr.shape[0]):
+            flip_rows, flip_cols, transpose = (bool(v) for v in rng.integers(0, 2, size=3))
+            for arr in (lr, hr):
+                x = arr[b, 0]
+                if flip_rows:
+                    x = x[::-1]
+                if flip_cols:
+                    x = x[:, ::-1]
+                if transpose:
+                    x = x.T
+                arr[b, 0] = x.copy()
+        return lr, hr
+
+    @staticmethod
     def add_lr_noise(lr: np.ndarray, rng: np.random.Generator, probability: float, sigma_low: float,
                      sigma_high: float) -> np.ndarray:
         """Zero-mean Gaussian noise on each LR patch of ``lr`` ``[B, 1, p, p]`` (in place), with

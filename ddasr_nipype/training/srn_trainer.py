@@ -111,6 +111,8 @@ class SRNTrainer(StageTrainer):
         lr_np, hr_np = self.pairs.sample_pairs(self.rng, cfg.batch_size, cfg.patch_size,
                                                threshold=data.foreground_threshold,
                                                min_fraction=data.min_patch_fraction)
+        if cfg.augment:
+            self.pairs.augment(lr_np, hr_np, self.rng)
         if self._lr_noise[0] > 0:
             self.pairs.add_lr_noise(lr_np, self.rng, *self._lr_noise)
         lr, hr = self.to_tensor(lr_np), self.to_tensor(hr_np)
