@@ -24,7 +24,11 @@ Variants (``--variant``; default: the first four):
 - ``psnr-nonoise``: ``psnr`` without the LR noise augmentation (the ablation of ``srn.lr_noise``);
 - ``res``, ``res-d1b4``, ``res-d0f48b6``, ``res-d0b8``: ``psnr`` with the generator's global bicubic
   residual, at the preset's size and at three other depth/width trade-offs; ``res-gan-light``:
-  ``gan-light`` with the residual.
+  ``gan-light`` with the residual;
+- ``res-d0f48b6-aug``, ``res-d0b8-aug``: the two full-resolution generators with ``srn.augment`` (the
+  eight flips/transposes of each crop). The CPU runs point to the generator as the bottleneck (a
+  model trained on the test degradation itself gains only about 0.3 dB in the brain), so these
+  are the next candidates for a GPU session.
 
 With ``--dsn-from`` (a DSN checkpoint or bundle of an earlier run) no DSN is trained and every
 variant starts at once.
@@ -66,6 +70,12 @@ VARIANTS = {
     "res-d0b8": {"srn": {**RESIDUAL, "generator": {"global_residual": True, "num_down": 0,
                                                    "num_bottleneck_blocks": 8}}},
     "res-gan-light": {"srn": {"generator": {"global_residual": True}, "loss": {"eta_adv": 0.02}}},
+    # third: the full-resolution generators with the dihedral crop augmentation
+    "res-d0f48b6-aug": {"srn": {**RESIDUAL, "augment": True,
+                                "generator": {"global_residual": True, "num_down": 0, "num_feat": 48,
+                                              "num_grow_ch": 24, "num_bottleneck_blocks": 6}}},
+    "res-d0b8-aug": {"srn": {**RESIDUAL, "augment": True,
+                             "generator": {"global_residual": True, "num_down": 0, "num_bottleneck_blocks": 8}}},
 }
 DEFAULT_VARIANTS = ("gan", "gan-light", "psnr", "psnr-nonoise")
 
