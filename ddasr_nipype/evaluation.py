@@ -161,13 +161,20 @@ def _upsample_mask(mask: np.ndarray, factors: tuple[int, int, int]) -> np.ndarra
 
 
 class _Models:
-    """Model bundles, loaded once."""
+    """Model bundles, loaded once, each with the label its rows carry in the tables.
+
+    The label is the bundle's name; bundles that share a name (a fine-tune of a model keeps it by
+    default) or take a baseline's name get their sha256 prefix added, so no row hides another.
+    """
 
     def __init__(self, names: Sequence[str], *, scale: int, plane: str, device: str):
         self.plane = plane
         self.device = device
         self.bundles = []
+        self.labels: list[str] = []
         if names:
+            from collections import Counter
+
             from .bundle import load_bundle
 
             for name in names:
@@ -175,6 +182,16 @@ class _Models:
                 if bundle.scale != scale:
                     raise ValueError(f"model {bundle.name!r} has scale {bundle.scale}, the evaluation {scale}")
                 self.bundles.append(bundle)
+            counts = Counter(b.name for b in self.bundles)
+            for bundle in self.bundles:
+                clash = counts[bundle.name] > 1 or bundle.name in (BICUBIC, REAL_LR)
+                self.labels.append(f"{bundle.name} ({bundle.sha256[:8]})" if clash else bundle.name)
+            if len(set(self.labels)) != len(self.labels):
+                raise ValueError(f"the same model bundle is given twice: {', '.join(self.labels)}")
+
+    def labelled(self):
+        """``(label, bundle)`` pairs in the order given."""
+        return list(zip(self.labels, self.bundles))
 
     def super_resolve(self, bundle, img) -> np.ndarray:
         from .data.io import to_ras
@@ -339,8 +356,8 @@ def _table1(config: EvaluationConfig, scans: list[Scan], models: _Models, out: _
         volumes = {REAL_LR: (lr, mask)}
         if config.bicubic:
             volumes[BICUBIC] = (bicubic_upsample_volume(lr, factors), up_mask)
-        for bundle in models.bundles:
-            volumes[bundle.name] = (models.super_resolve(bundle, img), up_mask)
+        for label, bundle in models.labelled():
+            volumes[label] = (models.super_resolve(bundle, img), up_mask)
         normalized = {}
         for method, (vol, vmask) in volumes.items():
             if vol.shape != vmask.shape:
@@ -401,9 +418,9 @@ def _table2_sr(config: EvaluationConfig, scans: list[Scan], models: _Models, out
             if config.bicubic:
                 outputs[BICUBIC] = bicubic_upsample(lr, config.scale, axes=axes,
                                                     out_shape=[hr.shape[a] for a in axes])
-            for bundle in models.bundles:
+            for label, bundle in models.labelled():
                 sr = models.super_resolve(bundle, _lr_image(lr, hr_ras, down))
-                outputs[bundle.name] = sr[tuple(slice(0, n) for n in hr.shape)]
+                outputs[label] = sr[tuple(slice(0, n) for n in hr.shape)]
             for method, sr in outputs.items():
                 scores = reference_scores(hr01, sr, plane=config.plane, mask=mask,
                                           min_fraction=config.min_brain_fraction, brain_mask=brain)
@@ -440,14 +457,14 @@ def _table2_ds(config: EvaluationConfig, hr_scans: list[Scan], lr_scans: list[Sc
         for name in config.degradations:
             rng = np.random.default_rng(_seed_sequence(config.seed, scan.key, name, "ds"))
             synthetic[name] = get_degradation(name, config.scale, axes=axes)(hr01, rng)[0]
-        for bundle in models.bundles:
+        for label, bundle in models.labelled():
             if getattr(bundle, "has_dsn", False):
                 from .data.io import to_ras
                 from .inference import degrade_image
 
                 dsn_img, _ = degrade_image(hr_img, bundle, reference_lr=lr_img, plane=config.plane,
                                            device=models.device)
-                synthetic[f"DSN ({bundle.name})"] = np.asarray(to_ras(dsn_img)[0].dataobj, dtype=np.float64)
+                synthetic[f"DSN ({label})"] = np.asarray(to_ras(dsn_img)[0].dataobj, dtype=np.float64)
         for method, lr in synthetic.items():
             scores = reference_scores(real01, normalize_volume(lr, mask), plane=config.plane, mask=mask,
                                       min_fraction=config.min_brain_fraction, normalize=False)
@@ -492,7 +509,7 @@ def run_evaluation(config: EvaluationConfig) -> dict[str, Any]:
     provenance = {
         "ddasr_nipype_version": __version__,
         "config": config.to_dict(),
-        "models": [{"name": b.name, "sha256": b.sha256} for b in models.bundles],
+        "models": [{"name": b.name, "label": label, "sha256": b.sha256} for label, b in models.labelled()],
         "hr_scans": [s.key for s in hr_scans],
         "lr_scans": [s.key for s in lr_scans],
         "notes": notes,

@@ -141,6 +141,27 @@ def test_model_path_with_a_tiny_bundle(tmp_path, trio_bids):
     assert json.loads((tmp_path / "out" / "evaluation.json").read_text())["models"][0]["name"] == "tiny-test"
 
 
+def test_bundles_that_share_a_name_get_a_row_each(tmp_path, trio_bids):
+    """A fine-tune keeps its parent's name by default: comparing the two must not merge their rows."""
+    from _bundles import make_tiny_bundle
+    from ddasr_nipype.bundle import load_bundle
+
+    first, second = make_tiny_bundle(tmp_path / "a", seed=0), make_tiny_bundle(tmp_path / "b", seed=1)
+    config = EvaluationConfig(out_dir=tmp_path / "out", hr_dir=trio_bids, participants=("trio",),
+                              models=(str(first), str(second)), degradations=("bicubic",), n_panels=0)
+    results = run_evaluation(config)
+    labels = [f"tiny-test ({load_bundle(b).sha256[:8]})" for b in (first, second)]
+    assert labels[0] != labels[1]
+    psnr = {r["method"]: r["mean"] for r in results["table2_sr"] if r["metric"] == "psnr"}
+    assert set(psnr) == {"bicubic", *labels}
+    assert psnr[labels[0]] != psnr[labels[1]]  # two different generators, two different scores
+    models = json.loads((tmp_path / "out" / "evaluation.json").read_text())["models"]
+    assert [m["label"] for m in models] == labels and {m["name"] for m in models} == {"tiny-test"}
+    with pytest.raises(ValueError, match="given twice"):
+        run_evaluation(EvaluationConfig(out_dir=tmp_path / "again", hr_dir=trio_bids, participants=("trio",),
+                                        models=(str(first), str(first)), degradations=("bicubic",)))
+
+
 def test_brain_mask_adds_psnr_inside_the_brain(tmp_path, trio_bids):
     pytest.importorskip("deepbet")
     config = EvaluationConfig(out_dir=tmp_path / "out", hr_dir=trio_bids, participants=("trio",),
