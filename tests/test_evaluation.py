@@ -210,3 +210,39 @@ def test_quality_metrics_node(tmp_path, hr_files):
     for name, trait in QualityMetrics.input_spec().traits().items():
         if not name.startswith("trait_") and name not in ("trait_added", "trait_modified"):
             assert trait.desc, f"input {name} has no desc"
+
+
+def test_quick_paired_check_scores_a_bicubic_generator_as_bicubic(tmp_path, hr_files):
+    """scripts/quick_paired_check.py (the recipe-selection check): a generator whose learned part is
+    zero is its global bicubic residual, so it must score as bicubic up to the two cubic kernels
+    (torch's a = -0.75 vs MATLAB's -0.5); a one-pixel grid shift would cost several dB."""
+    import importlib.util
+
+    import torch
+
+    from ddasr_nipype.bundle import save_bundle
+    from ddasr_nipype.models import GeneratorConfig, SRGenerator
+
+    config = GeneratorConfig(num_feat=4, num_grow_ch=4, num_down=1, num_bottleneck_blocks=1, global_residual=True)
+    state = SRGenerator(config).state_dict()
+    state["conv_last.weight"].zero_()
+    state["conv_last.bias"].zero_()
+    bundle = save_bundle(tmp_path / "bicubic-like", name="bicubic-like", generator_state=state,
+                         generator_config=config, preprocessing={"plane": "sagittal", "scale": 2},
+                         backbone={"source": "random", "seed": 0}, training={"note": "test fixture"})
+    path = Path(__file__).resolve().parents[1] / "scripts" / "quick_paired_check.py"
+    spec = importlib.util.spec_from_file_location("quick_paired_check", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    threads = torch.get_num_threads()
+    try:
+        rows = script.check(hr_files["trio"], [str(bundle.path)],
+                            degradations=("bicubic", "kspace"), mask_method="none", slice_step=4)
+    finally:
+        torch.set_num_threads(threads)
+    assert [r["method"] for r in rows] == ["bicubic", str(bundle.path)] * 2
+    for base, model in (rows[0:2], rows[2:4]):
+        assert base["n"] == model["n"] > 0 and base["d_head"] == 0.0
+        assert 15 < base["psnr_head"] < 40 and math.isnan(base["psnr_brain"]) and math.isnan(model["d_brain"])
+        assert abs(model["d_head"]) < 0.3
+        assert model["psnr_head"] - base["psnr_head"] == pytest.approx(model["d_head"], abs=1e-9)
