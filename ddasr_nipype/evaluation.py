@@ -170,28 +170,24 @@ class _Models:
     def __init__(self, names: Sequence[str], *, scale: int, plane: str, device: str):
         self.plane = plane
         self.device = device
-        self.bundles = []
-        self.labels: list[str] = []
+        #: ``(label, bundle)`` pairs in the order given
+        self.labelled: list[tuple[str, Any]] = []
         if names:
             from collections import Counter
 
             from .bundle import load_bundle
 
-            for name in names:
-                bundle = load_bundle(name)
+            bundles = [load_bundle(name) for name in names]
+            for bundle in bundles:
                 if bundle.scale != scale:
                     raise ValueError(f"model {bundle.name!r} has scale {bundle.scale}, the evaluation {scale}")
-                self.bundles.append(bundle)
-            counts = Counter(b.name for b in self.bundles)
-            for bundle in self.bundles:
+            counts = Counter(b.name for b in bundles)
+            for bundle in bundles:
                 clash = counts[bundle.name] > 1 or bundle.name in (BICUBIC, REAL_LR)
-                self.labels.append(f"{bundle.name} ({bundle.sha256[:8]})" if clash else bundle.name)
-            if len(set(self.labels)) != len(self.labels):
-                raise ValueError(f"the same model bundle is given twice: {', '.join(self.labels)}")
-
-    def labelled(self):
-        """``(label, bundle)`` pairs in the order given."""
-        return list(zip(self.labels, self.bundles))
+                self.labelled.append((f"{bundle.name} ({bundle.sha256[:8]})" if clash else bundle.name, bundle))
+            labels = [label for label, _ in self.labelled]
+            if len(set(labels)) != len(labels):
+                raise ValueError(f"the same model bundle is given twice: {', '.join(labels)}")
 
     def super_resolve(self, bundle, img) -> np.ndarray:
         from .data.io import to_ras
@@ -356,7 +352,7 @@ def _table1(config: EvaluationConfig, scans: list[Scan], models: _Models, out: _
         volumes = {REAL_LR: (lr, mask)}
         if config.bicubic:
             volumes[BICUBIC] = (bicubic_upsample_volume(lr, factors), up_mask)
-        for label, bundle in models.labelled():
+        for label, bundle in models.labelled:
             volumes[label] = (models.super_resolve(bundle, img), up_mask)
         normalized = {}
         for method, (vol, vmask) in volumes.items():
@@ -418,7 +414,7 @@ def _table2_sr(config: EvaluationConfig, scans: list[Scan], models: _Models, out
             if config.bicubic:
                 outputs[BICUBIC] = bicubic_upsample(lr, config.scale, axes=axes,
                                                     out_shape=[hr.shape[a] for a in axes])
-            for label, bundle in models.labelled():
+            for label, bundle in models.labelled:
                 sr = models.super_resolve(bundle, _lr_image(lr, hr_ras, down))
                 outputs[label] = sr[tuple(slice(0, n) for n in hr.shape)]
             for method, sr in outputs.items():
@@ -457,7 +453,7 @@ def _table2_ds(config: EvaluationConfig, hr_scans: list[Scan], lr_scans: list[Sc
         for name in config.degradations:
             rng = np.random.default_rng(_seed_sequence(config.seed, scan.key, name, "ds"))
             synthetic[name] = get_degradation(name, config.scale, axes=axes)(hr01, rng)[0]
-        for label, bundle in models.labelled():
+        for label, bundle in models.labelled:
             if getattr(bundle, "has_dsn", False):
                 from .data.io import to_ras
                 from .inference import degrade_image
@@ -509,7 +505,7 @@ def run_evaluation(config: EvaluationConfig) -> dict[str, Any]:
     provenance = {
         "ddasr_nipype_version": __version__,
         "config": config.to_dict(),
-        "models": [{"name": b.name, "label": label, "sha256": b.sha256} for label, b in models.labelled()],
+        "models": [{"name": b.name, "label": label, "sha256": b.sha256} for label, b in models.labelled],
         "hr_scans": [s.key for s in hr_scans],
         "lr_scans": [s.key for s in lr_scans],
         "notes": notes,

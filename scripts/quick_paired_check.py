@@ -27,33 +27,47 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 
-def brain_mask(hr: np.ndarray, hr_ras, method: str, cache: Path | None) -> np.ndarray | None:
-    """deepbet's brain mask of the RAS HR volume (cached as .npy), or None for ``method='none'``."""
+def brain_mask(hr_ras, method: str, cache: Path | None) -> np.ndarray | None:
+    """deepbet's brain mask of the RAS HR image (cached as .npy), or None for ``method='none'``."""
     if method == "none":
         return None
     if cache is not None and cache.exists():
         mask = np.load(cache)
-        if mask.shape == hr.shape:
+        if mask.shape == hr_ras.shape:
             return mask
-    import nibabel as nib
+    from ddasr_nipype.evaluation import _brain_mask
 
-    from ddasr_nipype.interfaces.brain_extraction import extract_brain
-
-    _, mask_img, _ = extract_brain(nib.Nifti1Image(hr.astype(np.float32), hr_ras.affine))
-    mask = np.asarray(mask_img.dataobj) > 0
+    mask = _brain_mask(hr_ras)
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
         np.save(cache, mask)
     return mask
 
 
-def check(hr_path: Path, bundles: list[str], *, degradations: tuple[str, ...] = ("kspace-rician",),
-          slice_step: int = 2, min_brain: float = 0.05, mask_method: str = "deepbet", seed: int = 0,
-          cache_dir: Path | None = None, threads: int = 1) -> list[dict]:
-    """Rows ``{degradation, method, n, psnr_brain, psnr_head, d_brain, d_head}`` (``d_*``: minus bicubic)."""
+def bundle_runner(bundle: str):
+    """Run a bundle's generator on one LR slice ``[h, w]`` -> ``[s*h, s*w]``."""
     import torch
 
     from ddasr_nipype.bundle import load_bundle
+
+    generator = load_bundle(bundle).load_generator("cpu").eval()
+
+    def run(x: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return generator(torch.from_numpy(x[None, None])).numpy()[0, 0]
+
+    return run
+
+
+def check(hr_path: Path, bundles: list[str], *, degradations: tuple[str, ...] = ("kspace-rician",),
+          slice_step: int = 2, min_brain: float = 0.05, mask_method: str = "deepbet", seed: int = 0,
+          cache_dir: Path | None = None, threads: int = 1, runners: dict | None = None) -> list[dict]:
+    """Rows ``{degradation, method, n, psnr_brain, psnr_head, d_brain, d_head}`` (``d_*``: minus bicubic).
+
+    ``runners`` adds methods that are not bundles: ``{label: f}`` with ``f(lr_slice) -> sr_slice``.
+    """
+    import torch
+
     from ddasr_nipype.degradations import bicubic_upsample, get_degradation
     from ddasr_nipype.evaluation import _load_ras, _seed_sequence
     from ddasr_nipype.metrics.reference import psnr
@@ -66,12 +80,12 @@ def check(hr_path: Path, bundles: list[str], *, degradations: tuple[str, ...] = 
     match = re.match(r"(sub-[a-zA-Z0-9]+)", hr_path.name)
     key = match.group(1) if match else hr_path.name
     cache = cache_dir / f"{key}_brain.npy" if cache_dir is not None else None
-    brain = brain_mask(hr, hr_ras, mask_method, cache)
+    brain = brain_mask(hr_ras, mask_method, cache)
     fraction = (brain if brain is not None else head).mean(axis=(1, 2))
     slices = np.flatnonzero(fraction >= min_brain)[::slice_step]
     if not len(slices):
         raise ValueError(f"{hr_path}: no sagittal slice has {min_brain:.0%} brain")
-    generators = {b: load_bundle(b).load_generator("cpu").eval() for b in bundles}
+    methods = {b: bundle_runner(b) for b in bundles} | dict(runners or {})
     shape = hr.shape[1:]
 
     def scores(volume: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -89,11 +103,10 @@ def check(hr_path: Path, bundles: list[str], *, degradations: tuple[str, ...] = 
         rows.append({"degradation": name, "method": "bicubic", "n": len(slices), "psnr_brain": base_brain.mean(),
                      "psnr_head": base_head.mean(), "d_brain": 0.0 if brain is not None else np.nan,
                      "d_head": 0.0})
-        for bundle, generator in generators.items():
-            with torch.no_grad():
-                sr = np.stack([generator(torch.from_numpy(x[None, None])).numpy()[0, 0] for x in lr])
+        for method, run in methods.items():
+            sr = np.stack([run(x) for x in lr])
             in_brain, in_head = scores(sr[:, :shape[0], :shape[1]])
-            rows.append({"degradation": name, "method": bundle, "n": len(slices),
+            rows.append({"degradation": name, "method": method, "n": len(slices),
                          "psnr_brain": in_brain.mean(), "psnr_head": in_head.mean(),
                          "d_brain": float(np.mean(in_brain - base_brain)),
                          "d_head": float(np.mean(in_head - base_head))})

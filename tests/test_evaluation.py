@@ -216,9 +216,8 @@ def test_quick_paired_check_scores_a_bicubic_generator_as_bicubic(tmp_path, hr_f
     """scripts/quick_paired_check.py (the recipe-selection check): a generator whose learned part is
     zero is its global bicubic residual, so it must score as bicubic up to the two cubic kernels
     (torch's a = -0.75 vs MATLAB's -0.5); a one-pixel grid shift would cost several dB."""
-    import importlib.util
-
     import torch
+    from _scripts import load_script
 
     from ddasr_nipype.bundle import save_bundle
     from ddasr_nipype.models import GeneratorConfig, SRGenerator
@@ -230,10 +229,7 @@ def test_quick_paired_check_scores_a_bicubic_generator_as_bicubic(tmp_path, hr_f
     bundle = save_bundle(tmp_path / "bicubic-like", name="bicubic-like", generator_state=state,
                          generator_config=config, preprocessing={"plane": "sagittal", "scale": 2},
                          backbone={"source": "random", "seed": 0}, training={"note": "test fixture"})
-    path = Path(__file__).resolve().parents[1] / "scripts" / "quick_paired_check.py"
-    spec = importlib.util.spec_from_file_location("quick_paired_check", path)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script("quick_paired_check")
     threads = torch.get_num_threads()
     try:
         rows = script.check(hr_files["trio"], [str(bundle.path)],

@@ -661,16 +661,12 @@ def test_match_intensity_takes_the_hr_contrast_and_keeps_the_lr_structure():
 def test_every_gpu_starter_variant_is_a_valid_recipe():
     """scripts/train_starter_gpu.py runs unattended on a lent GPU: a misspelt key in one of its
     variants would only show there, after the DSN stage."""
-    import importlib.util
-
     import yaml
+    from _scripts import load_script
 
     from ddasr_nipype.training.config import PRESETS_DIR, TrainingPreset
 
-    path = Path(__file__).resolve().parents[1] / "scripts" / "train_starter_gpu.py"
-    spec = importlib.util.spec_from_file_location("train_starter_gpu", path)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script("train_starter_gpu")
     base = yaml.safe_load((PRESETS_DIR / "starter-gpu.yml").read_text())
     for name in script.VARIANTS:
         preset = TrainingPreset.from_dict(script.variant_preset(name, base))
