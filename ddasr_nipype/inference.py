@@ -53,19 +53,35 @@ def _tiles(length: int, tile: int, overlap: int) -> Iterator[tuple[int, int]]:
         start += step
 
 
+def slice_noise_level(generator, batch):
+    """The noise level ``[B]`` of each whole slice of ``batch [B,1,H,W]`` for a generator with a
+    noise-level input (``GeneratorConfig.noise_level_input``), else ``None``."""
+    if not getattr(getattr(generator, "config", None), "noise_level_input", False):
+        return None
+    from .models import estimate_noise_sigma
+
+    return estimate_noise_sigma(batch)
+
+
 def _run_tiled(generator, batch, scale: int, tile_size: int | None, overlap: int):
-    """Apply the generator to a [B,1,H,W] tensor, in overlapping tiles when it is large."""
+    """Apply the generator to a [B,1,H,W] tensor, in overlapping tiles when it is large.
+
+    A generator with a noise-level input gets each slice's level estimated on the whole slice, so
+    all tiles of a slice see the same level.
+    """
     import torch
 
     _, _, height, width = batch.shape
+    sigma = slice_noise_level(generator, batch)
+    extra = () if sigma is None else (sigma,)
     if tile_size is None or (height <= tile_size and width <= tile_size):
-        return generator(batch)
+        return generator(batch, *extra)
     out = torch.empty(
         (batch.shape[0], 1, height * scale, width * scale), dtype=batch.dtype, device=batch.device
     )
     for y0, y1 in _tiles(height, tile_size, overlap):
         for x0, x1 in _tiles(width, tile_size, overlap):
-            sr = generator(batch[:, :, y0:y1, x0:x1])
+            sr = generator(batch[:, :, y0:y1, x0:x1], *extra)
             # keep the tile's centre: drop `overlap` input pixels on every inner border
             cy0 = 0 if y0 == 0 else overlap
             cx0 = 0 if x0 == 0 else overlap

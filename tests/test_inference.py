@@ -64,6 +64,32 @@ def test_tiled_equals_untiled():
     assert max(max(call[2:]) for call in gen.calls[1:]) <= 16
 
 
+class NoiseLevelNearestX2(NearestX2):
+    """A stand-in generator with a noise-level input: records the level each call is given."""
+
+    config = type("Config", (), {"noise_level_input": True})()
+
+    def forward(self, x, noise_sigma):
+        self.calls.append((tuple(x.shape), noise_sigma.tolist()))
+        return torch.nn.functional.interpolate(x, scale_factor=2, mode="nearest")
+
+
+def test_noise_level_is_estimated_once_per_whole_slice_and_shared_by_its_tiles():
+    from ddasr_nipype.models import estimate_noise_sigma
+
+    rng = np.random.default_rng(2)
+    vol = (0.5 + rng.normal(0, 1, (3, 45, 38)) * np.array([0.0, 0.02, 0.05])[:, None, None]).astype(np.float32)
+    gen = NoiseLevelNearestX2()
+    tiled = super_resolve_plane(vol, gen, plane="sagittal", tile_size=16, tile_overlap=4)
+    np.testing.assert_array_equal(tiled, _nearest(vol, (1, 2)))
+    expected = estimate_noise_sigma(torch.from_numpy(vol)[:, None]).tolist()
+    assert len(gen.calls) > 4 and all(shape[-1] <= 16 for shape, _ in gen.calls)
+    for _, sigma in gen.calls:  # every tile gets the levels of its whole slices
+        assert sigma == pytest.approx(expected)
+    assert expected[0] < 1e-6 and expected[1] == pytest.approx(0.02, rel=0.1)
+    assert expected[2] == pytest.approx(0.05, rel=0.1)
+
+
 def test_all_planes_fuse_to_isotropic_grid():
     # a ramp along x is reproduced exactly inside by nearest (in-plane) + linear (through-plane) fusion
     vol = np.broadcast_to(np.arange(6, dtype=np.float32)[:, None, None], (6, 4, 5)).copy()

@@ -24,6 +24,7 @@ from ddasr_nipype.models import (
     SRGenerator,
     VGG19Features,
     build_model,
+    estimate_noise_sigma,
     load_model,
     load_vgg19,
     save_model,
@@ -262,6 +263,51 @@ def test_generator_global_residual_adds_bicubic_upsampling(size):
     assert GeneratorConfig.from_dict(old).global_residual is False
     with pytest.raises(ValueError, match="global_residual"):
         GeneratorConfig(**TINY_GEN, global_residual="yes")
+
+
+def test_estimate_noise_sigma_measures_each_image_and_ignores_smooth_structure():
+    yy, xx = torch.meshgrid(torch.linspace(0, 1, 64), torch.linspace(0, 1, 64), indexing="ij")
+    smooth = (0.2 + 0.5 * xx + 0.2 * yy**2)[None, None].repeat(3, 1, 1, 1)
+    noise = torch.randn(3, 1, 64, 64, generator=torch.Generator().manual_seed(0))
+    levels = torch.tensor([0.0, 0.01, 0.05])
+    sigma = estimate_noise_sigma(smooth + levels.view(-1, 1, 1, 1) * noise)
+    assert sigma.shape == (3,) and sigma[0] < 2e-3
+    torch.testing.assert_close(sigma[1:], levels[1:], rtol=0.1, atol=0)
+    with pytest.raises(ValueError, match="B, 1, H>=3"):
+        estimate_noise_sigma(torch.zeros(1, 2, 8, 8))
+
+
+def test_generator_noise_level_input_is_an_extra_channel_of_the_given_or_estimated_sigma():
+    torch.manual_seed(0)
+    gen = SRGenerator(GeneratorConfig(**TINY_GEN, global_residual=True, noise_level_input=True)).eval()
+    assert gen.conv_first.in_channels == 2
+    x = torch.rand(2, 1, 13, 10)
+    with torch.no_grad():
+        quiet, loud = gen(x, torch.tensor([0.0, 0.0])), gen(x, torch.tensor([0.04, 0.04]))
+        assert quiet.shape == (2, 1, 26, 20) and not torch.allclose(quiet, loud)
+        # a scalar sigma is broadcast; left out, it is estimated from each input
+        torch.testing.assert_close(gen(x, torch.tensor(0.04)), loud)
+        torch.testing.assert_close(gen(x), gen(x, estimate_noise_sigma(x)))
+        # each image gets its own level
+        mixed = gen(x, torch.tensor([0.0, 0.04]))
+        torch.testing.assert_close(mixed[0], quiet[0])
+        torch.testing.assert_close(mixed[1], loud[1])
+        # a zero weight on the level channel leaves the generator that has no such channel
+        plain = SRGenerator(GeneratorConfig(**TINY_GEN, global_residual=True)).eval()
+        state = plain.state_dict()
+        state["conv_first.weight"] = torch.cat((state["conv_first.weight"],
+                                                torch.zeros_like(state["conv_first.weight"])), 1)
+        gen.load_state_dict(state)
+        torch.testing.assert_close(gen(x, torch.tensor([0.0, 0.04])), plain(x))
+    with pytest.raises(ValueError, match="one value per image"):
+        gen(x, torch.tensor([0.01, 0.02, 0.03]))
+    with pytest.raises(ValueError, match="no noise-level input"):
+        plain(x, torch.tensor([0.01, 0.02]))
+    old = GeneratorConfig(**TINY_GEN).to_dict()
+    del old["noise_level_input"]  # bundles written before the option existed
+    assert GeneratorConfig.from_dict(old).noise_level_input is False
+    with pytest.raises(ValueError, match="noise_level_input"):
+        GeneratorConfig(**TINY_GEN, noise_level_input=1)
 
 
 def test_rrdb_residual_scaling_and_init():

@@ -487,6 +487,58 @@ def test_add_lr_noise_draws_per_patch_levels_from_the_rng():
     assert np.array_equal(PairSet.add_lr_noise(clean.copy(), np.random.default_rng(3), 0.0, 0.1, 0.1), clean)
 
 
+def test_pair_sets_report_each_crops_slice_and_each_slices_noise_level():
+    from ddasr_nipype.training.datasets import PairSet
+    from ddasr_nipype.training.synthesis import noise_sigma
+
+    rng = np.random.default_rng(0)
+    hr = [rng.uniform(size=(n, 32, 32)).astype(np.float32) for n in (3, 4)]
+    lr = [(h[:, ::2, ::2] + rng.normal(0, 0.03, (len(h), 16, 16))).astype(np.float32) for h in hr]
+    pairs = PairSet(lr, hr, 2)
+    lr_c, hr_c, index = pairs.sample_pairs(np.random.default_rng(1), 16, 8, return_index=True)
+    lr_again, hr_again = pairs.sample_pairs(np.random.default_rng(1), 16, 8)
+    assert np.array_equal(lr_c, lr_again) and np.array_equal(hr_c, hr_again)  # same draws either way
+    assert len(set(index.tolist())) > 3
+    for k, n in enumerate(index):  # each LR crop lies in the slice its index names
+        whole = pairs.pair(int(n))[0]
+        assert any(np.array_equal(whole[i:i + 4, j:j + 4], lr_c[k, 0]) for i in range(13) for j in range(13))
+    levels = pairs.lr_noise_sigma()
+    assert levels.shape == (7,)
+    np.testing.assert_allclose(levels, [noise_sigma(pairs.pair(n)[0]) for n in range(7)], rtol=1e-5)
+    # add_lr_noise can say what it added: the level of each patch's noise, 0 where it added none
+    clean = np.full((64, 1, 16, 16), 0.5, dtype=np.float32)
+    noisy = clean.copy()
+    added = PairSet.add_lr_noise(noisy, np.random.default_rng(2), 0.5, 0.02, 0.06, return_sigma=True)
+    std = (noisy - clean).std(axis=(1, 2, 3))
+    assert np.array_equal(added == 0, std == 0) and 16 < (added == 0).sum() < 48
+    np.testing.assert_allclose(std[added > 0], added[added > 0], rtol=0.25)
+
+
+def test_srn_trainer_gives_a_noise_level_generator_each_crops_level(tmp_path, slices, smoke, vgg):
+    hr, lr, _ = slices
+    from ddasr_nipype.models import DSN
+    from ddasr_nipype.training.dsn_trainer import build_dsn_config
+
+    torch.manual_seed(0)
+    pairs = synthesize_pairs(DSN(build_dsn_config(smoke)), hr, lr, scale=2, rng=np.random.default_rng(0))
+    srn = smoke.srn.replace(generator={**smoke.srn.generator, "noise_level_input": True},
+                            lr_noise={"probability": 0.5, "sigma": [0.1, 0.1]}, batch_size=16)
+    trainer = SRNTrainer(smoke.replace(srn=srn), tmp_path / "nl", pairs, **_kwargs(vgg))
+    assert trainer.generator.conv_first.in_channels == 2
+    trainer.run(until=2)
+    batch = trainer._last_batch
+    (sigma,) = batch["extra"]
+    assert sigma.shape == (len(batch["lr"]),)
+    # clean crops get their slice's level (a few per cent at most), noisy ones about 0.1 on top of it
+    clean = sigma.numpy() < 0.06
+    assert clean.any() and (~clean).any()
+    slice_levels = pairs.lr_noise_sigma()
+    for value in sigma.numpy():  # sqrt(slice level ** 2 + added ** 2), added 0 or 0.1
+        nearest = np.abs(np.sqrt(slice_levels**2 + (0.0 if value < 0.06 else 0.1) ** 2) - value).min()
+        assert nearest < 1e-6
+    assert "SR (EMA)" in trainer.image_columns()
+
+
 def test_augment_applies_the_same_flip_or_transpose_to_lr_and_hr():
     from ddasr_nipype.degradations import bicubic_downsample
     from ddasr_nipype.training.config import SRNStageConfig
@@ -594,6 +646,22 @@ def test_fine_tuning_starts_from_the_bundle_generator(tmp_path, hr_bids, lr_bids
     wider = smoke.replace(srn=smoke.srn.replace(generator={**smoke.srn.generator, "num_feat": 12}))
     with pytest.raises(ModelBundleError, match="differs from this preset"):
         SRNTrainer(wider, tmp_path / "bad", pairs, **_kwargs(vgg)).init_generator_from(base.path)
+    # a generator without a noise-level input can start one with it: at first it computes the same
+    with_level = smoke.replace(srn=smoke.srn.replace(generator={**smoke.srn.generator, "noise_level_input": True}))
+    leveled = SRNTrainer(with_level, tmp_path / "nl", pairs, **_kwargs(vgg))
+    leveled.init_generator_from(base.path)
+    x = torch.rand(2, 1, 24, 20)
+    with torch.no_grad():
+        for sigma in (0.0, 0.05):
+            torch.testing.assert_close(leveled.ema(x, torch.tensor([sigma, sigma])), source(x))
+    from ddasr_nipype.bundle import save_bundle
+
+    leveled_bundle = save_bundle(tmp_path / "leveled", name="leveled", generator_state=leveled.ema.state_dict(),
+                                 generator_config=leveled.generator_config, preprocessing=base.preprocessing,
+                                 backbone=base.backbone, training={})
+    assert leveled_bundle.load_generator().config.noise_level_input is True
+    with pytest.raises(ModelBundleError, match="differs from this preset"):  # but not the other way round
+        SRNTrainer(smoke, tmp_path / "back", pairs, **_kwargs(vgg)).init_generator_from(leveled_bundle.path)
     assert load_bundle(base.path).sha256 == base.sha256  # the source bundle is untouched
 
 

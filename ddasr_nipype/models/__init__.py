@@ -9,7 +9,7 @@
 from .common import ModelConfig, build_model, load_model, save_model
 from .discriminator_arch import AttentionUNetDiscriminator, DiscriminatorConfig
 from .dsn_arch import DSN, DSNConfig
-from .srn_arch import RRDB, GeneratorConfig, RRDBNet, RRDBNetConfig, SRGenerator
+from .srn_arch import NOISE_MAP_SCALE, RRDB, GeneratorConfig, RRDBNet, RRDBNetConfig, SRGenerator, estimate_noise_sigma
 from .vgg_arch import VGG19Features, load_vgg19
 
 __all__ = [
@@ -17,6 +17,8 @@ __all__ = [
     "DSNConfig",
     "SRGenerator",
     "GeneratorConfig",
+    "estimate_noise_sigma",
+    "NOISE_MAP_SCALE",
     "AttentionUNetDiscriminator",
     "DiscriminatorConfig",
     "RRDB",

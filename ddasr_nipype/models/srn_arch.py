@@ -92,6 +92,25 @@ def _upsampler(num_feat: int, scale: int) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+#: The noise-level map holds ``NOISE_MAP_SCALE * sigma`` (sigma in normalized intensity, where the
+#: brain's white matter is near 1): the noise of real 1-3 mm T1w scans (sigma 0.01-0.04) maps to 0.5-2.
+NOISE_MAP_SCALE = 50.0
+
+_IMMERKAER = ((1.0, -2.0, 1.0), (-2.0, 4.0, -2.0), (1.0, -2.0, 1.0))
+
+
+def estimate_noise_sigma(x: torch.Tensor) -> torch.Tensor:
+    """Noise standard deviation of each image of ``x [B, 1, H, W]`` (``H, W >= 3``) by Immerkaer's
+    method (CVIU 1996): the mean absolute response to a Laplacian-difference mask that cancels smooth
+    structure, times ``sqrt(pi/2) / 6``. Returns ``[B]`` (float32). The same estimate as
+    :func:`ddasr_nipype.training.synthesis.noise_sigma`, on a batch."""
+    if x.ndim != 4 or x.shape[1] != 1 or min(x.shape[-2:]) < 3:
+        raise ValueError(f"estimate_noise_sigma expects [B, 1, H>=3, W>=3], got {tuple(x.shape)}")
+    mask = torch.tensor(_IMMERKAER, dtype=torch.float32, device=x.device).view(1, 1, 3, 3)
+    response = F.conv2d(x.float(), mask).abs().mean(dim=(1, 2, 3))
+    return response * (math.sqrt(math.pi / 2.0) / 6.0)
+
+
 @dataclass(frozen=True)
 class GeneratorConfig(ModelConfig):
     """Hyperparameters of the DDASR generator.
@@ -104,6 +123,11 @@ class GeneratorConfig(ModelConfig):
     ``global_residual`` (off by default; not in the paper) adds the bicubic up-sampling of the input
     to the output, so the network learns only the missing detail (the residual learning of VDSR): short
     trainings then no longer spend their iterations relearning the image itself.
+
+    ``noise_level_input`` (off by default; not in the paper) gives the generator one more input channel,
+    a constant map of the LR slice's noise standard deviation (x :data:`NOISE_MAP_SCALE`), as FFDNet
+    does: one generator can then denoise noisy scans and still sharpen clean ones, where a generator
+    without it must pick one behaviour for all inputs. See :meth:`SRGenerator.forward`.
     """
 
     in_channels: int = 1
@@ -114,10 +138,12 @@ class GeneratorConfig(ModelConfig):
     num_bottleneck_blocks: int = 8
     scale: int = 2
     global_residual: bool = False
+    noise_level_input: bool = False
 
     def __post_init__(self) -> None:
-        if not isinstance(self.global_residual, bool):
-            raise ValueError(f"GeneratorConfig.global_residual must be true or false, got {self.global_residual!r}")
+        for name in ("global_residual", "noise_level_input"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"GeneratorConfig.{name} must be true or false, got {getattr(self, name)!r}")
         _check_positive("GeneratorConfig", in_channels=self.in_channels, out_channels=self.out_channels,
                         num_feat=self.num_feat, num_grow_ch=self.num_grow_ch,
                         num_bottleneck_blocks=self.num_bottleneck_blocks, scale=self.scale)
@@ -133,6 +159,7 @@ class SRGenerator(nn.Module):
     """DDASR generator: ``forward(x [B,1,h,w]) -> [B,1,s*h,s*w]`` for any ``h, w``.
 
     Inputs are reflection-padded to a multiple of ``2**num_down`` and the output is cropped back.
+    With ``config.noise_level_input`` it also takes the noise level: ``forward(x, noise_sigma)``.
     """
 
     def __init__(self, config: GeneratorConfig | None = None):
@@ -141,7 +168,7 @@ class SRGenerator(nn.Module):
         ch = config.channels
         gc = config.num_grow_ch
         # Encoder: f0 = RRDB(conv_first(x)); f_i = E_i(f_{i-1}), k4 s2 p1.
-        self.conv_first = nn.Conv2d(config.in_channels, ch(0), 3, 1, 1)
+        self.conv_first = nn.Conv2d(config.in_channels + int(config.noise_level_input), ch(0), 3, 1, 1)
         self.encoder_rrdb = RRDB(ch(0), gc)
         self.down = nn.ModuleList(
             nn.Sequential(nn.Conv2d(ch(i), ch(i + 1), 4, 2, 1), nn.LeakyReLU(0.2))
@@ -166,11 +193,32 @@ class SRGenerator(nn.Module):
         self.conv_last = nn.Conv2d(ch(0), config.out_channels, 3, 1, 1)
         self.lrelu = nn.LeakyReLU(0.2)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, noise_sigma: torch.Tensor | None = None) -> torch.Tensor:
+        """Super-resolve ``x [B, in_channels, h, w]``.
+
+        ``noise_sigma`` (``[B]`` or a scalar; only with ``config.noise_level_input``) is the noise standard
+        deviation of each input. Left out, it is estimated from ``x`` itself (:func:`estimate_noise_sigma`).
+        Give it explicitly for a crop or tile of a larger slice: estimate it once on the whole slice, so
+        that the tiles of one slice see the same level (a per-tile estimate would leave seams) and training
+        crops see what whole slices see at inference.
+        """
         if x.ndim != 4 or x.shape[1] != self.config.in_channels:
             raise ValueError(f"SRGenerator expects [B, {self.config.in_channels}, h, w], got {tuple(x.shape)}")
-        x, (h, w) = pad_to_multiple(x, 2**self.config.num_down)
-        feat = self.encoder_rrdb(self.conv_first(x))
+        if not self.config.noise_level_input:
+            if noise_sigma is not None:
+                raise ValueError("this generator has no noise-level input (GeneratorConfig.noise_level_input)")
+            net_in = x
+        else:
+            if noise_sigma is None:
+                noise_sigma = estimate_noise_sigma(x[:, :1])
+            sigma = torch.as_tensor(noise_sigma, dtype=x.dtype, device=x.device).reshape(-1, 1, 1, 1)
+            if sigma.shape[0] not in (1, x.shape[0]):
+                raise ValueError(f"noise_sigma needs one value per image ({x.shape[0]}), got {sigma.shape[0]}")
+            level = (NOISE_MAP_SCALE * sigma).expand(x.shape[0], 1, *x.shape[-2:])
+            net_in = torch.cat((x, level), 1)
+        net_in, (h, w) = pad_to_multiple(net_in, 2**self.config.num_down)
+        x = net_in[:, : self.config.in_channels]
+        feat = self.encoder_rrdb(self.conv_first(net_in))
         skips = [feat]
         for down in self.down:
             feat = down(feat)

@@ -154,6 +154,7 @@ class PairSet:
         self.names = list(names) if names is not None else [f"stack_{k}" for k in range(len(lr))]
         self.source = source
         self._offsets = np.concatenate([[0], np.cumsum([len(a) for a in lr])])
+        self._lr_sigma: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self._offsets[-1])
@@ -171,16 +172,21 @@ class PairSet:
             )
 
     def sample_pairs(self, rng: np.random.Generator, batch_size: int, hr_size: int, *,
-                     threshold: float = 0.1, min_fraction: float = 0.0, tries: int = 10
-                     ) -> tuple[np.ndarray, np.ndarray]:
-        """Aligned random crops: LR ``[B, 1, p, p]`` at ``(i, j)``, HR ``[B, 1, s*p, s*p]`` at ``(s*i, s*j)``."""
+                     threshold: float = 0.1, min_fraction: float = 0.0, tries: int = 10,
+                     return_index: bool = False):
+        """Aligned random crops: LR ``[B, 1, p, p]`` at ``(i, j)``, HR ``[B, 1, s*p, s*p]`` at ``(s*i, s*j)``.
+
+        With ``return_index`` also the index (into this set, as :meth:`pair` takes it) of each crop's slice.
+        """
         s = self.scale
         p = hr_size // s
         lr_out = np.empty((batch_size, 1, p, p), dtype=np.float32)
         hr_out = np.empty((batch_size, 1, p * s, p * s), dtype=np.float32)
+        index = np.empty(batch_size, dtype=np.int64)
         for b in range(batch_size):
             for _ in range(tries):
-                lr, hr = self.pair(int(rng.integers(len(self))))
+                index[b] = int(rng.integers(len(self)))
+                lr, hr = self.pair(int(index[b]))
                 i = int(rng.integers(lr.shape[0] - p + 1))
                 j = int(rng.integers(lr.shape[1] - p + 1))
                 hr_patch = hr[s * i:s * (i + p), s * j:s * (j + p)]
@@ -188,7 +194,22 @@ class PairSet:
                     break
             lr_out[b, 0] = lr[i:i + p, j:j + p]
             hr_out[b, 0] = hr_patch
-        return lr_out, hr_out
+        return (lr_out, hr_out, index) if return_index else (lr_out, hr_out)
+
+    def lr_noise_sigma(self) -> np.ndarray:
+        """Noise standard deviation of every whole LR slice (Immerkaer; ``[len(self)]``, computed once).
+
+        The noise level a generator with a noise-level input is given for a crop of that slice: whole
+        slices are what it is estimated on at inference (:mod:`ddasr_nipype.inference`).
+        """
+        if self._lr_sigma is None:
+            from ddasr_nipype.models import estimate_noise_sigma
+            import torch
+
+            sigmas = [estimate_noise_sigma(torch.from_numpy(np.asarray(stack, np.float32))[:, None]).numpy()
+                      for stack in self.lr]
+            self._lr_sigma = np.concatenate(sigmas).astype(np.float64)
+        return self._lr_sigma
 
     @staticmethod
     def augment(lr: np.ndarray, hr: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -209,16 +230,19 @@ class PairSet:
 
     @staticmethod
     def add_lr_noise(lr: np.ndarray, rng: np.random.Generator, probability: float, sigma_low: float,
-                     sigma_high: float) -> np.ndarray:
+                     sigma_high: float, *, return_sigma: bool = False):
         """Zero-mean Gaussian noise on each LR patch of ``lr`` ``[B, 1, p, p]`` (in place), with
-        probability ``probability`` and a standard deviation drawn from ``U(sigma_low, sigma_high)``."""
-        if probability <= 0 or sigma_high <= 0:
-            return lr
-        for b in range(lr.shape[0]):
-            if rng.uniform() < probability:
-                sigma = rng.uniform(sigma_low, sigma_high)
-                lr[b] += rng.normal(0.0, sigma, size=lr[b].shape).astype(lr.dtype, copy=False)
-        return lr
+        probability ``probability`` and a standard deviation drawn from ``U(sigma_low, sigma_high)``.
+
+        Returns ``lr``, or with ``return_sigma`` the standard deviation added to each patch (0 where none).
+        """
+        added = np.zeros(lr.shape[0])
+        if probability > 0 and sigma_high > 0:
+            for b in range(lr.shape[0]):
+                if rng.uniform() < probability:
+                    added[b] = rng.uniform(sigma_low, sigma_high)
+                    lr[b] += rng.normal(0.0, added[b], size=lr[b].shape).astype(lr.dtype, copy=False)
+        return added if return_sigma else lr
 
     def save(self, path: str | Path) -> Path:
         arrays = {}

@@ -9,7 +9,10 @@ Each iteration crops ``batch_size`` aligned pairs (LR ``p x p`` at ``(i, j)``, H
    during the warm-up);
 3. EMA update of the generator copy used for inference (``ema_decay``; buffers copied).
 
-With ``srn.lr_noise`` the LR crops get Gaussian noise first (:meth:`PairSet.add_lr_noise`).
+With ``srn.lr_noise`` the LR crops get Gaussian noise first (:meth:`PairSet.add_lr_noise`). A generator with
+``noise_level_input`` is given each crop's noise level: the Immerkaer estimate on its whole LR slice
+(:meth:`PairSet.lr_noise_sigma`, as inference estimates it on whole slices) combined with the noise added
+to the crop, ``sqrt(slice_sigma**2 + added**2)``.
 
 Both networks use Adam (``lr``, betas ``(0.9, 0.99)``) and ``CosineAnnealingWarmRestarts(T_0 =
 restart_period, T_mult = restart_mult, eta_min = 1e-7)``, stepped once per iteration.
@@ -28,6 +31,13 @@ from ddasr_nipype.training.datasets import PairSet
 from ddasr_nipype.training.engine import StageTrainer
 
 __all__ = ["SRNTrainer", "build_generator_config", "build_discriminator_config"]
+
+
+def _with_zero_input_channel(weight):
+    """A conv weight ``[out, in, k, k]`` with one more input channel of zeros, ``[out, in + 1, k, k]``."""
+    import torch
+
+    return torch.cat((weight, torch.zeros_like(weight[:, :1])), 1)
 
 
 def build_generator_config(preset: TrainingPreset):
@@ -79,21 +89,27 @@ class SRNTrainer(StageTrainer):
     def init_generator_from(self, bundle_path) -> dict[str, str]:
         """Start from the generator of a model bundle (weights into the generator and its EMA copy).
 
-        The bundle's generator config must equal this preset's (``srn.generator`` and the scale);
-        raises :class:`~ddasr_nipype.errors.ModelBundleError` otherwise. Recorded in the new bundle.
+        The bundle's generator config must equal this preset's (``srn.generator`` and the scale), except
+        that a generator without ``noise_level_input`` may start one with it: the noise-level channel's
+        first-layer weights start at zero, so the new generator begins as the bundle's. Raises
+        :class:`~ddasr_nipype.errors.ModelBundleError` otherwise. Recorded in the new bundle.
         """
         from ddasr_nipype.bundle import load_bundle
         from ddasr_nipype.errors import ModelBundleError
 
         bundle = load_bundle(bundle_path)
-        if bundle.generator_config.to_dict() != self.generator_config.to_dict():
+        theirs, ours = bundle.generator_config.to_dict(), self.generator_config.to_dict()
+        widen = ours["noise_level_input"] and not theirs["noise_level_input"]
+        if {**theirs, "noise_level_input": theirs["noise_level_input"] or widen} != ours:
             raise ModelBundleError(
-                f"{bundle.path}: its generator ({bundle.generator_config.to_dict()}) differs from this preset's "
-                f"({self.generator_config.to_dict()}); fine-tune with the bundle's srn.generator settings"
+                f"{bundle.path}: its generator ({theirs}) differs from this preset's "
+                f"({ours}); fine-tune with the bundle's srn.generator settings"
             )
-        source = bundle.load_generator(str(self.device))
-        self.generator.load_state_dict(source.state_dict())
-        self.ema.load_state_dict(source.state_dict())
+        state = bundle.load_generator(str(self.device)).state_dict()
+        if widen:  # one more input channel, zero weights: the same function as the bundle's generator
+            state["conv_first.weight"] = _with_zero_input_channel(state["conv_first.weight"])
+        self.generator.load_state_dict(state)
+        self.ema.load_state_dict(state)
         self.initialized_from = {"name": bundle.name, "path": str(bundle.path), "sha256": bundle.sha256}
         return self.initialized_from
 
@@ -108,13 +124,16 @@ class SRNTrainer(StageTrainer):
         import torch
 
         cfg, data = self.preset.srn, self.preset.data
-        lr_np, hr_np = self.pairs.sample_pairs(self.rng, cfg.batch_size, cfg.patch_size,
-                                               threshold=data.foreground_threshold,
-                                               min_fraction=data.min_patch_fraction)
+        lr_np, hr_np, index = self.pairs.sample_pairs(self.rng, cfg.batch_size, cfg.patch_size,
+                                                      threshold=data.foreground_threshold,
+                                                      min_fraction=data.min_patch_fraction, return_index=True)
         if cfg.augment:
             self.pairs.augment(lr_np, hr_np, self.rng)
-        if self._lr_noise[0] > 0:
-            self.pairs.add_lr_noise(lr_np, self.rng, *self._lr_noise)
+        added = self.pairs.add_lr_noise(lr_np, self.rng, *self._lr_noise, return_sigma=True)
+        extra = ()
+        if self.generator_config.noise_level_input:
+            sigma_np = np.sqrt(self.pairs.lr_noise_sigma()[index] ** 2 + added**2).astype(np.float32)
+            extra = (torch.from_numpy(sigma_np).to(self.device),)
         lr, hr = self.to_tensor(lr_np), self.to_tensor(hr_np)
         adversarial = self.iteration >= cfg.pixel_warmup_iterations
         self.generator.train()
@@ -123,7 +142,7 @@ class SRNTrainer(StageTrainer):
         # generator step (D frozen)
         self.discriminator.requires_grad_(False)
         with self.autocast():
-            sr = self._g(lr)
+            sr = self._g(lr, *extra)
             if adversarial:
                 real_logits = self._d(hr).detach()
                 fake_logits = self._d(sr)
@@ -148,7 +167,7 @@ class SRNTrainer(StageTrainer):
         self.sched_g.step()
         self.sched_d.step()
         self._update_ema()
-        self._last_batch = {"lr": lr_np, "hr": hr_np}
+        self._last_batch = {"lr": lr_np, "hr": hr_np, "extra": extra}
         out = {f"g_{k}": v.detach() for k, v in g_terms.items()}
         out["d_total"] = d_loss.detach()
         return out
@@ -181,7 +200,7 @@ class SRNTrainer(StageTrainer):
             return {}
         b = self._last_batch
         with torch.no_grad():
-            sr = self.ema(self.to_tensor(b["lr"][:4])).float().cpu().numpy()
+            sr = self.ema(self.to_tensor(b["lr"][:4]), *(e[:4] for e in b["extra"])).float().cpu().numpy()
         return {"LR (synthetic)": b["lr"], "SR (EMA)": np.clip(sr, 0, 1), "HR": b["hr"]}
 
     def model_state(self) -> dict[str, Any]:

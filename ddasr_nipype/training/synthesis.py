@@ -99,20 +99,18 @@ def combine_pairs(first: PairSet, *others: PairSet) -> PairSet:
     return PairSet(lr, hr, first.scale, names, source="|".join(p.source for p in sets))
 
 
-_IMMERKAER = np.array([[1.0, -2.0, 1.0], [-2.0, 4.0, -2.0], [1.0, -2.0, 1.0]])
-
-
 def noise_sigma(image: np.ndarray) -> float:
     """Noise standard deviation of a 2D image by Immerkaer's method (Immerkaer, CVIU 1996): the mean
-    absolute response to a Laplacian-difference mask that cancels smooth structure."""
-    from scipy.ndimage import convolve
+    absolute response to a Laplacian-difference mask that cancels smooth structure
+    (:func:`ddasr_nipype.models.estimate_noise_sigma` on one image)."""
+    import torch
 
-    image = np.asarray(image, dtype=np.float64)
+    from ddasr_nipype.models import estimate_noise_sigma
+
+    image = np.asarray(image, dtype=np.float32)
     if image.ndim != 2 or min(image.shape) < 3:
         raise ValueError(f"noise_sigma needs a 2D image of at least 3x3 pixels, got shape {image.shape}")
-    h, w = image.shape
-    response = np.abs(convolve(image, _IMMERKAER, mode="reflect"))[1:-1, 1:-1]
-    return float(np.sqrt(np.pi / 2.0) * response.sum() / (6.0 * (h - 2) * (w - 2)))
+    return float(estimate_noise_sigma(torch.from_numpy(image)[None, None])[0])
 
 
 def denoise_targets(pairs: PairSet, strength: float) -> PairSet:
