@@ -29,6 +29,13 @@ Variants (``--variant``; default: the first four):
   eight flips/transposes of each crop). The CPU runs point to the generator as the bottleneck (a
   model trained on the test degradation itself gains only about 0.3 dB in the brain), so these
   are the next candidates for a GPU session.
+- ``nl-bic``, ``nl-mix``, ``nl-bic-d0b8``, ``nl-mix-d0b8``: generators with the noise-level input
+  (``generator.noise_level_input``), ``srn.augment``, and noise on half the LR crops (sigma 0-4 %), L1 +
+  perceptual. ``nl-bic`` and ``nl-mix`` fine-tune the shipped ``ixi-t1w-x2`` (its generator widened by a
+  zero-initialised noise-level channel); the ``-d0b8`` ones train the full-resolution generator (32
+  features, no stride-2 stage, 8 RRDBs) from scratch. ``-bic``: classical bicubic pairs
+  (``--degradation bicubic``, no DSN); ``-mix``: the DSN's pairs plus bicubic and realsr pairs of the
+  same slices (``synthesis.mix``).
 
 With ``--dsn-from`` (a DSN checkpoint or bundle of an earlier run) no DSN is trained and every
 variant starts at once.
@@ -77,6 +84,27 @@ VARIANTS = {
     "res-d0b8-aug": {"srn": {**RESIDUAL, "augment": True,
                              "generator": {"global_residual": True, "num_down": 0, "num_bottleneck_blocks": 8}}},
 }
+# fourth: one generator for clean and noisy scans, told each slice's noise level
+NOISE_LEVEL = {"pixel_warmup_iterations": None, "augment": True, "lr_noise": {"probability": 0.5, "sigma": [0.0, 0.04]},
+               "generator": {"global_residual": True, "noise_level_input": True}}
+FINE_TUNE = {**NOISE_LEVEL, "lr": 1.0e-4, "iterations": 9000, "restart_period": 9000}
+FULL_RES = {**NOISE_LEVEL, "iterations": 3600, "restart_period": 3600,
+            "generator": {"global_residual": True, "noise_level_input": True, "num_down": 0,
+                          "num_bottleneck_blocks": 8}}
+MIX = {"mix": ["bicubic", "realsr"]}
+VARIANTS.update({
+    "nl-bic": {"srn": FINE_TUNE},
+    "nl-mix": {"synthesis": MIX, "srn": FINE_TUNE},
+    "nl-bic-d0b8": {"srn": FULL_RES},
+    "nl-mix-d0b8": {"synthesis": MIX, "srn": FULL_RES},
+})
+SHIPPED = REPO / "ddasr_nipype" / "resources" / "models" / "ixi-t1w-x2"
+#: command-line arguments of ``ddasr-train`` a variant adds (a ``--degradation`` variant uses no DSN)
+VARIANT_ARGS = {
+    "nl-bic": ("--degradation", "bicubic", "--init-generator", str(SHIPPED)),
+    "nl-mix": ("--init-generator", str(SHIPPED)),
+    "nl-bic-d0b8": ("--degradation", "bicubic"),
+}
 DEFAULT_VARIANTS = ("gan", "gan-light", "psnr", "psnr-nonoise")
 
 
@@ -117,6 +145,8 @@ def main(argv=None) -> int:
     parser.add_argument("--dsn-share", type=float, default=0.22, help="share of the training time for the DSN")
     parser.add_argument("--variant", action="append", choices=sorted(VARIANTS))
     parser.add_argument("--dsn-from", type=Path, help="reuse this DSN (checkpoint or bundle) instead of training one")
+    parser.add_argument("--skip-eval", action="store_true",
+                        help="no held-out evaluation here (evaluate the packed bundles elsewhere)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads per training process")
     parser.add_argument("--python", default=sys.executable)
@@ -138,6 +168,10 @@ def main(argv=None) -> int:
     log(f"variants {variants}; {len(lr_labels)} LR training subjects; budget {opts.budget:.0f} s", fh)
 
     def train_cmd(name: str, *extra: str) -> list[str]:
+        extra = VARIANT_ARGS.get(name, ()) + extra
+        if "--degradation" in extra and "--dsn-from" in extra:  # classical pairs: no DSN to take
+            at = extra.index("--dsn-from")
+            extra = extra[:at] + extra[at + 2:]
         preset_path = work / f"{name}.yml"
         preset_path.write_text(yaml.safe_dump(variant_preset(name, base), sort_keys=False))
         cmd = [opts.python, "-m", "ddasr_nipype.bids_app.train", "--hr", str(data / "hr"), "--lr", str(data / "lr"),
@@ -206,7 +240,7 @@ def main(argv=None) -> int:
                if (work / name / f"ixi-t1w-x2-{name}" / "manifest.json").is_file()]
     log(f"bundles: {[b.name for b in bundles]}", fh)
     evals = []
-    if bundles:
+    if bundles and not opts.skip_eval:
         models = [a for b in bundles for a in ("--model", str(b))]
         ev = [opts.python, "-m", "ddasr_nipype.bids_app.evaluate", "--metric", "niqe", "--device", opts.device]
         paired = ev + ["--hr", str(data / "hr"), "--participant-label", "trio", "--degradation", "kspace-rician",

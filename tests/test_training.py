@@ -736,7 +736,19 @@ def test_every_gpu_starter_variant_is_a_valid_recipe():
 
     script = load_script("train_starter_gpu")
     base = yaml.safe_load((PRESETS_DIR / "starter-gpu.yml").read_text())
+    from ddasr_nipype.bundle import load_bundle
+    from ddasr_nipype.training.srn_trainer import build_generator_config
+
+    shipped = load_bundle("ixi-t1w-x2").generator_config.to_dict()
     for name in script.VARIANTS:
         preset = TrainingPreset.from_dict(script.variant_preset(name, base))
-        assert preset.srn.generator.get("global_residual", False) == name.startswith("res")
-        assert preset.srn.augment == name.endswith("-aug")
+        noise_level = name.startswith("nl-")
+        assert preset.srn.generator.get("global_residual", False) == name.startswith(("res", "nl-"))
+        assert preset.srn.generator.get("noise_level_input", False) == noise_level
+        assert preset.srn.augment == (name.endswith("-aug") or noise_level)
+        assert preset.srn.restart_period == preset.srn.iterations  # one cosine, annealed by the end
+        args = script.VARIANT_ARGS.get(name, ())
+        if "--init-generator" in args:  # the shipped generator, widened by the noise-level channel
+            assert args[args.index("--init-generator") + 1] == str(script.SHIPPED)
+            assert {**build_generator_config(preset).to_dict(), "noise_level_input": False} == shipped
+    assert set(script.VARIANT_ARGS) <= set(script.VARIANTS)
