@@ -36,6 +36,9 @@ Variants (``--variant``; default: the first four):
   features, no stride-2 stage, 8 RRDBs) from scratch. ``-bic``: classical bicubic pairs
   (``--degradation bicubic``, no DSN); ``-mix``: the DSN's pairs plus bicubic and realsr pairs of the
   same slices (``synthesis.mix``).
+- ``nl-bic-d0b8-ft``: ``nl-bic-d0b8`` trained on (3000 more iterations at half the learning rate; give the
+  bundle to start from with ``--init nl-bic-d0b8-ft=BUNDLE``); ``nl-bic-d0f48b8``: the same from scratch
+  with 48 features.
 
 With ``--dsn-from`` (a DSN checkpoint or bundle of an earlier run) no DSN is trained and every
 variant starts at once.
@@ -97,6 +100,13 @@ VARIANTS.update({
     "nl-mix": {"synthesis": MIX, "srn": FINE_TUNE},
     "nl-bic-d0b8": {"srn": FULL_RES},
     "nl-mix-d0b8": {"synthesis": MIX, "srn": FULL_RES},
+    # fifth: the best of the fourth trained on (--init nl-bic-d0b8-ft=BUNDLE), and a wider one
+    # (these two take no LR scans, so the HR grid is given: 1 mm, the x2 target of the 2 mm IXI scans)
+    "nl-bic-d0b8-ft": {"data": {"hr_voxel_size": 1.0},
+                       "srn": {**FULL_RES, "lr": 1.0e-4, "iterations": 3000, "restart_period": 3000}},
+    "nl-bic-d0f48b8": {"data": {"hr_voxel_size": 1.0},
+                       "srn": {**FULL_RES, "iterations": 2400, "restart_period": 2400,
+                               "generator": {**FULL_RES["generator"], "num_feat": 48, "num_grow_ch": 24}}},
 })
 SHIPPED = REPO / "ddasr_nipype" / "resources" / "models" / "ixi-t1w-x2"
 #: command-line arguments of ``ddasr-train`` a variant adds (a ``--degradation`` variant uses no DSN)
@@ -104,6 +114,8 @@ VARIANT_ARGS = {
     "nl-bic": ("--degradation", "bicubic", "--init-generator", str(SHIPPED)),
     "nl-mix": ("--init-generator", str(SHIPPED)),
     "nl-bic-d0b8": ("--degradation", "bicubic"),
+    "nl-bic-d0b8-ft": ("--degradation", "bicubic"),
+    "nl-bic-d0f48b8": ("--degradation", "bicubic"),
 }
 DEFAULT_VARIANTS = ("gan", "gan-light", "psnr", "psnr-nonoise")
 
@@ -145,6 +157,8 @@ def main(argv=None) -> int:
     parser.add_argument("--dsn-share", type=float, default=0.22, help="share of the training time for the DSN")
     parser.add_argument("--variant", action="append", choices=sorted(VARIANTS))
     parser.add_argument("--dsn-from", type=Path, help="reuse this DSN (checkpoint or bundle) instead of training one")
+    parser.add_argument("--init", action="append", metavar="VARIANT=BUNDLE",
+                        help="start this variant's generator from BUNDLE (ddasr-train --init-generator)")
     parser.add_argument("--skip-eval", action="store_true",
                         help="no held-out evaluation here (evaluate the packed bundles elsewhere)")
     parser.add_argument("--device", default="auto")
@@ -165,23 +179,29 @@ def main(argv=None) -> int:
     base = yaml.safe_load(opts.preset.read_text())
     data = opts.data.resolve()
     lr_labels = sorted(p.name for p in (data / "lr").glob("sub-*") if p.name[4:] not in HELD_OUT_LR)
+    inits = dict(item.split("=", 1) for item in opts.init or ())
     log(f"variants {variants}; {len(lr_labels)} LR training subjects; budget {opts.budget:.0f} s", fh)
 
     def train_cmd(name: str, *extra: str) -> list[str]:
         extra = VARIANT_ARGS.get(name, ()) + extra
-        if "--degradation" in extra and "--dsn-from" in extra:  # classical pairs: no DSN to take
+        if name in inits:
+            extra += ("--init-generator", inits[name])
+        classical = "--degradation" in extra  # classical pairs: no DSN, no LR scans
+        if classical and "--dsn-from" in extra:
             at = extra.index("--dsn-from")
             extra = extra[:at] + extra[at + 2:]
         preset_path = work / f"{name}.yml"
         preset_path.write_text(yaml.safe_dump(variant_preset(name, base), sort_keys=False))
-        cmd = [opts.python, "-m", "ddasr_nipype.bids_app.train", "--hr", str(data / "hr"), "--lr", str(data / "lr"),
+        cmd = [opts.python, "-m", "ddasr_nipype.bids_app.train", "--hr", str(data / "hr"),
                "--out", str(work / name / f"ixi-t1w-x2-{name}"), "--work-dir", str(work / name / "work"),
                "--preset", str(preset_path), "--device", opts.device, "--seed", "0", "--allow-random-vgg19",
                "--num-threads", str(opts.threads), "--name", f"ixi-t1w-x2-{name}", "--no-tensorboard"]
         for label in opts.hr_label or TRAIN_HR:
             cmd += ["--hr-participant-label", label]
-        for label in lr_labels:
-            cmd += ["--lr-participant-label", label]
+        if not classical:
+            cmd += ["--lr", str(data / "lr")]
+            for label in lr_labels:
+                cmd += ["--lr-participant-label", label]
         return cmd + list(extra)
 
     procs: dict[str, subprocess.Popen] = {}
@@ -196,11 +216,11 @@ def main(argv=None) -> int:
         """Seconds left for an SRN stage that starts now, after ``setup`` seconds of preparation."""
         return f"{max(20.0, end_training - time.monotonic() - setup):.0f}"
 
-    if opts.dsn_from:  # every variant starts at once from the given DSN
-        for name in variants:
+    if opts.dsn_from or all("--degradation" in VARIANT_ARGS.get(name, ()) for name in variants):
+        for name in variants:  # every variant starts at once, from the given DSN or from classical pairs
             limit = srn_limit(35.0)  # data preparation and synthesis in each run
-            launch(name, "--dsn-from", str(opts.dsn_from.resolve()), "--srn-time-limit", limit,
-                   note=f"DSN {opts.dsn_from}, SRN limit {limit} s")
+            dsn = ("--dsn-from", str(opts.dsn_from.resolve())) if opts.dsn_from else ()
+            launch(name, *dsn, "--srn-time-limit", limit, note=f"DSN {opts.dsn_from}, SRN limit {limit} s")
     else:  # the first variant trains the DSN; the others start from its pairs
         first, others = variants[0], variants[1:]
         training_left = end_training - time.monotonic()
