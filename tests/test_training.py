@@ -464,10 +464,12 @@ def test_ema_decay_warms_up_so_short_runs_forget_the_random_init():
 def test_lr_noise_settings_are_validated():
     from ddasr_nipype.training.config import SRNStageConfig, lr_noise_settings
 
-    assert lr_noise_settings({}) == (0.0, 0.0, 0.0)
-    assert lr_noise_settings({"probability": 0.5, "sigma": [0.0, 0.03]}) == (0.5, 0.0, 0.03)
+    assert lr_noise_settings({}) == (0.0, 0.0, 0.0, 0.0, 0.0)
+    assert lr_noise_settings({"probability": 0.5, "sigma": [0.0, 0.03]}) == (0.5, 0.0, 0.03, 0.0, 0.0)
+    assert lr_noise_settings({"sigma": [0.0, 0.03], "correlation": [0.2, 1.0]}).correlation_high == 1.0
     for bad, match in (({"sigma": [0.03, 0.01]}, "low <= high"), ({"probability": 1.5, "sigma": [0, 0.1]}, r"\[0, 1\]"),
-                       ({"sigma": 0.1}, r"\[low, high\]"), ({"kind": "rician", "sigma": [0, 0.1]}, "unknown keys")):
+                       ({"sigma": 0.1}, r"\[low, high\]"), ({"kind": "rician", "sigma": [0, 0.1]}, "unknown keys"),
+                       ({"sigma": [0, 0.1], "correlation": [-1, 1]}, "correlation must satisfy")):
         with pytest.raises(ValueError, match=match):
             SRNStageConfig(lr_noise=bad)
 
@@ -537,6 +539,36 @@ def test_srn_trainer_gives_a_noise_level_generator_each_crops_level(tmp_path, sl
         nearest = np.abs(np.sqrt(slice_levels**2 + (0.0 if value < 0.06 else 0.1) ** 2) - value).min()
         assert nearest < 1e-6
     assert "SR (EMA)" in trainer.image_columns()
+
+
+def test_add_lr_noise_can_correlate_the_noise_and_reports_the_level_the_estimator_sees():
+    from ddasr_nipype.training.datasets import PairSet
+
+    clean = np.full((32, 1, 48, 48), 0.5, dtype=np.float32)
+
+    def lag1(noise):  # correlation of horizontally neighbouring pixels
+        return np.corrcoef(noise[..., :-1].ravel(), noise[..., 1:].ravel())[0, 1]
+
+    white, corr = clean.copy(), clean.copy()
+    level_white = PairSet.add_lr_noise(white, np.random.default_rng(0), 1.0, 0.03, 0.03, return_sigma=True)
+    level_corr = PairSet.add_lr_noise(corr, np.random.default_rng(0), 1.0, 0.03, 0.03, 1.0, 1.0, return_sigma=True)
+    assert abs(lag1(white - clean)) < 0.03
+    assert lag1(corr - clean) == pytest.approx(np.exp(-1 / 4), abs=0.05)  # a Gaussian blur of 1 pixel
+    for noisy in (white, corr):  # the drawn deviation either way
+        np.testing.assert_allclose((noisy - clean).std(axis=(1, 2, 3)), 0.03, rtol=0.1)
+    # the level reported is what the estimator reads on such noise: the deviation for white noise,
+    # far lower for blurred noise (as it would on a scan with such noise)
+    from ddasr_nipype.training.synthesis import noise_sigma
+
+    assert np.all(level_white == 0.03)
+    assert np.all(level_corr < 0.5 * 0.03) and np.ptp(level_corr) < 1e-12
+    for noisy, level in ((white, level_white), (corr, level_corr)):
+        read = np.mean([noise_sigma(n[0] - 0.5) for n in noisy])
+        assert read == pytest.approx(level[0], rel=0.05)
+    # no correlation range: the same draws as before the option existed
+    again = clean.copy()
+    PairSet.add_lr_noise(again, np.random.default_rng(0), 1.0, 0.03, 0.03, 0.0, 0.0)
+    assert np.array_equal(again, white)
 
 
 def test_augment_applies_the_same_flip_or_transpose_to_lr_and_hr():

@@ -230,18 +230,37 @@ class PairSet:
 
     @staticmethod
     def add_lr_noise(lr: np.ndarray, rng: np.random.Generator, probability: float, sigma_low: float,
-                     sigma_high: float, *, return_sigma: bool = False):
+                     sigma_high: float, correlation_low: float = 0.0, correlation_high: float = 0.0, *,
+                     return_sigma: bool = False):
         """Zero-mean Gaussian noise on each LR patch of ``lr`` ``[B, 1, p, p]`` (in place), with
         probability ``probability`` and a standard deviation drawn from ``U(sigma_low, sigma_high)``.
 
-        Returns ``lr``, or with ``return_sigma`` the standard deviation added to each patch (0 where none).
+        With ``correlation_high > 0`` the noise field is first blurred by a Gaussian of width drawn from
+        ``U(correlation_low, correlation_high)`` LR pixels (then scaled back to the drawn deviation):
+        spatially correlated noise, as in resampled scans.
+
+        Returns ``lr``, or with ``return_sigma`` the level of the noise added to each patch (0 where
+        none) as the noise-level estimator (:func:`~ddasr_nipype.models.estimate_noise_sigma`) reads
+        such noise on average: the drawn deviation for white noise, less for correlated noise (exact
+        expectations, :func:`correlated_noise_gains`, not a noisy estimate on the small patch).
         """
+        from scipy.ndimage import gaussian_filter
+
         added = np.zeros(lr.shape[0])
-        if probability > 0 and sigma_high > 0:
-            for b in range(lr.shape[0]):
-                if rng.uniform() < probability:
-                    added[b] = rng.uniform(sigma_low, sigma_high)
-                    lr[b] += rng.normal(0.0, added[b], size=lr[b].shape).astype(lr.dtype, copy=False)
+        if probability <= 0 or sigma_high <= 0:
+            return added if return_sigma else lr
+        for b in range(lr.shape[0]):
+            if rng.uniform() < probability:
+                sigma = rng.uniform(sigma_low, sigma_high)
+                noise = rng.normal(0.0, sigma, size=lr[b].shape)
+                added[b] = sigma
+                if correlation_high > 0:
+                    width = rng.uniform(correlation_low, correlation_high)
+                    if width > 0:
+                        norm, reading = correlated_noise_gains(width)
+                        noise[0] = gaussian_filter(noise[0], width, mode="wrap") / norm
+                        added[b] = sigma * reading
+                lr[b] += noise.astype(lr.dtype, copy=False)
         return added if return_sigma else lr
 
     def save(self, path: str | Path) -> Path:
@@ -265,6 +284,28 @@ class PairSet:
         except (OSError, KeyError, ValueError) as err:
             raise TrainingDataError(f"{path}: cannot read pair archive: {err}") from err
         return cls(lr, hr, meta["scale"], meta["names"], meta.get("source", "dsn"))
+
+
+def correlated_noise_gains(width: float) -> tuple[float, float]:
+    """For white noise blurred by a Gaussian of ``width`` pixels (scipy's, truncated at 4 widths):
+    ``(norm, reading)``, the standard deviation the blur leaves of unit noise (divide by it to keep the
+    deviation) and the fraction of the kept deviation that Immerkaer's estimator reads on average.
+
+    The estimator's response to a Gaussian field is Gaussian with deviation ``sigma * ||mask * k|| /
+    ||k||`` for the normalised kernel ``k``, and the estimator is ``sqrt(pi / 2) E|response| / 6``, so it
+    reads ``||mask * k|| / (6 ||k||)`` of the deviation (1 for white noise).
+    """
+    from scipy.ndimage import convolve, gaussian_filter
+
+    from ddasr_nipype.models.srn_arch import _IMMERKAER
+
+    radius = int(4.0 * width + 0.5) + 2
+    delta = np.zeros((2 * radius + 1, 2 * radius + 1))
+    delta[radius, radius] = 1.0
+    kernel = gaussian_filter(delta, width, mode="constant")
+    response = convolve(kernel, np.asarray(_IMMERKAER), mode="constant")
+    norm = float(np.linalg.norm(kernel))
+    return norm, float(np.linalg.norm(response)) / (6.0 * norm)
 
 
 def center_crop_to_multiple(x: np.ndarray, multiple: int) -> np.ndarray:
