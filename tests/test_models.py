@@ -275,6 +275,15 @@ def test_estimate_noise_sigma_measures_each_image_and_ignores_smooth_structure()
     torch.testing.assert_close(sigma[1:], levels[1:], rtol=0.1, atol=0)
     with pytest.raises(ValueError, match="B, 1, H>=3"):
         estimate_noise_sigma(torch.zeros(1, 2, 8, 8))
+    # a zeroed background (as masked scans have) does not dilute the head's noise level ...
+    head = 0.6 + 0.03 * torch.randn(1, 1, 64, 32, generator=torch.Generator().manual_seed(1))
+    masked = torch.cat((head, torch.zeros(1, 1, 64, 32)), -1)
+    assert estimate_noise_sigma(masked)[0] == pytest.approx(estimate_noise_sigma(head)[0].item(), rel=0.05)
+    assert estimate_noise_sigma(masked)[0] == pytest.approx(0.03, rel=0.1)
+    assert estimate_noise_sigma(masked, foreground=None)[0] < 0.6 * 0.03  # the whole-slice mean would
+    # ... and an image with no foreground at all is read whole
+    faint = 0.02 * torch.rand(1, 1, 16, 16)
+    torch.testing.assert_close(estimate_noise_sigma(faint), estimate_noise_sigma(faint, foreground=None))
 
 
 def test_generator_noise_level_input_is_an_extra_channel_of_the_given_or_estimated_sigma():

@@ -99,16 +99,28 @@ NOISE_MAP_SCALE = 50.0
 _IMMERKAER = ((1.0, -2.0, 1.0), (-2.0, 4.0, -2.0), (1.0, -2.0, 1.0))
 
 
-def estimate_noise_sigma(x: torch.Tensor) -> torch.Tensor:
+def estimate_noise_sigma(x: torch.Tensor, foreground: float | None = 0.1) -> torch.Tensor:
     """Noise standard deviation of each image of ``x [B, 1, H, W]`` (``H, W >= 3``) by Immerkaer's
     method (CVIU 1996): the mean absolute response to a Laplacian-difference mask that cancels smooth
-    structure, times ``sqrt(pi/2) / 6``. Returns ``[B]`` (float32). The same estimate as
-    :func:`ddasr_nipype.training.synthesis.noise_sigma`, on a batch."""
+    structure, times ``sqrt(pi/2) / 6``. Returns ``[B]`` (float32).
+
+    With ``foreground`` (default 0.1, in the normalized intensity of the generator's input) the mean is
+    taken over the pixels whose whole 3x3 neighbourhood is above it, the head: sites differ in whether
+    they zero the background, and a whole-slice mean would read a masked scan's noise lower the more
+    background a slice has. Images with fewer than 16 such pixels fall back to the whole image.
+    ``foreground=None``: the whole image.
+    """
     if x.ndim != 4 or x.shape[1] != 1 or min(x.shape[-2:]) < 3:
         raise ValueError(f"estimate_noise_sigma expects [B, 1, H>=3, W>=3], got {tuple(x.shape)}")
+    x = x.float()
     mask = torch.tensor(_IMMERKAER, dtype=torch.float32, device=x.device).view(1, 1, 3, 3)
-    response = F.conv2d(x.float(), mask).abs().mean(dim=(1, 2, 3))
-    return response * (math.sqrt(math.pi / 2.0) / 6.0)
+    response = F.conv2d(x, mask).abs()
+    level = response.mean(dim=(1, 2, 3))
+    if foreground is not None:
+        inside = (-F.max_pool2d(-x, 3, 1)) > foreground  # the 3x3 minimum, aligned with the response
+        count = inside.sum(dim=(1, 2, 3))
+        level = torch.where(count >= 16, (response * inside).sum(dim=(1, 2, 3)) / count.clamp(min=1), level)
+    return level * (math.sqrt(math.pi / 2.0) / 6.0)
 
 
 @dataclass(frozen=True)
