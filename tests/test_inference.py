@@ -90,6 +90,34 @@ def test_noise_level_is_estimated_once_per_whole_slice_and_shared_by_its_tiles()
     assert expected[2] == pytest.approx(0.05, rel=0.1)
 
 
+def test_a_real_noise_level_generator_shows_no_tile_seams(lr_file):
+    """Tiles of one slice share the whole slice's level: tiled output equals untiled output for a real
+    noise-level generator whose receptive field fits in the overlap, where per-tile estimates would not."""
+    from ddasr_nipype.data.normalize import fit_normalization
+    from ddasr_nipype.models import GeneratorConfig, SRGenerator
+
+    torch.manual_seed(0)
+    gen = SRGenerator(GeneratorConfig(num_feat=8, num_grow_ch=4, num_down=0, num_bottleneck_blocks=1,
+                                      global_residual=True, noise_level_input=True)).eval()
+    with torch.no_grad():
+        gen.conv_first.weight[:, 1:] *= 100  # let the level channel matter
+    data = np.asarray(nib.load(lr_file).dataobj, np.float32)
+    vol = fit_normalization(data).apply(data)[:2]  # two sagittal slices
+    kwargs = dict(plane="sagittal", tile_size=100, tile_overlap=40)  # receptive field radius 35
+    whole = super_resolve_plane(vol, gen, plane="sagittal")
+    tiled = super_resolve_plane(vol, gen, **kwargs)
+    np.testing.assert_allclose(tiled, whole, atol=1e-4)
+
+    class PerTile(torch.nn.Module):  # what tiling would do if each tile estimated its own level
+        config = type("Config", (), {"noise_level_input": False})()
+
+        def forward(self, x):
+            return gen(x)
+
+    seams = super_resolve_plane(vol, PerTile(), **kwargs)
+    assert np.abs(seams - whole).max() > 1e-2
+
+
 def test_all_planes_fuse_to_isotropic_grid():
     # a ramp along x is reproduced exactly inside by nearest (in-plane) + linear (through-plane) fusion
     vol = np.broadcast_to(np.arange(6, dtype=np.float32)[:, None, None], (6, 4, 5)).copy()
