@@ -120,6 +120,11 @@ VARIANT_ARGS = {
 DEFAULT_VARIANTS = ("gan", "gan-light", "psnr", "psnr-nonoise")
 
 
+def classical(name: str) -> bool:
+    """Whether the variant trains on classical pairs (``--degradation``): no DSN, no LR scans."""
+    return "--degradation" in VARIANT_ARGS.get(name, ())
+
+
 def merge(base: dict, update: dict) -> dict:
     out = copy.deepcopy(base)
     for key, value in update.items():
@@ -186,8 +191,7 @@ def main(argv=None) -> int:
         extra = VARIANT_ARGS.get(name, ()) + extra
         if name in inits:
             extra += ("--init-generator", inits[name])
-        classical = "--degradation" in extra  # classical pairs: no DSN, no LR scans
-        if classical and "--dsn-from" in extra:
+        if classical(name) and "--dsn-from" in extra:  # e.g. the DSN the first variant trained
             at = extra.index("--dsn-from")
             extra = extra[:at] + extra[at + 2:]
         preset_path = work / f"{name}.yml"
@@ -198,7 +202,7 @@ def main(argv=None) -> int:
                "--num-threads", str(opts.threads), "--name", f"ixi-t1w-x2-{name}", "--no-tensorboard"]
         for label in opts.hr_label or TRAIN_HR:
             cmd += ["--hr-participant-label", label]
-        if not classical:
+        if not classical(name):
             cmd += ["--lr", str(data / "lr")]
             for label in lr_labels:
                 cmd += ["--lr-participant-label", label]
@@ -216,7 +220,7 @@ def main(argv=None) -> int:
         """Seconds left for an SRN stage that starts now, after ``setup`` seconds of preparation."""
         return f"{max(20.0, end_training - time.monotonic() - setup):.0f}"
 
-    if opts.dsn_from or all("--degradation" in VARIANT_ARGS.get(name, ()) for name in variants):
+    if opts.dsn_from or all(classical(name) for name in variants):
         for name in variants:  # every variant starts at once, from the given DSN or from classical pairs
             limit = srn_limit(35.0)  # data preparation and synthesis in each run
             dsn = ("--dsn-from", str(opts.dsn_from.resolve())) if opts.dsn_from else ()

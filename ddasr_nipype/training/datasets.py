@@ -244,8 +244,6 @@ class PairSet:
         such noise on average: the drawn deviation for white noise, less for correlated noise (exact
         expectations, :func:`correlated_noise_gains`, not a noisy estimate on the small patch).
         """
-        from scipy.ndimage import gaussian_filter
-
         added = np.zeros(lr.shape[0])
         if probability <= 0 or sigma_high <= 0:
             return added if return_sigma else lr
@@ -257,6 +255,8 @@ class PairSet:
                 if correlation_high > 0:
                     width = rng.uniform(correlation_low, correlation_high)
                     if width > 0:
+                        from scipy.ndimage import gaussian_filter
+
                         norm, reading = correlated_noise_gains(width)
                         noise[0] = gaussian_filter(noise[0], width, mode="wrap") / norm
                         added[b] = sigma * reading

@@ -100,7 +100,7 @@ class SRNTrainer(StageTrainer):
         bundle = load_bundle(bundle_path)
         theirs, ours = bundle.generator_config.to_dict(), self.generator_config.to_dict()
         widen = ours["noise_level_input"] and not theirs["noise_level_input"]
-        if {**theirs, "noise_level_input": theirs["noise_level_input"] or widen} != ours:
+        if ({**theirs, "noise_level_input": True} if widen else theirs) != ours:
             raise ModelBundleError(
                 f"{bundle.path}: its generator ({theirs}) differs from this preset's "
                 f"({ours}); fine-tune with the bundle's srn.generator settings"

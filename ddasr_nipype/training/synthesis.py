@@ -99,10 +99,10 @@ def combine_pairs(first: PairSet, *others: PairSet) -> PairSet:
     return PairSet(lr, hr, first.scale, names, source="|".join(p.source for p in sets))
 
 
-def noise_sigma(image: np.ndarray) -> float:
+def noise_sigma(image: np.ndarray, foreground: float | None = 0.1) -> float:
     """Noise standard deviation of a 2D image by Immerkaer's method (Immerkaer, CVIU 1996): the mean
     absolute response to a Laplacian-difference mask that cancels smooth structure
-    (:func:`ddasr_nipype.models.estimate_noise_sigma` on one image)."""
+    (:func:`ddasr_nipype.models.estimate_noise_sigma` on one image, with its ``foreground``)."""
     import torch
 
     from ddasr_nipype.models import estimate_noise_sigma
@@ -110,7 +110,7 @@ def noise_sigma(image: np.ndarray) -> float:
     image = np.asarray(image, dtype=np.float32)
     if image.ndim != 2 or min(image.shape) < 3:
         raise ValueError(f"noise_sigma needs a 2D image of at least 3x3 pixels, got shape {image.shape}")
-    return float(estimate_noise_sigma(torch.from_numpy(image)[None, None])[0])
+    return float(estimate_noise_sigma(torch.from_numpy(image)[None, None], foreground)[0])
 
 
 def denoise_targets(pairs: PairSet, strength: float) -> PairSet:

@@ -23,14 +23,13 @@ import torch.nn.functional as F
 
 from ddasr_nipype.models import SRGenerator
 from ddasr_nipype.models.srn_arch import GeneratorConfig
-from ddasr_nipype.models import estimate_noise_sigma
+from ddasr_nipype.training.synthesis import noise_sigma as _noise_sigma
 
 
 def noise_sigma(image: np.ndarray) -> float:
-    """The whole-slice Immerkaer estimate the probe's figures were made with (the package's estimator
-    now reads only the head by default)."""
-    return float(estimate_noise_sigma(torch.from_numpy(np.ascontiguousarray(image, np.float32))[None, None],
-                                      foreground=None)[0])
+    """The whole-slice estimate the probe's figures were made with (the package's default reads only
+    the head)."""
+    return _noise_sigma(image, foreground=None)
 
 SCALE = 50.0
 PAIRS = 'out/s4/bic-aug-p05.work/pairs/pairs.npz'
