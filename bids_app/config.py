@@ -38,6 +38,8 @@ class Config:
     quality_metrics: bool = False
     batch_size: int = 8
     tile_size: int | None = None
+    strength: float | None = None
+    background: str | None = None
     run_uuid: str = ""
 
     @property

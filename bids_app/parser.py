@@ -27,6 +27,16 @@ def _positive_int(value: str) -> int:
     return number
 
 
+def _unit_float(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        number = float("nan")
+    if not 0.0 <= number <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {value}")
+    return number
+
+
 def _mem_gb(value: str) -> float:
     """``--mem`` as fMRIPrep reads it: ``8GB``, ``8G``, ``8000MB`` or a number of MB."""
     match = re.fullmatch(r"\s*([0-9.]+)\s*([KMGT]?)B?\s*", value.upper())
@@ -87,6 +97,13 @@ def _build_parser() -> argparse.ArgumentParser:
     g_sr.add_argument("--batch-size", type=_positive_int, default=8, help="slices per batch")
     g_sr.add_argument("--tile-size", type=_positive_int,
                       help="tile slices larger than this many pixels (bounds memory)")
+    g_sr.add_argument("--strength", type=_unit_float,
+                      help="weight of the network's output against bicubic interpolation of the input, "
+                      "0-1 (1: the network alone; default: the model's recommendation)")
+    g_sr.add_argument("--background", choices=("input", "model"),
+                      help="'input': keep the bicubic interpolation of the input in the air around the "
+                      "head; 'model': the network's output everywhere (default: the model's "
+                      "recommendation)")
     g_sr.add_argument("--skip-brain-extraction", action="store_true",
                       help="do not compute a brain mask (no deepbet run)")
     g_sr.add_argument("--quality-metrics", action="store_true",
@@ -209,5 +226,7 @@ def parse_args(args=None) -> Config:
         quality_metrics=opts.quality_metrics,
         batch_size=opts.batch_size,
         tile_size=opts.tile_size,
+        strength=opts.strength,
+        background=opts.background,
         run_uuid=run_uuid,
     )

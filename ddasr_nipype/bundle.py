@@ -3,7 +3,8 @@
 A bundle directory holds::
 
     manifest.json   format version, name, scale, plane, preprocessing, perceptual backbone,
-                    training summary, and for each weights file its role, architecture, config, sha256
+                    training summary, recommended output settings (optional), and for each
+                    weights file its role, architecture, config, sha256
     srn.pt          SR generator state dict (the EMA copy when training kept one)
     dsn.pt          down-sampling network state dict (optional)
     MODEL_CARD.md   what was trained, on what, how long, and how good it is
@@ -100,6 +101,12 @@ class ModelBundle:
     @property
     def normalization(self) -> dict[str, Any]:
         return dict(self.preprocessing.get("normalization", {}))
+
+    @property
+    def output(self) -> dict[str, Any]:
+        """The output settings the model was evaluated with (``strength``, ``background``; see
+        :func:`ddasr_nipype.inference.output_settings`); empty for bundles that recommend none."""
+        return dict(self.manifest.get("output", {}))
 
     @property
     def backbone(self) -> dict[str, Any]:
@@ -213,13 +220,15 @@ def save_bundle(
     training: dict[str, Any],
     card_text: str | None = None,
     weights_dtype: str = "float32",
+    output: dict[str, Any] | None = None,
 ) -> ModelBundle:
     """Write a model bundle atomically (into a temporary sibling directory, then renamed).
 
     ``preprocessing`` must give at least ``plane`` and ``scale``; ``backbone`` is the perceptual
     backbone provenance returned by :func:`ddasr_nipype.models.load_vgg19`. ``weights_dtype="float16"``
     stores floating-point tensors in half precision (half the size; loading casts them back to the
-    model's float32 parameters).
+    model's float32 parameters). ``output`` records the recommended output settings
+    (:func:`ddasr_nipype.inference.output_settings`), which inference then uses by default.
     """
     import torch
 
@@ -231,6 +240,10 @@ def save_bundle(
     for key in ("plane", "scale"):
         if key not in preprocessing:
             raise ValueError(f"preprocessing must give {key!r}")
+    if output:
+        from .inference import output_settings
+
+        output = output_settings(**output)
     if (dsn_state is None) != (dsn_config is None):
         raise ValueError("dsn_state and dsn_config must be given together")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -267,6 +280,8 @@ def save_bundle(
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "files": files,
         }
+        if output:
+            manifest["output"] = output
         (tmp / CARD_FILE).write_text(card_text or default_card(manifest))
         (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
         (tmp / SUMS_FILE).write_text(

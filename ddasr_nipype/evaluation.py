@@ -84,6 +84,9 @@ class EvaluationConfig:
     n_panels: int = 3
     device: str = "cpu"
     brain_mask: str = "none"
+    #: also score each model's network alone (strength 1, its output in the air too), beside the
+    #: output settings its bundle recommends (:func:`ddasr_nipype.inference.output_settings`)
+    network_only: bool = False
 
     def __post_init__(self):
         if self.hr_dir is None and self.lr_dir is None:
@@ -165,9 +168,14 @@ class _Models:
 
     The label is the bundle's name; bundles that share a name (a fine-tune of a model keeps it by
     default) or take a baseline's name get their sha256 prefix added, so no row hides another.
+    Each bundle runs with the output settings it recommends; with ``network_only`` a bundle that
+    recommends other settings than the network alone gets a second row, ``<label> (network only)``.
     """
 
-    def __init__(self, names: Sequence[str], *, scale: int, plane: str, device: str):
+    NETWORK_ONLY = " (network only)"
+
+    def __init__(self, names: Sequence[str], *, scale: int, plane: str, device: str,
+                 network_only: bool = False):
         self.plane = plane
         self.device = device
         #: ``(label, bundle)`` pairs in the order given
@@ -188,12 +196,18 @@ class _Models:
             labels = [label for label, _ in self.labelled]
             if len(set(labels)) != len(labels):
                 raise ValueError(f"the same model bundle is given twice: {', '.join(labels)}")
+            if network_only:
+                from .inference import DEFAULT_OUTPUT, output_settings
 
-    def super_resolve(self, bundle, img) -> np.ndarray:
+                self.labelled += [(label + self.NETWORK_ONLY, bundle) for label, bundle in self.labelled
+                                  if output_settings(bundle) != DEFAULT_OUTPUT]
+
+    def super_resolve(self, bundle, img, label: str = "") -> np.ndarray:
         from .data.io import to_ras
-        from .inference import super_resolve_image
+        from .inference import DEFAULT_OUTPUT, super_resolve_image
 
-        out_img, _ = super_resolve_image(img, bundle, planes=self.plane, device=self.device)
+        settings = DEFAULT_OUTPUT if label.endswith(self.NETWORK_ONLY) else {}
+        out_img, _ = super_resolve_image(img, bundle, planes=self.plane, device=self.device, **settings)
         return np.asarray(to_ras(out_img)[0].dataobj, dtype=np.float64)
 
 
@@ -353,7 +367,7 @@ def _table1(config: EvaluationConfig, scans: list[Scan], models: _Models, out: _
         if config.bicubic:
             volumes[BICUBIC] = (bicubic_upsample_volume(lr, factors), up_mask)
         for label, bundle in models.labelled:
-            volumes[label] = (models.super_resolve(bundle, img), up_mask)
+            volumes[label] = (models.super_resolve(bundle, img, label), up_mask)
         normalized = {}
         for method, (vol, vmask) in volumes.items():
             if vol.shape != vmask.shape:
@@ -415,7 +429,7 @@ def _table2_sr(config: EvaluationConfig, scans: list[Scan], models: _Models, out
                 outputs[BICUBIC] = bicubic_upsample(lr, config.scale, axes=axes,
                                                     out_shape=[hr.shape[a] for a in axes])
             for label, bundle in models.labelled:
-                sr = models.super_resolve(bundle, _lr_image(lr, hr_ras, down))
+                sr = models.super_resolve(bundle, _lr_image(lr, hr_ras, down), label)
                 outputs[label] = sr[tuple(slice(0, n) for n in hr.shape)]
             for method, sr in outputs.items():
                 scores = reference_scores(hr01, sr, plane=config.plane, mask=mask,
@@ -454,6 +468,8 @@ def _table2_ds(config: EvaluationConfig, hr_scans: list[Scan], lr_scans: list[Sc
             rng = np.random.default_rng(_seed_sequence(config.seed, scan.key, name, "ds"))
             synthetic[name] = get_degradation(name, config.scale, axes=axes)(hr01, rng)[0]
         for label, bundle in models.labelled:
+            if label.endswith(models.NETWORK_ONLY):  # the same DSN: its output settings are the SRN's
+                continue
             if getattr(bundle, "has_dsn", False):
                 from .data.io import to_ras
                 from .inference import degrade_image
@@ -474,7 +490,8 @@ def run_evaluation(config: EvaluationConfig) -> dict[str, Any]:
 
     out_dir = Path(config.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    models = _Models(config.models, scale=config.scale, plane=config.plane, device=config.device)
+    models = _Models(config.models, scale=config.scale, plane=config.plane, device=config.device,
+                     network_only=config.network_only)
     collector = _Collector()
     params_log: dict[str, Any] = {}
     notes: list[str] = []

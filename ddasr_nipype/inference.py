@@ -18,6 +18,14 @@ from .data.slicing import PLANES, plane_axis
 #: slice axis of each plane in RAS voxel order (the data layer's convention)
 PLANE_AXES = {plane: plane_axis(plane) for plane in PLANES}
 PLANE_CHOICES = (*PLANES, "all")
+#: what fills the air around the head: the network's output, or the bicubic interpolation of the input
+BACKGROUNDS = ("model", "input")
+#: output settings of bundles whose manifest gives none (the network's output everywhere)
+DEFAULT_OUTPUT = {"strength": 1.0, "background": "model"}
+#: ``background="input"``: the head mask is dilated by this many input voxels, and the transition to
+#: the interpolated input is feathered by a Gaussian of this width (output voxels)
+HEAD_MARGIN_VOXELS = 2
+HEAD_FEATHER_SIGMA = 1.5
 
 
 def resolve_device(device: str = "auto"):
@@ -51,6 +59,60 @@ def _tiles(length: int, tile: int, overlap: int) -> Iterator[tuple[int, int]]:
         if stop == length:
             return
         start += step
+
+
+def output_settings(bundle=None, *, strength: float | None = None, background: str | None = None
+                    ) -> dict[str, Any]:
+    """The output settings of a run: ``strength`` and ``background`` where given, else the bundle's
+    recommendation (its manifest's ``output``), else :data:`DEFAULT_OUTPUT`.
+
+    ``strength`` (0-1) is the weight of the network's output against the bicubic interpolation of the
+    input: 1 is the network alone, 0 plain bicubic. ``background="input"`` keeps the bicubic
+    interpolation of the input outside the head (the air), ``"model"`` the network's output there.
+    """
+    recommended = dict(DEFAULT_OUTPUT)
+    if bundle is not None:
+        recommended.update(getattr(bundle, "output", None) or {})
+    settings = {
+        "strength": float(recommended["strength"] if strength is None else strength),
+        "background": str(recommended["background"] if background is None else background),
+    }
+    if not 0.0 <= settings["strength"] <= 1.0:
+        raise ValueError(f"strength must be between 0 and 1, got {settings['strength']}")
+    if settings["background"] not in BACKGROUNDS:
+        raise ValueError(f"background must be one of {BACKGROUNDS}, got {settings['background']!r}")
+    return settings
+
+
+def head_mask(data: np.ndarray, margin: int = HEAD_MARGIN_VOXELS) -> np.ndarray | None:
+    """The head of a normalized volume (Otsu foreground, largest component, holes filled), dilated by
+    ``margin`` voxels; ``None`` when no foreground is found (then nothing is treated as air)."""
+    from scipy import ndimage
+
+    from .metrics.volume import foreground_mask
+
+    mask = foreground_mask(data)
+    if not mask.any():
+        return None
+    return ndimage.binary_dilation(mask, iterations=margin) if margin > 0 else mask
+
+
+def _blend_weights(mask_slices: np.ndarray | None, strength: float, scale: int,
+                   shape: tuple[int, int]) -> np.ndarray | float:
+    """Per-pixel weight of the network's output for slices ``[B, H, W]`` of the head mask (or ``None``:
+    the whole slice), on the up-sampled grid ``shape``: ``strength`` inside the head, 0 in the air,
+    with a feathered transition."""
+    if mask_slices is None:
+        return strength
+    from scipy import ndimage
+
+    from .metrics.imresize import imresize
+
+    # linear interpolation (no cubic over/undershoot), then the feathering blur
+    weight = imresize(mask_slices.astype(np.float32), out_shape=shape, axes=(1, 2), kernel="bilinear",
+                      antialias=False)
+    weight = ndimage.gaussian_filter(weight, (0, HEAD_FEATHER_SIGMA, HEAD_FEATHER_SIGMA))
+    return strength * np.clip(weight, 0.0, 1.0)
 
 
 def slice_noise_level(generator, batch):
@@ -103,10 +165,15 @@ def super_resolve_plane(
     device: str = "cpu",
     tile_size: int | None = None,
     tile_overlap: int = 8,
+    strength: float = 1.0,
+    mask: np.ndarray | None = None,
 ) -> np.ndarray:
     """Super-resolve every slice of a normalized RAS volume along one plane.
 
-    Returns a float32 volume upsampled by ``scale`` on the plane's two in-plane axes.
+    Returns a float32 volume upsampled by ``scale`` on the plane's two in-plane axes. With
+    ``strength < 1`` or a head ``mask`` (a boolean volume like ``data``) each output slice is
+    blended with the bicubic interpolation of its input slice (:func:`output_settings`): the
+    network's output weighs ``strength`` inside the mask and nothing outside it.
     """
     import torch
 
@@ -119,14 +186,27 @@ def super_resolve_plane(
     axis = PLANE_AXES[plane]
     moved = np.moveaxis(data, axis, 0)  # [N, H, W], a view
     n_slices, height, width = moved.shape
+    if mask is not None and mask.shape != data.shape:
+        raise ValueError(f"mask shape {mask.shape} differs from the volume's {data.shape}")
+    if not 0.0 <= strength <= 1.0:
+        raise ValueError(f"strength must be between 0 and 1, got {strength}")
+    blend = strength < 1.0 or mask is not None
+    mask_moved = None if mask is None else np.moveaxis(mask, axis, 0)
     out = np.empty((n_slices, height * scale, width * scale), dtype=np.float32)
     torch_device = resolve_device(device)
     with torch.inference_mode():
         for start in range(0, n_slices, batch_size):
             chunk = np.ascontiguousarray(moved[start:start + batch_size], dtype=np.float32)
             batch = torch.from_numpy(chunk)[:, None].to(torch_device)
-            sr = _run_tiled(generator, batch, scale, tile_size, tile_overlap)
-            out[start:start + len(chunk)] = sr[:, 0].float().cpu().numpy()
+            sr = _run_tiled(generator, batch, scale, tile_size, tile_overlap)[:, 0].float().cpu().numpy()
+            if blend:
+                from .degradations import bicubic_upsample
+
+                stop = start + len(chunk)
+                weight = _blend_weights(None if mask_moved is None else mask_moved[start:stop], strength,
+                                        scale, sr.shape[1:])
+                sr = weight * sr + (1.0 - weight) * bicubic_upsample(chunk, scale, axes=(1, 2))
+            out[start:start + len(chunk)] = sr
     return np.moveaxis(out, 0, axis)
 
 
@@ -158,16 +238,21 @@ def super_resolve_volume(
     device: str = "cpu",
     tile_size: int | None = None,
     tile_overlap: int = 8,
+    strength: float = 1.0,
+    background: str = "model",
 ) -> np.ndarray:
     """Super-resolve a normalized RAS volume.
 
     ``plane`` is one of sagittal/coronal/axial (x``scale`` on the two in-plane axes, as in the paper)
     or ``all``: the three single-plane results, each brought to the isotropic x``scale`` grid by linear
-    interpolation along its slice axis, are averaged into an isotropic volume.
+    interpolation along its slice axis, are averaged into an isotropic volume. ``strength`` and
+    ``background`` blend the network's output with bicubic interpolation (:func:`output_settings`).
     """
     _check_plane(plane)
+    settings = output_settings(strength=strength, background=background)
+    mask = head_mask(data) if settings["background"] == "input" else None
     kwargs = dict(scale=scale, batch_size=batch_size, device=device, tile_size=tile_size,
-                  tile_overlap=tile_overlap)
+                  tile_overlap=tile_overlap, strength=settings["strength"], mask=mask)
     if plane != "all":
         return super_resolve_plane(data, generator, plane=plane, **kwargs)
     fused = np.zeros(tuple(n * scale for n in data.shape), dtype=np.float32)
@@ -202,11 +287,14 @@ def super_resolve_image(
     num_threads: int | None = None,
     tile_size: int | None = None,
     generator=None,
+    strength: float | None = None,
+    background: str | None = None,
 ) -> tuple[Any, dict[str, Any]]:
     """Super-resolve a nibabel image with a model bundle.
 
     The image is reoriented to RAS, normalized with the bundle's percentile rule, super-resolved, mapped
     back to the input's intensity range and orientation, and given a field-of-view-preserving affine.
+    ``strength`` and ``background`` default to the bundle's recommendation (:func:`output_settings`).
     Returns ``(out_img, info)``.
     """
     import torch
@@ -216,6 +304,7 @@ def super_resolve_image(
     from .data.slicing import upsampled_affine
 
     _check_plane(planes)
+    settings = output_settings(bundle, strength=strength, background=background)
     if num_threads:
         torch.set_num_threads(int(num_threads))
     t0 = time.perf_counter()
@@ -231,7 +320,7 @@ def super_resolve_image(
     scale = bundle.scale
     sr = super_resolve_volume(
         norm.apply(data), generator, plane=planes, scale=scale, batch_size=batch_size,
-        device=str(torch_device), tile_size=tile_size,
+        device=str(torch_device), tile_size=tile_size, **settings,
     )
     sr = np.asarray(norm.invert(sr), dtype=np.float32)
     if float(data.min()) >= 0:
@@ -250,6 +339,7 @@ def super_resolve_image(
         "model_name": bundle.name,
         "model_sha256": bundle.sha256,
         "normalization": norm.to_dict(),
+        "output": settings,
     }
     return out_img, info
 

@@ -1,12 +1,15 @@
 """Pack a trained bundle as the shipped starter model: float16 weights, the model card, a few panels.
 
     python scripts/ship_starter.py TRAINED_BUNDLE [--dest ddasr_nipype/resources/models/ixi-t1w-x2]
-                                   [--card CARD.md] [--panel PNG ...]
+                                   [--card CARD.md] [--panel PNG ...] [--dsn-from BUNDLE]
+                                   [--strength S] [--background input|model]
 
 The weights are re-saved in half precision (about half the size); the manifest keeps the training
 recipe and records where the weights came from. Evaluate the *packed* bundle (scripts/evaluate_starter.sh)
 and give its card with ``--card`` (MODEL_CARD.md is not part of the checksummed weights, so the card
-can be rewritten after the evaluation without touching them).
+can be rewritten after the evaluation without touching them). ``--dsn-from`` takes the DSN from another
+bundle (a generator trained on classical pairs has none of its own); ``--strength`` and ``--background``
+record the output settings the model was evaluated with, which inference then uses by default.
 """
 
 from __future__ import annotations
@@ -33,10 +36,16 @@ def main(argv=None) -> None:
     parser.add_argument("--generator", choices=["ema", "generator"], default="ema",
                         help="with --checkpoint: the EMA copy or the last trained weights")
     parser.add_argument("--name", help="model name (default: the trained bundle's)")
+    parser.add_argument("--dsn-from", type=Path, help="bundle whose DSN to ship (default: the trained bundle's)")
+    parser.add_argument("--strength", type=float, help="recommended network weight against bicubic (0-1)")
+    parser.add_argument("--background", choices=["input", "model"], help="recommended background")
     opts = parser.parse_args(argv)
 
     trained = load_bundle(opts.trained)
-    if opts.dest.is_dir() and (opts.dest / "manifest.json").is_file() and opts.card and not opts.panel:
+    shipped = load_bundle(opts.dest) if (opts.dest / "manifest.json").is_file() else None
+    same_weights = (shipped is not None and shipped.manifest["training"].get("shipped_from", {})
+                    .get("srn_sha256_float32") == trained.sha256)
+    if same_weights and opts.card and not opts.panel and opts.strength is None and opts.background is None:
         # card-only update: the weights stay exactly as they are
         shutil.copyfile(opts.card, opts.dest / CARD_FILE)
         print(f"updated {opts.dest / CARD_FILE}")
@@ -45,6 +54,13 @@ def main(argv=None) -> None:
     training = dict(trained.manifest["training"])
     training["shipped_from"] = {"path": str(opts.trained), "srn_sha256_float32": trained.sha256}
     generator_state = state(GENERATOR_FILE)
+    dsn_bundle = load_bundle(opts.dsn_from) if opts.dsn_from else trained
+    dsn_state = (torch.load(dsn_bundle.path / DSN_FILE, map_location="cpu", weights_only=True)
+                 if dsn_bundle.has_dsn else None)
+    if opts.dsn_from:
+        training["dsn_shipped_from"] = {"path": str(opts.dsn_from), "dsn_sha256":
+                                        dsn_bundle.manifest["files"][DSN_FILE]["sha256"]}
+    output = {k: v for k, v in (("strength", opts.strength), ("background", opts.background)) if v is not None}
     if opts.checkpoint:
         ckpt = torch.load(opts.checkpoint, map_location="cpu", weights_only=True)
         generator_state = ckpt["models"][opts.generator]
@@ -53,9 +69,10 @@ def main(argv=None) -> None:
     bundle = save_bundle(
         opts.dest, name=opts.name or trained.name, generator_state=generator_state,
         generator_config=trained.generator_config,
-        dsn_state=state(DSN_FILE) if trained.has_dsn else None, dsn_config=trained.dsn_config,
+        dsn_state=dsn_state, dsn_config=dsn_bundle.dsn_config if dsn_state is not None else None,
         preprocessing=trained.preprocessing, backbone=trained.backbone, training=training,
         card_text=(opts.card or trained.path / CARD_FILE).read_text(), weights_dtype="float16",
+        output=output or None,
     )
     if opts.panel:
         panels = bundle.path / "panels"

@@ -121,6 +121,15 @@ def test_plugin_mem_filters_and_validation(bids_copy, tmp_path, tiny_bundle, cap
         capsys, _args(bids_copy, tmp_path / "o", "--bids-filter-file", str(filters),
                       model=tiny_bundle))
 
+    config = parse_args(_args(bids_copy, tmp_path / "o", model=tiny_bundle))
+    assert config.strength is None and config.background is None  # the model's recommendation
+    config = parse_args(_args(bids_copy, tmp_path / "o", "--strength", "0.25", "--background", "model",
+                              model=tiny_bundle))
+    assert (config.strength, config.background) == (0.25, "model")
+    for bad in ("1.5", "-0.1", "half"):
+        assert "between 0 and 1" in _usage_error(
+            capsys, _args(bids_copy, tmp_path / "o", "--strength", bad, model=tiny_bundle))
+
     (bids_copy / "dataset_description.json").unlink()
     assert "not a BIDS dataset" in _usage_error(capsys, _args(bids_copy, tmp_path / "o",
                                                               model=tiny_bundle))

@@ -17,7 +17,7 @@ TINY_DSN = DSNConfig(d_model=32, nhead=2, dim_feedforward=64, num_encoder_layers
 PRE = {"plane": "sagittal", "scale": 2, "normalization": {"percentiles": [0.5, 99.5]}}
 
 
-def _save(path, with_dsn=False):
+def _save(path, with_dsn=False, **extra):
     torch.manual_seed(0)
     gen = SRGenerator(TINY_G)
     kwargs = {}
@@ -26,7 +26,7 @@ def _save(path, with_dsn=False):
     saved = save_bundle(
         path, name="tiny-test", generator_state=gen.state_dict(), generator_config=TINY_G,
         preprocessing=PRE, backbone={"source": "random", "seed": 0},
-        training={"note": "untrained test fixture"}, **kwargs,
+        training={"note": "untrained test fixture"}, **kwargs, **extra,
     )
     return gen, saved
 
@@ -47,6 +47,19 @@ def test_round_trip_rebuilds_identical_models(tmp_path):
     # weights are plain tensors: loadable with weights_only=True
     state = torch.load(tmp_path / "b" / "srn.pt", weights_only=True)
     assert all(isinstance(v, torch.Tensor) for v in state.values())
+
+
+def test_recommended_output_settings_are_recorded_and_checked(tmp_path):
+    _, plain = _save(tmp_path / "plain")
+    assert plain.output == {} and "output" not in plain.manifest  # older bundles: the network alone
+    _, recommends = _save(tmp_path / "blend", output={"strength": 0.5, "background": "input"})
+    assert recommends.output == {"strength": 0.5, "background": "input"}
+    assert load_bundle(tmp_path / "blend").manifest["output"] == recommends.output
+    _, partial = _save(tmp_path / "partial", output={"background": "input"})
+    assert partial.output == {"strength": 1.0, "background": "input"}  # completed with the defaults
+    with pytest.raises(ValueError, match="strength must be between 0 and 1"):
+        _save(tmp_path / "bad", output={"strength": 2.0})
+    assert not (tmp_path / "bad").exists()
 
 
 def test_overwrite_is_atomic_and_leaves_no_temporaries(tmp_path):

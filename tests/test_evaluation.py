@@ -162,6 +162,33 @@ def test_bundles_that_share_a_name_get_a_row_each(tmp_path, trio_bids):
                                         models=(str(first), str(first)), degradations=("bicubic",)))
 
 
+def test_network_only_rows_score_a_bundle_without_its_recommended_output(tmp_path, trio_bids):
+    import shutil
+
+    from _bundles import make_tiny_bundle
+
+    plain = make_tiny_bundle(tmp_path / "plain")
+    blend = tmp_path / "blend"
+    shutil.copytree(plain, blend)
+    manifest = json.loads((blend / "manifest.json").read_text())
+    manifest["output"] = {"strength": 0.0, "background": "model"}  # its recommendation: plain bicubic
+    (blend / "manifest.json").write_text(json.dumps(manifest))
+
+    def psnr_rows(bundle, out):
+        config = EvaluationConfig(out_dir=tmp_path / out, hr_dir=trio_bids, participants=("trio",),
+                                  models=(str(bundle),), degradations=("bicubic",), n_panels=0,
+                                  network_only=True)
+        return {r["method"]: r["mean"] for r in run_evaluation(config)["table2_sr"] if r["metric"] == "psnr"}
+
+    blended = psnr_rows(blend, "blend")
+    assert sorted(blended) == ["bicubic", "tiny-test", "tiny-test (network only)"]
+    assert blended["tiny-test"] == pytest.approx(blended["bicubic"], abs=1e-6)  # strength 0 is bicubic
+    assert abs(blended["tiny-test (network only)"] - blended["bicubic"]) > 1.0
+    plain_rows = psnr_rows(plain, "plain")  # recommends the network alone: no second row
+    assert sorted(plain_rows) == ["bicubic", "tiny-test"]
+    assert plain_rows["tiny-test"] == pytest.approx(blended["tiny-test (network only)"], abs=1e-9)
+
+
 def test_brain_mask_adds_psnr_inside_the_brain(tmp_path, trio_bids):
     pytest.importorskip("deepbet")
     config = EvaluationConfig(out_dir=tmp_path / "out", hr_dir=trio_bids, participants=("trio",),

@@ -186,3 +186,87 @@ def test_image_stays_aligned_with_the_input(which, planes, lr_file, hr_files):
         if planes != "all" and data_in[tuple(ijk_in)] < np.percentile(data_in, 99):
             np.testing.assert_allclose(data_out[tuple(ijk_out)], data_in[tuple(ijk_in)], rtol=1e-3, atol=1e-2)
     assert info["scale"] == 2 and info["planes"] == planes and info["model_sha256"] == "0" * 64
+
+
+class ConstantX2(torch.nn.Module):
+    """A stand-in generator that returns ``value`` everywhere on the x2 grid."""
+
+    def __init__(self, value: float):
+        super().__init__()
+        self.value = value
+
+    def forward(self, x):
+        return torch.full((x.shape[0], 1, 2 * x.shape[2], 2 * x.shape[3]), self.value, dtype=x.dtype)
+
+
+@pytest.mark.parametrize("strength", [0.0, 0.3, 1.0])
+def test_strength_weighs_the_network_against_bicubic_interpolation(strength):
+    from ddasr_nipype.degradations import bicubic_upsample
+
+    rng = np.random.default_rng(3)
+    vol = rng.random((4, 9, 11), dtype=np.float32)
+    out = super_resolve_plane(vol, NearestX2(), plane="sagittal", strength=strength)
+    expected = strength * _nearest(vol, (1, 2)) + (1 - strength) * bicubic_upsample(vol, 2, axes=(1, 2))
+    np.testing.assert_allclose(out, expected, atol=1e-6)
+    # the same along another plane, through the volume entry point
+    out = super_resolve_volume(vol, NearestX2(), plane="axial", strength=strength)
+    expected = strength * _nearest(vol, (0, 1)) + (1 - strength) * bicubic_upsample(vol, 2, axes=(0, 1))
+    np.testing.assert_allclose(out, expected, atol=1e-6)
+
+
+def test_background_input_keeps_the_interpolated_input_in_the_air(lr_file):
+    """Deep inside the head the network's output (weighted by strength), far outside it the bicubic
+    interpolation of the input, a smooth transition between, on a real scan."""
+    from scipy import ndimage
+
+    from ddasr_nipype.data.normalize import fit_normalization
+    from ddasr_nipype.degradations import bicubic_upsample
+
+    data = np.asarray(nib.load(lr_file).dataobj, np.float32)
+    vol = fit_normalization(data).apply(data)
+    head = inference.head_mask(vol)
+    assert 0.05 < head.mean() < 0.95
+    axis = inference.PLANE_AXES["sagittal"]
+    axes = tuple(a for a in range(3) if a != axis)
+    out = super_resolve_volume(vol, ConstantX2(0.7), plane="sagittal", strength=0.8, background="input")
+    bicubic = bicubic_upsample(vol, 2, axes=axes)
+
+    def on_output_grid(mask):
+        return bicubic_upsample(mask.astype(np.float32), 2, axes=axes) > 0.5
+
+    inside = on_output_grid(ndimage.binary_erosion(head, iterations=3))
+    outside = on_output_grid(~ndimage.binary_dilation(head, iterations=3))
+    assert inside.sum() > 1000 and outside.sum() > 1000
+    np.testing.assert_allclose(out[inside], 0.8 * 0.7 + 0.2 * bicubic[inside], atol=5e-3)  # < 1 % of the step
+    np.testing.assert_allclose(out[outside], bicubic[outside], atol=5e-3)
+    # the network's output everywhere with background="model"
+    everywhere = super_resolve_volume(vol, ConstantX2(0.7), plane="sagittal", strength=0.8, background="model")
+    np.testing.assert_allclose(everywhere, 0.8 * 0.7 + 0.2 * bicubic, atol=1e-5)
+    # no step at the head's edge: neighbouring output voxels differ by a fraction of the full step
+    weight = (out - bicubic) / (0.8 * (0.7 - bicubic) + 1e-12)
+    steady = np.abs(0.7 - bicubic) > 0.2
+    step = np.abs(np.diff(np.where(steady, weight, np.nan), axis=axes[0]))
+    assert np.nanmax(step) < 0.6
+
+
+def test_output_settings_come_from_the_bundle_unless_given(lr_file):
+    assert inference.output_settings() == inference.DEFAULT_OUTPUT == {"strength": 1.0, "background": "model"}
+
+    class Recommends(_FakeBundle):
+        output = {"strength": 0.5, "background": "input"}
+
+    assert inference.output_settings(_FakeBundle()) == inference.DEFAULT_OUTPUT
+    assert inference.output_settings(Recommends()) == {"strength": 0.5, "background": "input"}
+    assert inference.output_settings(Recommends(), strength=1.0) == {"strength": 1.0, "background": "input"}
+    assert inference.output_settings(Recommends(), background="model")["background"] == "model"
+    with pytest.raises(ValueError, match="strength must be between 0 and 1"):
+        inference.output_settings(strength=1.5)
+    with pytest.raises(ValueError, match="background must be one of"):
+        inference.output_settings(background="air")
+
+    img = nib.load(lr_file)
+    recommended, info = inference.super_resolve_image(img, Recommends())
+    assert info["output"] == {"strength": 0.5, "background": "input"}
+    plain, info = inference.super_resolve_image(img, Recommends(), strength=1.0, background="model")
+    assert info["output"] == inference.DEFAULT_OUTPUT
+    assert not np.allclose(recommended.get_fdata(), plain.get_fdata())

@@ -184,6 +184,32 @@ def test_super_resolve_grid_and_sidecar(planes, lr_crop, tiny_bundle, tmp_path):
     assert np.isfinite(out.get_fdata()).all() and out.get_fdata().max() > 0
 
 
+def test_super_resolve_output_settings_reach_the_image_and_the_sidecar(lr_crop, tiny_bundle, tmp_path):
+    from ddasr_nipype.interfaces import SuperResolve
+    from ddasr_nipype.interfaces.bids import t1w_sidecar
+
+    runs = {}
+    for label, settings in (("default", {}), ("bicubic", {"strength": 0.0}),
+                            ("air", {"strength": 1.0, "background": "input"})):
+        (tmp_path / label).mkdir()
+        res = SuperResolve(in_file=str(lr_crop), model=str(tiny_bundle), device="cpu", num_threads=1,
+                           **settings).run(cwd=str(tmp_path / label))
+        runs[label] = (nib.load(res.outputs.out_file).get_fdata(), res.outputs.metadata)
+    # the tiny bundle recommends nothing: its network alone
+    assert runs["default"][1]["output"] == {"strength": 1.0, "background": "model"}
+    assert runs["bicubic"][1]["output"] == {"strength": 0.0, "background": "model"}
+    assert runs["air"][1]["output"] == {"strength": 1.0, "background": "input"}
+    default, bicubic, air = (runs[k][0] for k in ("default", "bicubic", "air"))
+    assert not np.allclose(default, bicubic)
+    changed = ~np.isclose(air, default)  # only the air around the head changes, and there to bicubic
+    assert 0 < changed.mean() < 0.9
+    assert np.corrcoef(air[changed], bicubic[changed])[0, 1] > np.corrcoef(default[changed], bicubic[changed])[0, 1]
+    sidecar = t1w_sidecar(runs["air"][1], str(lr_crop), str(tmp_path))
+    assert sidecar["ModelStrength"] == 1.0 and sidecar["Background"] == "input"
+    with pytest.raises(Exception, match="strength"):
+        SuperResolve(in_file=str(lr_crop), model=str(tiny_bundle), strength=1.5)
+
+
 def test_super_resolve_refuses_tampered_model(lr_crop, tiny_bundle, tmp_path):
     import shutil
 

@@ -48,7 +48,7 @@ def init_ddasr_wf(*, config, layout=None, name: str = "ddasr_wf"):
     config : :class:`ddasr_nipype.bids_app.config.Config`
         The frozen run configuration (bids_dir, output_dir, work_dir, participant_label,
         session_label, bids_filters, model, planes, device, skip_brain_extraction,
-        omp_nthreads, batch_size, tile_size, run_uuid).
+        omp_nthreads, batch_size, tile_size, strength, background, run_uuid).
     layout : :class:`bids.layout.BIDSLayout`, optional
         An index of ``config.bids_dir`` (built here when not given).
     name : :obj:`str`
@@ -153,7 +153,8 @@ input BIDS dataset.
             model=str(config.model), planes=config.planes, device=config.device,
             skip_brain_extraction=config.skip_brain_extraction,
             omp_nthreads=config.omp_nthreads, batch_size=config.batch_size,
-            tile_size=config.tile_size, name=f"t1w_{idx}_wf",
+            tile_size=config.tile_size, strength=config.strength, background=config.background,
+            name=f"t1w_{idx}_wf",
         )
         sr_wf.inputs.inputnode.t1w = t1w
         # the description is the same for every run: keep it once

@@ -20,6 +20,8 @@ def init_sr_wf(
     omp_nthreads: int = 1,
     batch_size: int = 8,
     tile_size: int | None = None,
+    strength: float | None = None,
+    background: str | None = None,
     name: str = "sr_wf",
 ):
     """Super-resolve one T1w image with a DDASR model.
@@ -53,6 +55,12 @@ def init_sr_wf(
         CPU threads per node (torch).
     batch_size, tile_size : :obj:`int`
         Slices per forward pass; tile slices larger than ``tile_size`` pixels (bounded memory).
+    strength : :obj:`float`, optional
+        Weight of the network's output against bicubic interpolation of the input (1: the network
+        alone). Default: the model bundle's recommendation.
+    background : :obj:`str`, optional
+        ``input`` keeps the bicubic interpolation of the input in the air around the head, ``model``
+        uses the network's output everywhere. Default: the model bundle's recommendation.
     name : :obj:`str`
         Name of the workflow.
 
@@ -111,6 +119,8 @@ and mapped back afterwards; the output keeps the input's field of view and orien
             model=model, planes=planes, device=device, use_gpu=device == "cuda",
             num_threads=omp_nthreads, batch_size=batch_size,
             **({"tile_size": tile_size} if tile_size else {}),
+            **({"strength": strength} if strength is not None else {}),
+            **({"background": background} if background is not None else {}),
         ),
         name="super_resolve", n_procs=omp_nthreads, mem_gb=2.0,
     )

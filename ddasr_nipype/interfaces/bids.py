@@ -58,6 +58,8 @@ def t1w_sidecar(metadata: dict[str, Any], source_file: str, bids_dir: str) -> di
         "UpsamplingFactors": metadata.get("upsampling_factors_ras"),
         "ModelName": metadata["model_name"],
         "ModelSHA256": metadata["model_sha256"],
+        **({"ModelStrength": metadata["output"]["strength"],
+            "Background": metadata["output"]["background"]} if "output" in metadata else {}),
         "Device": metadata["device"],
         "RuntimeSeconds": metadata["runtime_s"],
         "SkullStripped": False,

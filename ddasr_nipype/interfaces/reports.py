@@ -39,6 +39,11 @@ def summary_html(metadata: dict, *, source_file: str | None = None,
                      f"{_fmt_vec(metadata['output_voxel_size_mm'], ' mm')}"))
     rows.append(("Model", f"{esc(str(metadata.get('model_name')))} "
                  f"(sha256 <code>{esc(str(metadata.get('model_sha256', ''))[:16])}&hellip;</code>)"))
+    if "output" in metadata:
+        out = metadata["output"]
+        rows.append(("Output", f"network weight {float(out['strength']):g} against bicubic "
+                     f"interpolation; air around the head from the "
+                     f"{'interpolated input' if out['background'] == 'input' else 'network'}"))
     rows.append(("Scale / planes", f"x{metadata.get('scale')} / {esc(str(metadata.get('planes')))}"))
     rows.append(("Device / runtime", f"{esc(str(metadata.get('device')))} / "
                  f"{float(metadata.get('runtime_s', 0.0)):.1f} s"))

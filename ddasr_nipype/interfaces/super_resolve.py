@@ -14,6 +14,7 @@ from nipype.interfaces.base import (
 from nipype.utils.filemanip import fname_presuffix
 
 PLANES = ("sagittal", "coronal", "axial", "all")
+BACKGROUNDS = ("model", "input")  # ddasr_nipype.inference.BACKGROUNDS (not imported: torch-free)
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -38,11 +39,15 @@ def super_resolve_file(
     batch_size: int = 8,
     num_threads: int | None = None,
     tile_size: int | None = None,
+    strength: float | None = None,
+    background: str | None = None,
 ):
     """Load and validate ``in_file``, super-resolve it with bundle ``model`` (name or path).
 
-    Returns ``(out_img, info)``; ``info`` (scale, planes, device, runtime, model name and sha256,
-    input/output voxel sizes) is what the JSON sidecar records.
+    ``strength`` and ``background`` default to the bundle's recommendation
+    (:func:`ddasr_nipype.inference.output_settings`). Returns ``(out_img, info)``; ``info`` (scale,
+    planes, device, runtime, model name and sha256, output settings, input/output voxel sizes) is
+    what the JSON sidecar records.
     """
     from ..bundle import load_bundle
     from ..data.io import load_volume
@@ -52,7 +57,7 @@ def super_resolve_file(
     bundle = load_bundle(model)
     out_img, info = super_resolve_image(
         img, bundle, planes=planes, device=device, batch_size=batch_size,
-        num_threads=num_threads, tile_size=tile_size,
+        num_threads=num_threads, tile_size=tile_size, strength=strength, background=background,
     )
     info = dict(info)
     info["input_voxel_size_mm"] = [round(float(z), 6) for z in img.header.get_zooms()[:3]]
@@ -86,6 +91,16 @@ class _SuperResolveInputSpec(BaseInterfaceInputSpec):
     tile_size = traits.Int(
         desc="process slices larger than this (pixels) in overlapping tiles to bound memory",
         nohash=True,
+    )
+    strength = traits.Range(
+        low=0.0, high=1.0,
+        desc="weight of the network's output against bicubic interpolation of the input (1: the "
+        "network alone); default: the model bundle's recommendation",
+    )
+    background = traits.Enum(
+        *BACKGROUNDS,
+        desc="'input': keep the bicubic interpolation of the input in the air around the head; "
+        "'model': the network's output everywhere; default: the model bundle's recommendation",
     )
 
 
@@ -122,6 +137,8 @@ class SuperResolve(SimpleInterface):
             self.inputs.in_file, model=self.inputs.model, planes=self.inputs.planes,
             device=self.inputs.device, batch_size=self.inputs.batch_size,
             num_threads=_opt(self.inputs.num_threads), tile_size=_opt(self.inputs.tile_size),
+            strength=self.inputs.strength if isdefined(self.inputs.strength) else None,
+            background=self.inputs.background if isdefined(self.inputs.background) else None,
         )
         out_file, out_json = write_image_and_sidecar(out_img, info, self.inputs.in_file, "_sr", runtime.cwd)
         self._results.update(
