@@ -12,8 +12,9 @@ data=${2:-../shared/data}
 out=${3:-out/starter-eval}
 eval_cmd=${DDASR_EVAL:-.venv/bin/ddasr-eval}
 "$eval_cmd" --hr "$data/hr" --participant-label trio --model "$bundle" \
-  --degradation kspace-rician --degradation bicubic --brain-mask deepbet --out "$out/paired" --panels 3
+  --degradation kspace-rician --degradation bicubic --brain-mask deepbet --out "$out/paired" --panels 3 \
+  --network-only
 "$eval_cmd" --lr "$data/lr" --model "$bundle" --out "$out/unpaired" --panels 1 \
-  --metric niqe --metric brisque --metric niqe_head --metric brisque_head \
+  --metric niqe --metric brisque --metric niqe_head --metric brisque_head --network-only \
   --participant-label IXI546 --participant-label IXI565 --participant-label IXI577 \
   --participant-label IXI603 --participant-label IXI606
