@@ -3,6 +3,7 @@ model card's "Where the missing decibels are" table.
 
     python scripts/quick_paired_check.py HR_T1W.nii.gz BUNDLE... [--degradation NAME ...]
                                          [--slice-step 2] [--min-brain 0.05] [--brain-mask deepbet|none]
+                                         [--strength S ...]
 
 The HR scan is brought to RAS and normalized as ``ddasr-eval`` does, degraded in the sagittal plane
 with the same seeded draws (``--seed``, default 0, and the scan's ``sub-<label>`` key taken from the file
@@ -11,7 +12,10 @@ normalization, no tiling: a few minutes instead of ``ddasr-eval``'s whole volume
 0.1 dB of it). PSNR is scored inside deepbet's brain mask of the HR (cached next to the scan's name
 in ``--cache-dir``) and inside the head mask, on every ``--slice-step``-th sagittal slice with at least
 ``--min-brain`` brain, and printed with the difference to bicubic up-sampling of the same LR.
-``ddasr-eval`` remains the reference for reported numbers.
+``--strength`` (repeatable) adds, for every bundle, rows with its output blended with the bicubic
+up-sampling of the same LR slice at that network weight (the inference's ``strength``; the air is not
+treated apart, which changes nothing inside the brain). ``ddasr-eval`` remains the reference for
+reported numbers.
 """
 
 from __future__ import annotations
@@ -44,8 +48,9 @@ def brain_mask(hr_ras, method: str, cache: Path | None) -> np.ndarray | None:
     return mask
 
 
-def bundle_runner(bundle: str):
-    """Run a bundle's generator on one LR slice ``[h, w]`` -> ``[s*h, s*w]``."""
+def bundle_runner(bundle: str, strength: float = 1.0):
+    """Run a bundle's generator on one LR slice ``[h, w]`` -> ``[s*h, s*w]``, its output weighted by
+    ``strength`` against bicubic up-sampling."""
     import torch
 
     from ddasr_nipype.bundle import load_bundle
@@ -54,7 +59,12 @@ def bundle_runner(bundle: str):
 
     def run(x: np.ndarray) -> np.ndarray:
         with torch.no_grad():
-            return generator(torch.from_numpy(x[None, None])).numpy()[0, 0]
+            sr = generator(torch.from_numpy(x[None, None])).numpy()[0, 0]
+        if strength == 1.0:
+            return sr
+        from ddasr_nipype.degradations import bicubic_upsample
+
+        return strength * sr + (1.0 - strength) * bicubic_upsample(x, 2)
 
     return run
 
@@ -124,10 +134,13 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cache-dir", type=Path, default=REPO / "out" / "masks")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--strength", type=float, action="append", default=[],
+                        help="also each bundle blended with bicubic at this network weight (repeatable)")
     opts = parser.parse_args(argv)
+    runners = {f"{b}@{a:g}": bundle_runner(b, a) for b in opts.bundles for a in opts.strength}
     rows = check(opts.hr, opts.bundles, degradations=tuple(opts.degradation or ("kspace-rician",)),
                  slice_step=opts.slice_step, min_brain=opts.min_brain, mask_method=opts.brain_mask,
-                 seed=opts.seed, cache_dir=opts.cache_dir, threads=opts.threads)
+                 seed=opts.seed, cache_dir=opts.cache_dir, threads=opts.threads, runners=runners)
     for r in rows:
         print(f"{r['degradation']:<14} {r['method']:<40} n={r['n']:<4} brain {r['psnr_brain']:.3f} "
               f"({r['d_brain']:+.3f})  head {r['psnr_head']:.3f} ({r['d_head']:+.3f})", flush=True)

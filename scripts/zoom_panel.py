@@ -79,7 +79,7 @@ def main(argv=None) -> int:
     fig.suptitle(f"{opts.lr.name.split('.')[0]}, sagittal slice {index}", fontsize=9)
     fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=0.9, wspace=0.03, hspace=0.05)
     opts.out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(opts.out, dpi=110)
+    fig.savefig(opts.out, dpi=90)
     print(f"wrote {opts.out}")
     return 0
 

@@ -260,10 +260,14 @@ def test_quick_paired_check_scores_a_bicubic_generator_as_bicubic(tmp_path, hr_f
     threads = torch.get_num_threads()
     try:
         rows = script.check(hr_files["trio"], [str(bundle.path)],
-                            degradations=("bicubic", "kspace"), mask_method="none", slice_step=4)
+                            degradations=("bicubic", "kspace"), mask_method="none", slice_step=4,
+                            runners={"strength 0": script.bundle_runner(str(bundle.path), 0.0)})
     finally:
         torch.set_num_threads(threads)
-    assert [r["method"] for r in rows] == ["bicubic", str(bundle.path)] * 2
+    assert [r["method"] for r in rows] == ["bicubic", str(bundle.path), "strength 0"] * 2
+    # network weight 0 is bicubic up-sampling of the same LR slice, exactly
+    assert all(r["d_head"] == pytest.approx(0.0, abs=1e-6) for r in rows if r["method"] == "strength 0")
+    rows = [r for r in rows if r["method"] != "strength 0"]
     for base, model in (rows[0:2], rows[2:4]):
         assert base["n"] == model["n"] > 0 and base["d_head"] == 0.0
         assert 15 < base["psnr_head"] < 40 and math.isnan(base["psnr_brain"]) and math.isnan(model["d_brain"])
