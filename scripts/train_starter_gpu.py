@@ -31,8 +31,9 @@ Variants (``--variant``; default: the first four):
   are the next candidates for a GPU session.
 - ``nl-bic``, ``nl-mix``, ``nl-bic-d0b8``, ``nl-mix-d0b8``: generators with the noise-level input
   (``generator.noise_level_input``), ``srn.augment``, and noise on half the LR crops (sigma 0-4 %), L1 +
-  perceptual. ``nl-bic`` and ``nl-mix`` fine-tune the shipped ``ixi-t1w-x2`` (its generator widened by a
-  zero-initialised noise-level channel); the ``-d0b8`` ones train the full-resolution generator (32
+  perceptual. ``nl-bic`` and ``nl-mix`` fine-tune the previous starter (generator 4442dabc,
+  ``ixi-t1w-x2`` as of commit 0c0bea8; give it with ``--init nl-bic=BUNDLE``), its generator widened by
+  a zero-initialised noise-level channel; the ``-d0b8`` ones train the full-resolution generator (32
   features, no stride-2 stage, 8 RRDBs) from scratch. ``-bic``: classical bicubic pairs
   (``--degradation bicubic``, no DSN); ``-mix``: the DSN's pairs plus bicubic and realsr pairs of the
   same slices (``synthesis.mix``).
@@ -108,11 +109,16 @@ VARIANTS.update({
                        "srn": {**FULL_RES, "iterations": 2400, "restart_period": 2400,
                                "generator": {**FULL_RES["generator"], "num_feat": 48, "num_grow_ch": 24}}},
 })
-SHIPPED = REPO / "ddasr_nipype" / "resources" / "models" / "ixi-t1w-x2"
+#: variants that fine-tune a given generator (``--init VARIANT=BUNDLE``), and what it must be
+NEEDS_INIT = {
+    "nl-bic": "the previous starter (generator 4442dabc: ixi-t1w-x2 as of commit 0c0bea8), widened",
+    "nl-mix": "the previous starter (generator 4442dabc: ixi-t1w-x2 as of commit 0c0bea8), widened",
+    "nl-bic-d0b8-ft": "the bundle of variant nl-bic-d0b8",
+}
 #: command-line arguments of ``ddasr-train`` a variant adds (a ``--degradation`` variant uses no DSN)
 VARIANT_ARGS = {
-    "nl-bic": ("--degradation", "bicubic", "--init-generator", str(SHIPPED)),
-    "nl-mix": ("--init-generator", str(SHIPPED)),
+    "nl-bic": ("--degradation", "bicubic"),
+    "nl-mix": (),
     "nl-bic-d0b8": ("--degradation", "bicubic"),
     "nl-bic-d0b8-ft": ("--degradation", "bicubic"),
     "nl-bic-d0f48b8": ("--degradation", "bicubic"),
@@ -170,6 +176,11 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads per training process")
     parser.add_argument("--python", default=sys.executable)
     opts = parser.parse_args(argv)
+    inits = dict(item.split("=", 1) for item in opts.init or ())
+    missing = [f"--init {name}=BUNDLE ({NEEDS_INIT[name]})" for name in opts.variant or DEFAULT_VARIANTS
+               if name in NEEDS_INIT and name not in inits]
+    if missing:
+        parser.error("give " + "; ".join(missing))
 
     start = time.monotonic()
     end_training = start + opts.budget - opts.eval_reserve
@@ -184,7 +195,6 @@ def main(argv=None) -> int:
     base = yaml.safe_load(opts.preset.read_text())
     data = opts.data.resolve()
     lr_labels = sorted(p.name for p in (data / "lr").glob("sub-*") if p.name[4:] not in HELD_OUT_LR)
-    inits = dict(item.split("=", 1) for item in opts.init or ())
     log(f"variants {variants}; {len(lr_labels)} LR training subjects; budget {opts.budget:.0f} s", fh)
 
     def train_cmd(name: str, *extra: str) -> list[str]:

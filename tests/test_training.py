@@ -758,7 +758,7 @@ def test_match_intensity_takes_the_hr_contrast_and_keeps_the_lr_structure():
         match_intensity(PairSet([other_site], [hr], 2), levels=1)
 
 
-def test_every_gpu_starter_variant_is_a_valid_recipe():
+def test_every_gpu_starter_variant_is_a_valid_recipe(tmp_path):
     """scripts/train_starter_gpu.py runs unattended on a lent GPU: a misspelt key in one of its
     variants would only show there, after the DSN stage."""
     import yaml
@@ -768,10 +768,8 @@ def test_every_gpu_starter_variant_is_a_valid_recipe():
 
     script = load_script("train_starter_gpu")
     base = yaml.safe_load((PRESETS_DIR / "starter-gpu.yml").read_text())
-    from ddasr_nipype.bundle import load_bundle
     from ddasr_nipype.training.srn_trainer import build_generator_config
 
-    shipped = load_bundle("ixi-t1w-x2").generator_config.to_dict()
     for name in script.VARIANTS:
         preset = TrainingPreset.from_dict(script.variant_preset(name, base))
         noise_level = name.startswith("nl-")
@@ -779,8 +777,16 @@ def test_every_gpu_starter_variant_is_a_valid_recipe():
         assert preset.srn.generator.get("noise_level_input", False) == noise_level
         assert preset.srn.augment == (name.endswith("-aug") or noise_level)
         assert preset.srn.restart_period == preset.srn.iterations  # one cosine, annealed by the end
-        args = script.VARIANT_ARGS.get(name, ())
-        if "--init-generator" in args:  # the shipped generator, widened by the noise-level channel
-            assert args[args.index("--init-generator") + 1] == str(script.SHIPPED)
-            assert {**build_generator_config(preset).to_dict(), "noise_level_input": False} == shipped
-    assert set(script.VARIANT_ARGS) <= set(script.VARIANTS)
+        assert "--init-generator" not in script.VARIANT_ARGS.get(name, ())  # given with --init
+    assert set(script.VARIANT_ARGS) <= set(script.VARIANTS) and set(script.NEEDS_INIT) <= set(script.VARIANTS)
+    # the fine-tunes of the previous starter widen its generator (32 features, 2 stride-2 stages, 2 RRDBs,
+    # the residual): the same architecture as variant `res`, plus the noise-level channel
+    res = build_generator_config(TrainingPreset.from_dict(script.variant_preset("res", base))).to_dict()
+    for name in ("nl-bic", "nl-mix"):
+        config = build_generator_config(TrainingPreset.from_dict(script.variant_preset(name, base))).to_dict()
+        assert {**config, "noise_level_input": False} == res and config["noise_level_input"]
+    # and they refuse to start without the generator to widen
+    with pytest.raises(SystemExit):
+        script.main([str(tmp_path / "data"), str(tmp_path / "work"), "--pack", str(tmp_path / "pack"),
+                     "--variant", "nl-bic", "--skip-eval"])
+    assert not any(tmp_path.iterdir())  # refused before anything was written
