@@ -60,6 +60,16 @@ def test_sr_wf_graph():
     assert ("conform", "brain_extraction") in edges and ("conform", "super_resolve") in edges
 
 
+def test_sr_wf_methods_text_states_the_output_settings():
+    shipped = init_sr_wf(model="ixi-t1w-x2")  # the bundle recommends strength 0.4, the air from the input
+    assert "network weight 0.4" in shipped.__desc__ and "interpolation of the input was kept" in shipped.__desc__
+    alone = init_sr_wf(model="ixi-t1w-x2", strength=1.0, background="model")
+    assert "blended" not in alone.__desc__ and "was kept" not in alone.__desc__
+    node = alone.get_node("super_resolve")
+    assert (node.inputs.strength, node.inputs.background) == (1.0, "model")
+    assert "blended" not in init_sr_wf(model="/models/m").__desc__  # unreadable here: checked at run time
+
+
 def test_sr_wf_without_brain_extraction():
     wf = init_sr_wf(model="m", skip_brain_extraction=True)
     assert "brain_extraction" not in wf.list_node_names()

@@ -11,6 +11,29 @@ from niworkflows.engine.workflows import LiterateWorkflow as Workflow
 from ddasr_nipype.interfaces import BrainExtraction, Conform, Reslice, SuperResolve
 
 
+def _output_text(model, strength: float | None, background: str | None) -> str:
+    """The methods sentence on the output settings (empty for the network alone). The settings come from
+    the bundle unless given; a bundle that cannot be read here is checked when the node runs."""
+    from ddasr_nipype.bundle import load_bundle
+    from ddasr_nipype.errors import ModelBundleError
+    from ddasr_nipype.inference import DEFAULT_OUTPUT, output_settings
+
+    try:
+        bundle = load_bundle(model, verify=False)
+    except ModelBundleError:
+        bundle = None
+    settings = output_settings(bundle, strength=strength, background=background)
+    if settings == DEFAULT_OUTPUT:
+        return ""
+    text = ""
+    if settings["strength"] < 1.0:
+        text += (f" Inside the head, the network's output was blended with the bicubic interpolation of "
+                 f"the input (network weight {settings['strength']:g}).")
+    if settings["background"] == "input":
+        text += " Outside the head (dilated Otsu mask), the bicubic interpolation of the input was kept."
+    return text
+
+
 def init_sr_wf(
     *,
     model: str,
@@ -103,8 +126,9 @@ def init_sr_wf(
     workflow.__desc__ = f"""\
 The T1-weighted (T1w) image was validated (3D, finite, non-empty, sane voxel sizes) and reoriented to
 RAS without interpolation. It was then super-resolved with the DDASR super-resolution network [@ddasr]
-(model `{Path(str(model)).name}`) {plane_text}. Intensities were normalized with a percentile rule before the network
-and mapped back afterwards; the output keeps the input's field of view and orientation.{bet_text}
+(model `{Path(str(model)).name}`) {plane_text}.{_output_text(model, strength, background)} Intensities were
+normalized with a percentile rule before the network and mapped back afterwards; the output keeps the
+input's field of view and orientation.{bet_text}
 """
     inputnode = pe.Node(niu.IdentityInterface(fields=["t1w"]), name="inputnode")
     outputnode = pe.Node(
