@@ -169,10 +169,9 @@ class _Models:
     The label is the bundle's name; bundles that share a name (a fine-tune of a model keeps it by
     default) or take a baseline's name get their sha256 prefix added, so no row hides another.
     Each bundle runs with the output settings it recommends; with ``network_only`` a bundle that
-    recommends other settings than the network alone gets a second row, ``<label> (network only)``.
+    recommends other settings than the network alone gets a second row, ``<label> (network only)``,
+    whose settings are in :attr:`overrides`.
     """
-
-    NETWORK_ONLY = " (network only)"
 
     def __init__(self, names: Sequence[str], *, scale: int, plane: str, device: str,
                  network_only: bool = False):
@@ -180,6 +179,8 @@ class _Models:
         self.device = device
         #: ``(label, bundle)`` pairs in the order given
         self.labelled: list[tuple[str, Any]] = []
+        #: output settings of the rows that do not run with their bundle's recommendation
+        self.overrides: dict[str, dict[str, Any]] = {}
         if names:
             from collections import Counter
 
@@ -199,15 +200,17 @@ class _Models:
             if network_only:
                 from .inference import DEFAULT_OUTPUT, output_settings
 
-                self.labelled += [(label + self.NETWORK_ONLY, bundle) for label, bundle in self.labelled
-                                  if output_settings(bundle) != DEFAULT_OUTPUT]
+                for label, bundle in list(self.labelled):
+                    if output_settings(bundle) != DEFAULT_OUTPUT:
+                        self.labelled.append((f"{label} (network only)", bundle))
+                        self.overrides[f"{label} (network only)"] = DEFAULT_OUTPUT
 
     def super_resolve(self, bundle, img, label: str = "") -> np.ndarray:
         from .data.io import to_ras
-        from .inference import DEFAULT_OUTPUT, super_resolve_image
+        from .inference import super_resolve_image
 
-        settings = DEFAULT_OUTPUT if label.endswith(self.NETWORK_ONLY) else {}
-        out_img, _ = super_resolve_image(img, bundle, planes=self.plane, device=self.device, **settings)
+        out_img, _ = super_resolve_image(img, bundle, planes=self.plane, device=self.device,
+                                         **self.overrides.get(label, {}))
         return np.asarray(to_ras(out_img)[0].dataobj, dtype=np.float64)
 
 
@@ -468,7 +471,7 @@ def _table2_ds(config: EvaluationConfig, hr_scans: list[Scan], lr_scans: list[Sc
             rng = np.random.default_rng(_seed_sequence(config.seed, scan.key, name, "ds"))
             synthetic[name] = get_degradation(name, config.scale, axes=axes)(hr01, rng)[0]
         for label, bundle in models.labelled:
-            if label.endswith(models.NETWORK_ONLY):  # the same DSN: its output settings are the SRN's
+            if label in models.overrides:  # the same DSN again: output settings are the SRN's
                 continue
             if getattr(bundle, "has_dsn", False):
                 from .data.io import to_ras

@@ -188,20 +188,19 @@ def super_resolve_plane(
     n_slices, height, width = moved.shape
     if mask is not None and mask.shape != data.shape:
         raise ValueError(f"mask shape {mask.shape} differs from the volume's {data.shape}")
-    if not 0.0 <= strength <= 1.0:
-        raise ValueError(f"strength must be between 0 and 1, got {strength}")
+    strength = output_settings(strength=strength)["strength"]  # checked
     blend = strength < 1.0 or mask is not None
     mask_moved = None if mask is None else np.moveaxis(mask, axis, 0)
     out = np.empty((n_slices, height * scale, width * scale), dtype=np.float32)
     torch_device = resolve_device(device)
+    from .degradations import bicubic_upsample
+
     with torch.inference_mode():
         for start in range(0, n_slices, batch_size):
             chunk = np.ascontiguousarray(moved[start:start + batch_size], dtype=np.float32)
             batch = torch.from_numpy(chunk)[:, None].to(torch_device)
             sr = _run_tiled(generator, batch, scale, tile_size, tile_overlap)[:, 0].float().cpu().numpy()
             if blend:
-                from .degradations import bicubic_upsample
-
                 stop = start + len(chunk)
                 weight = _blend_weights(None if mask_moved is None else mask_moved[start:stop], strength,
                                         scale, sr.shape[1:])

@@ -13,8 +13,9 @@ from nipype.interfaces.base import (
 )
 from nipype.utils.filemanip import fname_presuffix
 
+from ..inference import BACKGROUNDS
+
 PLANES = ("sagittal", "coronal", "axial", "all")
-BACKGROUNDS = ("model", "input")  # ddasr_nipype.inference.BACKGROUNDS (not imported: torch-free)
 DEVICES = ("auto", "cpu", "cuda")
 
 
