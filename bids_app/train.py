@@ -62,7 +62,7 @@ _existing_file = click.Path(exists=True, dir_okay=False, path_type=Path)
 @click.option("--lr-participant-label", multiple=True, help="LR subjects to use (repeatable; 'sub-' optional).")
 @click.option("--dsn-from", type=click.Path(exists=True, path_type=Path), default=None,
               help="Skip stage 1: use the DSN of this bundle directory or DSN checkpoint.")
-@click.option("--degradation", type=click.Choice(["bicubic", "kspace", "realsr", "realesrgan"]), default=None,
+@click.option("--degradation", type=click.Choice(["bicubic", "kspace", "area", "realsr", "realesrgan"]), default=None,
               help="Skip the DSN: make the pairs with this classical degradation.")
 @click.option("--iterations-dsn", type=click.IntRange(min=1), default=None, help="Override the preset.")
 @click.option("--iterations-srn", type=click.IntRange(min=1), default=None, help="Override the preset.")

@@ -16,6 +16,7 @@ from ddasr_nipype.degradations import (
     RealSRDegradation,
     RicianNoise,
     anisotropic_gaussian_kernel,
+    area_downsample,
     bicubic_downsample,
     bicubic_upsample,
     bicubic_upsample_volume,
@@ -92,6 +93,21 @@ def test_kspace_truncation_rings_and_blurs_an_edge():
     assert lr[15] + lr[16] == pytest.approx(1.0, abs=1e-9)
     assert 0.02 < lr[15] < 0.1
     assert lr[17] > 1.005 and lr[14] > 0.005  # Gibbs ringing on both sides
+
+
+def test_area_averages_blocks_and_keeps_an_edge_sharper_than_bicubic():
+    x = np.random.default_rng(4).uniform(size=(7, 9))
+    lr = area_downsample(x, 2)
+    assert lr.shape == (4, 5)
+    assert lr[1, 2] == pytest.approx(x[2:4, 4:6].mean())
+    assert lr[3, 4] == pytest.approx(x[6, 8])  # the trailing partial block repeats the edge sample
+    assert lr[3, 1] == pytest.approx(x[6, 2:4].mean())
+    # an edge between HR 31 and 32 falls between LR blocks 15 and 16: a step with no transition
+    step = np.zeros((4, 64))
+    step[:, 32:] = 1.0
+    assert area_downsample(step, 2)[0, 14:18].tolist() == [0.0, 0.0, 1.0, 1.0]
+    assert 0.0 < bicubic_downsample(step, 2)[0, 16] < 1.0 or 0.0 < bicubic_downsample(step, 2)[0, 15] < 1.0
+    assert np.array_equal(get_degradation("area", 2)(x, 0)[0], lr)
 
 
 @pytest.mark.parametrize("degradation", [

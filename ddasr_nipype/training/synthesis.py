@@ -3,7 +3,7 @@
 With a trained DSN (:func:`synthesize_pairs`), each whole HR slice (centre-cropped to a multiple of
 ``scale x`` the DSN patch embedding, so the synthetic LR is exactly ``1/scale`` of it) is degraded with
 a randomly chosen real LR slice as the domain reference. With a classical degradation instead
-(:func:`degrade_pairs`, ``bicubic``, ``kspace``, ``realsr`` or ``realesrgan`` from
+(:func:`degrade_pairs`, ``bicubic``, ``kspace``, ``area``, ``realsr`` or ``realesrgan`` from
 :mod:`ddasr_nipype.degradations`) no DSN is needed. Pairs are stored losslessly
 (:meth:`~ddasr_nipype.training.datasets.PairSet.save`: uncompressed float32 ``.npz``), never as JPEG.
 """
@@ -17,7 +17,7 @@ from ddasr_nipype.training.datasets import PairSet, SliceSet, center_crop_to_mul
 __all__ = ["synthesize_pairs", "degrade_pairs", "combine_pairs", "denoise_targets", "match_intensity",
            "noise_sigma", "CLASSICAL_DEGRADATIONS"]
 
-CLASSICAL_DEGRADATIONS = ("bicubic", "kspace", "realsr", "realesrgan")
+CLASSICAL_DEGRADATIONS = ("bicubic", "kspace", "area", "realsr", "realesrgan")
 
 
 def synthesize_pairs(dsn, hr: SliceSet, lr: SliceSet, *, scale: int, rng: np.random.Generator,
