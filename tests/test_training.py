@@ -408,7 +408,7 @@ def test_srn_only_against_an_existing_dsn(tmp_path, hr_bids, lr_bids, slices, sm
 
 
 def test_synthesis_matches_intensities_and_mixes_classical_pairs(tmp_path, hr_bids, lr_bids, slices, smoke, vgg):
-    from ddasr_nipype.degradations import bicubic_downsample
+    from ddasr_nipype.degradations import area_downsample, bicubic_downsample
     from ddasr_nipype.training.config import SynthesisConfig
     from ddasr_nipype.training.datasets import PairSet
     from ddasr_nipype.training.pipeline import run_synthesis_stage
@@ -427,6 +427,13 @@ def test_synthesis_matches_intensities_and_mixes_classical_pairs(tmp_path, hr_bi
         assert np.percentile(pairs.lr[k][0], 90) == pytest.approx(np.percentile(ref, 90), abs=0.01)
         np.testing.assert_allclose(pairs.lr[n + k], np.stack([bicubic_downsample(np.clip(h, 0, 1), 2)
                                                                for h in pairs.hr[n + k]]), atol=1e-5)
+    # classical pairs (--degradation, no DSN) take the mix too
+    options = _options(hr_bids, lr_bids, tmp_path / "c", preset=smoke.replace(
+        synthesis=SynthesisConfig(mix=["area", "kspace"])), degradation="bicubic")
+    pairs = run_synthesis_stage(options, hr, None)
+    assert pairs.source == "bicubic|area|kspace" and len(pairs.lr) == 3 * n
+    np.testing.assert_allclose(pairs.lr[n], np.stack([area_downsample(np.clip(h, 0, 1), 2) for h in pairs.hr[n]]),
+                               atol=1e-6)
     with pytest.raises(ValueError, match="mix"):
         SynthesisConfig(mix=("jpeg",))
     with pytest.raises(ValueError, match="mix"):

@@ -169,8 +169,9 @@ class SynthesisConfig(_Config):
 
     ``mix`` (empty by default; not in the paper) names classical degradations
     (:data:`~ddasr_nipype.training.synthesis.CLASSICAL_DEGRADATIONS`) whose pairs of the same HR
-    slices are added to the DSN pairs, one set each, seeded: the DSN gives the real LR site's
-    degradation, the random classical ones make the SR robust to scans that are degraded otherwise.
+    slices are added to the pairs (the DSN's, or those of ``ddasr-train --degradation``), one set each,
+    seeded: the DSN gives the real LR site's degradation, the classical ones make the SR robust to
+    scans that are degraded otherwise.
     """
 
     batch_size: int = 4

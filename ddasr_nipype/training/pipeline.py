@@ -227,8 +227,8 @@ def run_synthesis_stage(options: TrainingOptions, hr: SliceSet, lr: SliceSet | N
                                  amp_dtype=precision_dtype(options.precision, device))
         if preset.synthesis.match_intensity:
             pairs = match_intensity(pairs)
-        pairs = combine_pairs(pairs, *(degrade_pairs(hr, name, scale=preset.data.scale, rng=rng)
-                                       for name in preset.synthesis.mix))
+    pairs = combine_pairs(pairs, *(degrade_pairs(hr, name, scale=preset.data.scale, rng=rng)
+                                   for name in preset.synthesis.mix))
     pairs = denoise_targets(pairs, preset.synthesis.denoise_targets)
     pairs.save(path)
     return pairs
