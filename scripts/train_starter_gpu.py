@@ -97,6 +97,7 @@ FULL_RES = {**NOISE_LEVEL, "iterations": 3600, "restart_period": 3600,
                           "num_bottleneck_blocks": 8}}
 MIX = {"mix": ["bicubic", "realsr"]}
 MULTI_FT = {**FULL_RES, "lr": 1.0e-4, "iterations": 4000, "restart_period": 4000}
+MULTI_FT_N8 = {**MULTI_FT, "lr_noise": {"probability": 0.5, "sigma": [0.0, 0.08]}}
 VARIANTS.update({
     "nl-bic": {"srn": FINE_TUNE},
     "nl-mix": {"synthesis": MIX, "srn": FINE_TUNE},
@@ -118,6 +119,11 @@ VARIANTS.update({
     "nl-ks-ft": {"data": {"hr_voxel_size": 1.0}, "synthesis": {"mix": ["kspace", "realsr"]}, "srn": MULTI_FT},
     "nl-area-ks-ft": {"data": {"hr_voxel_size": 1.0}, "synthesis": {"mix": ["area", "kspace", "realsr"]},
                       "srn": MULTI_FT},
+    # ``-n8``: LR noise up to 8 % as in the shipped generator's last (CPU) step; the three above
+    # (4 %) lost its gain on heavily degraded LR (realesrgan)
+    "nl-area-ft-n8": {"data": {"hr_voxel_size": 1.0}, "synthesis": {"mix": ["area", "realsr"]}, "srn": MULTI_FT_N8},
+    "nl-area-ks-ft-n8": {"data": {"hr_voxel_size": 1.0}, "synthesis": {"mix": ["area", "kspace", "realsr"]},
+                         "srn": MULTI_FT_N8},
 })
 #: variants that fine-tune a given generator (``--init VARIANT=BUNDLE``), and what it must be
 NEEDS_INIT = {
@@ -125,7 +131,7 @@ NEEDS_INIT = {
     "nl-mix": "the previous starter (generator 4442dabc: ixi-t1w-x2 as of commit 0c0bea8), widened",
     "nl-bic-d0b8-ft": "the bundle of variant nl-bic-d0b8",
     **{name: "the shipped starter (generator 12e1042e: ixi-t1w-x2 as of commit d138526)"
-       for name in ("nl-area-ft", "nl-ks-ft", "nl-area-ks-ft")},
+       for name in ("nl-area-ft", "nl-ks-ft", "nl-area-ks-ft", "nl-area-ft-n8", "nl-area-ks-ft-n8")},
 }
 #: command-line arguments of ``ddasr-train`` a variant adds (a ``--degradation`` variant uses no DSN)
 VARIANT_ARGS = {
@@ -137,6 +143,8 @@ VARIANT_ARGS = {
     "nl-area-ft": ("--degradation", "bicubic"),
     "nl-ks-ft": ("--degradation", "bicubic"),
     "nl-area-ks-ft": ("--degradation", "bicubic"),
+    "nl-area-ft-n8": ("--degradation", "bicubic"),
+    "nl-area-ks-ft-n8": ("--degradation", "bicubic"),
 }
 DEFAULT_VARIANTS = ("gan", "gan-light", "psnr", "psnr-nonoise")
 
