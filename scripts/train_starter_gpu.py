@@ -40,6 +40,11 @@ Variants (``--variant``; default: the first four):
 - ``nl-bic-d0b8-ft``: ``nl-bic-d0b8`` trained on (3000 more iterations at half the learning rate; give the
   bundle to start from with ``--init nl-bic-d0b8-ft=BUNDLE``); ``nl-bic-d0f48b8``: the same from scratch
   with 48 features.
+- ``nl-area-ft``, ``nl-ks-ft``, ``nl-area-ks-ft`` and the ``-n8`` ones: the shipped generator (12e1042e; give
+  it with ``--init VARIANT=ixi-t1w-x2``) fine-tuned for 4000 iterations on bicubic pairs plus the same
+  slices degraded otherwise (``synthesis.mix``): area averaging and/or k-space truncation, and realsr
+  blurs; ``-n8`` with LR noise up to 8 %. On sub-otsu (training data) they trade 0.1 dB on bicubic LR and
+  0.1-0.3 dB on realesrgan LR for 0.4 dB on area LR; none was shipped (model card, "Tried and not shipped").
 
 With ``--dsn-from`` (a DSN checkpoint or bundle of an earlier run) no DSN is trained and every
 variant starts at once.
