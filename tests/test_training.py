@@ -792,6 +792,14 @@ def test_every_gpu_starter_variant_is_a_valid_recipe(tmp_path):
     for name in ("nl-bic", "nl-mix"):
         config = build_generator_config(TrainingPreset.from_dict(script.variant_preset(name, base))).to_dict()
         assert {**config, "noise_level_input": False} == res and config["noise_level_input"]
+    # the multi-degradation fine-tunes start from the shipped generator as it is: same architecture
+    from ddasr_nipype.bundle import load_bundle
+
+    shipped = load_bundle("ixi-t1w-x2").manifest["files"]["srn.pt"]["config"]
+    for name in ("nl-area-ft", "nl-ks-ft", "nl-area-ks-ft", "nl-area-ft-n8", "nl-area-ks-ft-n8"):
+        preset = TrainingPreset.from_dict(script.variant_preset(name, base))
+        assert build_generator_config(preset).to_dict() == shipped and name in script.NEEDS_INIT
+        assert script.classical(name) and set(preset.synthesis.mix) <= {"area", "kspace", "realsr"}
     # and they refuse to start without the generator to widen
     with pytest.raises(SystemExit):
         script.main([str(tmp_path / "data"), str(tmp_path / "work"), "--pack", str(tmp_path / "pack"),
