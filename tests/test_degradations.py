@@ -201,9 +201,21 @@ def test_kspace_rician_is_truncation_plus_replayable_noise(hr_slice):
 
 
 def test_cli_lists_every_degradation():
+    import re
+    from pathlib import Path
+
     from ddasr_nipype.bids_app.evaluate import DEGRADATION_NAMES
+    from ddasr_nipype.bids_app.train import main as train_cli
+    from ddasr_nipype.training.synthesis import CLASSICAL_DEGRADATIONS
 
     assert sorted(DEGRADATION_NAMES) == sorted(DEGRADATIONS)
+    choices = next(p.type.choices for p in train_cli.params if p.name == "degradation")
+    assert sorted(choices) == sorted(CLASSICAL_DEGRADATIONS)
+    assert set(CLASSICAL_DEGRADATIONS) <= set(DEGRADATIONS)
+    # the held-out evaluation script asks only for degradations ddasr-eval knows
+    script = (Path(__file__).resolve().parents[1] / "scripts" / "evaluate_starter.sh").read_text()
+    asked = re.findall(r"--degradation (\S+)", script)
+    assert {"kspace-rician", "area"} <= set(asked) <= set(DEGRADATION_NAMES)
 
 
 def test_light_modules_list_every_no_reference_metric():
