@@ -657,14 +657,14 @@ class KSpaceRicianDegradation(Degradation):
 
 #: Down-sampling degradations by name (``rician`` keeps the grid and is not listed here).
 DEGRADATIONS: dict[str, type[Degradation]] = {
-    cls.name: cls for cls in (BicubicDegradation, KSpaceDegradation, AreaDegradation, RealSRDegradation, RealESRGANDegradation,
-                              KSpaceRicianDegradation)
+    cls.name: cls for cls in (BicubicDegradation, KSpaceDegradation, AreaDegradation, RealSRDegradation,
+                              RealESRGANDegradation, KSpaceRicianDegradation)
 }
 
 
 def get_degradation(name: str, scale: int = 2, *, axes: tuple[int, ...] = (-2, -1), **kwargs) -> Degradation:
-    """Build the down-sampling degradation ``name`` (``bicubic``, ``kspace``, ``area``, ``kspace-rician``, ``realsr``,
-    ``realesrgan``)."""
+    """Build the down-sampling degradation ``name`` (``bicubic``, ``kspace``, ``area``, ``kspace-rician``,
+    ``realsr``, ``realesrgan``)."""
     if name not in DEGRADATIONS:
         raise ValueError(f"unknown degradation {name!r}; choose from {sorted(DEGRADATIONS)}")
     return DEGRADATIONS[name](scale, axes=axes, **kwargs)

@@ -115,28 +115,28 @@ VARIANTS.update({
     "nl-bic-d0f48b8": {"data": {"hr_voxel_size": 1.0},
                        "srn": {**FULL_RES, "iterations": 2400, "restart_period": 2400,
                                "generator": {**FULL_RES["generator"], "num_feat": 48, "num_grow_ch": 24}}},
-    # sixth: the shipped generator (12e1042e) fine-tuned on several down-samplings at once. It gains
-    # 1.4 dB in the brain on bicubic LR but only 0.4 dB on k-space-truncated LR, clean or noisy: it has
-    # learnt bicubic's anti-aliasing blur. Every HR slice is degraded once per listed degradation.
-    # ``-area``: + area (box) averaging and realsr blurs, k-space truncation kept unseen;
-    # ``-ks``: + k-space truncation and realsr blurs; ``-area-ks``: all four.
-    "nl-area-ft": {"data": {"hr_voxel_size": 1.0}, "synthesis": {"mix": ["area", "realsr"]}, "srn": MULTI_FT},
-    "nl-ks-ft": {"data": {"hr_voxel_size": 1.0}, "synthesis": {"mix": ["kspace", "realsr"]}, "srn": MULTI_FT},
-    "nl-area-ks-ft": {"data": {"hr_voxel_size": 1.0}, "synthesis": {"mix": ["area", "kspace", "realsr"]},
-                      "srn": MULTI_FT},
-    # ``-n8``: LR noise up to 8 % as in the shipped generator's last (CPU) step; the three above
-    # (4 %) lost its gain on heavily degraded LR (realesrgan)
-    "nl-area-ft-n8": {"data": {"hr_voxel_size": 1.0}, "synthesis": {"mix": ["area", "realsr"]}, "srn": MULTI_FT_N8},
-    "nl-area-ks-ft-n8": {"data": {"hr_voxel_size": 1.0}, "synthesis": {"mix": ["area", "kspace", "realsr"]},
-                         "srn": MULTI_FT_N8},
 })
+# sixth: the shipped generator (12e1042e) fine-tuned on several down-samplings at once. It gains 1.4 dB
+# in the brain on bicubic LR but only 0.4 dB on k-space-truncated LR, clean or noisy: it has learnt
+# bicubic's anti-aliasing blur. Every HR slice is degraded once per listed degradation, on top of the
+# bicubic pairs. ``-area``: area (box) averaging, k-space truncation kept unseen; ``-ks``: k-space
+# truncation; ``-area-ks``: both; realsr blurs in all. ``-n8``: LR noise up to 8 % as in the shipped
+# generator's last (CPU) step; with 4 % they lost its gain on heavily degraded LR (realesrgan).
+MULTI_DEGRADATION = {
+    "nl-area-ft": (["area", "realsr"], MULTI_FT),
+    "nl-ks-ft": (["kspace", "realsr"], MULTI_FT),
+    "nl-area-ks-ft": (["area", "kspace", "realsr"], MULTI_FT),
+    "nl-area-ft-n8": (["area", "realsr"], MULTI_FT_N8),
+    "nl-area-ks-ft-n8": (["area", "kspace", "realsr"], MULTI_FT_N8),
+}
+VARIANTS.update({name: {"data": {"hr_voxel_size": 1.0}, "synthesis": {"mix": mix}, "srn": srn}
+                 for name, (mix, srn) in MULTI_DEGRADATION.items()})
 #: variants that fine-tune a given generator (``--init VARIANT=BUNDLE``), and what it must be
 NEEDS_INIT = {
     "nl-bic": "the previous starter (generator 4442dabc: ixi-t1w-x2 as of commit 0c0bea8), widened",
     "nl-mix": "the previous starter (generator 4442dabc: ixi-t1w-x2 as of commit 0c0bea8), widened",
     "nl-bic-d0b8-ft": "the bundle of variant nl-bic-d0b8",
-    **{name: "the shipped starter (generator 12e1042e: ixi-t1w-x2 as of commit d138526)"
-       for name in ("nl-area-ft", "nl-ks-ft", "nl-area-ks-ft", "nl-area-ft-n8", "nl-area-ks-ft-n8")},
+    **dict.fromkeys(MULTI_DEGRADATION, "the shipped starter (generator 12e1042e: ixi-t1w-x2 as of commit d138526)"),
 }
 #: command-line arguments of ``ddasr-train`` a variant adds (a ``--degradation`` variant uses no DSN)
 VARIANT_ARGS = {
@@ -145,11 +145,7 @@ VARIANT_ARGS = {
     "nl-bic-d0b8": ("--degradation", "bicubic"),
     "nl-bic-d0b8-ft": ("--degradation", "bicubic"),
     "nl-bic-d0f48b8": ("--degradation", "bicubic"),
-    "nl-area-ft": ("--degradation", "bicubic"),
-    "nl-ks-ft": ("--degradation", "bicubic"),
-    "nl-area-ks-ft": ("--degradation", "bicubic"),
-    "nl-area-ft-n8": ("--degradation", "bicubic"),
-    "nl-area-ks-ft-n8": ("--degradation", "bicubic"),
+    **dict.fromkeys(MULTI_DEGRADATION, ("--degradation", "bicubic")),
 }
 DEFAULT_VARIANTS = ("gan", "gan-light", "psnr", "psnr-nonoise")
 
