@@ -224,3 +224,22 @@ def test_light_modules_list_every_no_reference_metric():
     from ddasr_nipype.metrics.volume import NO_REFERENCE_METRICS
 
     assert evaluate.NO_REFERENCE_METRICS == metrics.NO_REFERENCE_METRICS == NO_REFERENCE_METRICS
+
+
+def test_the_sinc_probe_restores_exactly_what_kspace_truncation_keeps():
+    """scripts/probes/sinc_interpolation.py (a model-card figure): zero-filled k-space interpolation on the
+    field-of-view preserving grid is the inverse of k-space truncation for the frequencies it keeps."""
+    from _scripts import load_script
+
+    zero_fill = load_script("probes/sinc_interpolation").zero_fill
+    rng = np.random.default_rng(0)
+    lr = (1.0 + rng.random((21, 25))).astype(np.float32)  # odd sizes: no Nyquist bin to split
+    hr = zero_fill(lr)
+    assert hr.shape == (42, 50)
+    np.testing.assert_allclose(kspace_truncation(hr, 2), lr, atol=1e-5)
+    assert hr.mean() == pytest.approx(lr.mean(), rel=1e-5)
+    # a half-pixel error in the grid would move a smooth ramp: it must stay centred on the LR samples
+    ramp = np.broadcast_to(np.cos(np.linspace(0, np.pi, 21, endpoint=False))[:, None], (21, 25)).astype(np.float32)
+    up = zero_fill(ramp)
+    np.testing.assert_allclose(up[::2].mean(axis=1)[1:-1] + up[1::2].mean(axis=1)[1:-1],
+                               2 * ramp[1:-1, 0], atol=0.05)
