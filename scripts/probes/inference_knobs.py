@@ -109,7 +109,7 @@ def main(argv=None) -> int:
     parser.add_argument("--cache-dir", type=Path, default=REPO / "out" / "masks")
     opts = parser.parse_args(argv)
 
-    from quick_paired_check import check
+    from quick_paired_check import check, print_rows
 
     from ddasr_nipype.bundle import load_bundle
 
@@ -119,9 +119,7 @@ def main(argv=None) -> int:
     values = [1.0, 4.0, 8.0] if opts.probe == "ensemble" else [float(v) for v in opts.values.split(",")]
     rows = check(opts.hr, [], degradations=tuple(opts.degradation or ("kspace-rician",)), slice_step=4,
                  cache_dir=opts.cache_dir, threads=2, runners=runners(opts.probe, values, generator))
-    for r in rows:
-        print(f"{r['degradation']:14s} {r['method']:28s} brain {r['psnr_brain']:.3f} ({r['d_brain']:+.3f}) "
-              f"head {r['psnr_head']:.3f} ({r['d_head']:+.3f})")
+    print_rows(rows, width=28)
     return 0
 
 

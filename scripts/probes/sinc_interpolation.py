@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))
 
-from quick_paired_check import check  # noqa: E402
+from quick_paired_check import check, print_rows  # noqa: E402
 
 
 def zero_fill(x: np.ndarray, scale: int = 2) -> np.ndarray:
@@ -47,9 +47,7 @@ def main(argv=None) -> int:
     degradations = tuple(argv[1].split(",")) if len(argv) > 1 else ("kspace", "kspace-rician", "bicubic")
     rows = check(Path(argv[0]), [], degradations=degradations, slice_step=4, threads=2,
                  cache_dir=REPO / "out" / "masks", runners={"zero-filled k-space": zero_fill})
-    for r in rows:
-        print(f"{r['degradation']:<14} {r['method']:<22} brain {r['psnr_brain']:.3f} ({r['d_brain']:+.3f})  "
-              f"head {r['psnr_head']:.3f} ({r['d_head']:+.3f})", flush=True)
+    print_rows(rows, width=22)
     return 0
 
 
