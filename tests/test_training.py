@@ -796,7 +796,7 @@ def test_every_gpu_starter_variant_is_a_valid_recipe(tmp_path):
     from ddasr_nipype.bundle import load_bundle
 
     shipped = load_bundle("ixi-t1w-x2").manifest["files"]["srn.pt"]["config"]
-    for name in ("nl-area-ft", "nl-ks-ft", "nl-area-ks-ft", "nl-area-ft-n8", "nl-area-ks-ft-n8"):
+    for name in script.MULTI_DEGRADATION:
         preset = TrainingPreset.from_dict(script.variant_preset(name, base))
         assert build_generator_config(preset).to_dict() == shipped and name in script.NEEDS_INIT
         assert script.classical(name) and set(preset.synthesis.mix) <= {"area", "kspace", "realsr"}

@@ -91,9 +91,10 @@ def runners(probe: str, values: list[float], generator) -> dict:
         elif probe == "ensemble":
             make, label = (lambda x, n=int(value): (x, network(x, copies=n))), f"{int(value)} copies"
         else:
-            out[f"nlm h={value:g}, bicubic"] = lambda x, h=value: bicubic_upsample(nlm(x, h), 2)
             make, label = (lambda x, h=value: nlm_then_network(x, h)), f"nlm h={value:g}"
-        make = cached(make)  # one network run per slice for all strengths
+        make = cached(make)  # one NLM and network run per slice for all rows
+        if probe == "nlm":
+            out[f"{label}, bicubic"] = lambda x, make=make: bicubic_upsample(make(x)[0], 2)
         for strength in STRENGTHS:
             out[f"{label}, strength {strength:g}"] = blended(make, strength)
     return out
