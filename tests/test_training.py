@@ -125,6 +125,30 @@ def test_prepared_slices_match_the_x2_target(slices, smoke, hr_files):
     assert patches.shape == (5, 1, 32, 32) and patches.dtype == np.float32
 
 
+def test_hr_extra_planes_add_the_other_planes_of_the_same_resampled_volume(hr_files, smoke):
+    from ddasr_nipype.data.io import load_volume, to_ras
+    from ddasr_nipype.data.slicing import isotropic_resample
+    from ddasr_nipype.training.datasets import prepare_hr_stacks, prepare_volume_slices
+
+    cfg = smoke.data.replace(hr_extra_planes=["axial", "coronal"], min_brain_fraction=0.0)
+    assert cfg.hr_extra_planes == ("axial", "coronal")
+    assert TrainingPreset.from_dict(smoke.replace(data=cfg).to_dict()).data == cfg
+    stacks = prepare_hr_stacks(hr_files["forrest"], cfg, voxel_size=1.0)
+    assert [s.name for s in stacks] == ["sub-forrest_T1w", "sub-forrest_T1w_axial", "sub-forrest_T1w_coronal"]
+    # the sagittal stack is what the single-plane path gives; the others slice the same normalised volume
+    single = prepare_volume_slices(hr_files["forrest"], cfg, voxel_size=1.0)
+    np.testing.assert_array_equal(stacks[0].slices, single.slices)
+    ras = np.asarray(isotropic_resample(to_ras(load_volume(hr_files["forrest"]))[0], 1.0).dataobj, np.float32)
+    vol = stacks[0].slices  # [x, y, z]: every sagittal slice kept (min_brain_fraction 0)
+    assert vol.shape == ras.shape
+    np.testing.assert_array_equal(stacks[1].slices, np.moveaxis(vol, 2, 0))  # axial: vol[:, :, k]
+    np.testing.assert_array_equal(stacks[2].slices, np.moveaxis(vol, 1, 0))  # coronal: vol[:, j, :]
+    assert all(s.voxel_size == 1.0 and s.normalization == stacks[0].normalization for s in stacks)
+    for bad in (["sagittal"], ["axial", "axial"], ["oblique"]):
+        with pytest.raises(ValueError, match="hr_extra_planes"):
+            smoke.data.replace(hr_extra_planes=bad)
+
+
 def test_bids_queries_with_filters_and_labels(tmp_path, hr_bids):
     from ddasr_nipype.training.datasets import load_filters
 

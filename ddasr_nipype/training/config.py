@@ -101,6 +101,10 @@ class DataConfig(_Config):
         Slices whose foreground fraction is below this are skipped (edge slices, air).
     min_patch_fraction
         A random patch is redrawn (a few times) while its foreground fraction is below this.
+    hr_extra_planes
+        Further planes whose slices of the (isotropically resampled) HR volumes join the HR set, e.g.
+        ``[coronal, axial]`` for three times as many distinct HR slices of the same subjects. The LR
+        data are still sliced in ``plane`` only, and so is inference.
     """
 
     plane: str = "sagittal"
@@ -110,10 +114,16 @@ class DataConfig(_Config):
     foreground_threshold: float = 0.1
     min_brain_fraction: float = 0.15
     min_patch_fraction: float = 0.1
+    hr_extra_planes: tuple[str, ...] = ()
 
     def __post_init__(self):
         if self.plane not in PLANES:
             raise ValueError(f"DataConfig: plane must be one of {PLANES}, got {self.plane!r}")
+        extra = tuple(self.hr_extra_planes)
+        if any(p not in PLANES for p in extra) or self.plane in extra or len(set(extra)) != len(extra):
+            raise ValueError(f"DataConfig: hr_extra_planes must be distinct planes of {PLANES} other than "
+                             f"plane {self.plane!r}, got {list(extra)}")
+        object.__setattr__(self, "hr_extra_planes", extra)
         if int(self.scale) != self.scale or self.scale < 2:
             raise ValueError(f"DataConfig: scale must be an integer >= 2, got {self.scale!r}")
         lo, hi = self.percentiles

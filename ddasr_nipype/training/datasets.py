@@ -31,6 +31,7 @@ __all__ = [
     "find_t1w",
     "load_filters",
     "prepare_volume_slices",
+    "prepare_hr_stacks",
     "prepare_datasets",
     "center_crop_to_multiple",
 ]
@@ -365,14 +366,11 @@ def _inplane_voxel(img, plane: str) -> float:
     return float(np.mean([zooms[a] for a in inplane_axes(plane)]))
 
 
-def prepare_volume_slices(path: str | Path, cfg: DataConfig, *, voxel_size: float | None = None) -> SliceStack:
-    """Load, reorient to RAS, optionally resample to isotropic ``voxel_size``, normalise and slice.
-
-    Slices whose foreground fraction is below ``cfg.min_brain_fraction`` are dropped.
-    """
+def _load_normalised(path: str | Path, cfg: DataConfig, voxel_size: float | None):
+    """``(RAS data, normalisation, native in-plane voxel size)`` of one volume, resampled when asked."""
     from ddasr_nipype.data.io import load_volume, to_ras
     from ddasr_nipype.data.normalize import fit_normalization
-    from ddasr_nipype.data.slicing import extract_slices, isotropic_resample
+    from ddasr_nipype.data.slicing import isotropic_resample
 
     img, _ = to_ras(load_volume(path))
     native = _inplane_voxel(img, cfg.plane)
@@ -383,15 +381,36 @@ def prepare_volume_slices(path: str | Path, cfg: DataConfig, *, voxel_size: floa
             img = isotropic_resample(img, voxel_size)
     data = np.asarray(img.dataobj, dtype=np.float32)
     norm = fit_normalization(data, percentiles=tuple(cfg.percentiles), path=path)
-    data = np.asarray(norm.apply(data), dtype=np.float32)
-    slices = np.ascontiguousarray(extract_slices(data, cfg.plane))
+    return np.asarray(norm.apply(data), dtype=np.float32), norm, native
+
+
+def _stack(path, data, norm, cfg: DataConfig, plane: str, voxel_size: float, name: str) -> SliceStack:
+    from ddasr_nipype.data.slicing import extract_slices
+
+    slices = np.ascontiguousarray(extract_slices(data, plane))
     keep = _stack_fraction(slices, cfg.foreground_threshold) >= cfg.min_brain_fraction
-    return SliceStack(
-        name=Path(path).name.split(".")[0],
-        slices=slices[keep],
-        voxel_size=float(voxel_size if voxel_size is not None else native),
-        normalization=norm.to_dict() if hasattr(norm, "to_dict") else {},
-    )
+    return SliceStack(name=name, slices=slices[keep], voxel_size=float(voxel_size),
+                      normalization=norm.to_dict() if hasattr(norm, "to_dict") else {})
+
+
+def prepare_volume_slices(path: str | Path, cfg: DataConfig, *, voxel_size: float | None = None) -> SliceStack:
+    """Load, reorient to RAS, optionally resample to isotropic ``voxel_size``, normalise and slice.
+
+    Slices whose foreground fraction is below ``cfg.min_brain_fraction`` are dropped.
+    """
+    data, norm, native = _load_normalised(path, cfg, voxel_size)
+    return _stack(path, data, norm, cfg, cfg.plane, voxel_size if voxel_size is not None else native,
+                  Path(path).name.split(".")[0])
+
+
+def prepare_hr_stacks(path: str | Path, cfg: DataConfig, *, voxel_size: float) -> list[SliceStack]:
+    """The HR stacks of one volume resampled to isotropic ``voxel_size``: ``cfg.plane`` first, then each
+    of ``cfg.hr_extra_planes`` (stack names ``<file>_<plane>``). One load, one normalisation."""
+    data, norm, _ = _load_normalised(path, cfg, voxel_size)
+    name = Path(path).name.split(".")[0]
+    stacks = [_stack(path, data, norm, cfg, cfg.plane, voxel_size, name)]
+    stacks += [_stack(path, data, norm, cfg, plane, voxel_size, f"{name}_{plane}") for plane in cfg.hr_extra_planes]
+    return stacks
 
 
 def prepare_datasets(hr_files: Sequence[Path], lr_files: Sequence[Path], cfg: DataConfig
@@ -439,7 +458,7 @@ def prepare_datasets(hr_files: Sequence[Path], lr_files: Sequence[Path], cfg: Da
             f"hr_voxel_size {hr_voxel:.3g} mm x scale {cfg.scale} does not match the LR voxel size "
             f"{lr_voxel:.3g} mm"
         )
-    hr = SliceSet([prepare_volume_slices(f, cfg, voxel_size=hr_voxel) for f in hr_files])
+    hr = SliceSet([s for f in hr_files for s in prepare_hr_stacks(f, cfg, voxel_size=hr_voxel)])
     lr = SliceSet([prepare_volume_slices(f, cfg) for f in lr_files])
     summary = {
         "hr_files": [str(f) for f in hr_files],
