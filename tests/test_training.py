@@ -149,6 +149,16 @@ def test_hr_extra_planes_add_the_other_planes_of_the_same_resampled_volume(hr_fi
             smoke.data.replace(hr_extra_planes=bad)
 
 
+def test_the_three_plane_experiment_differs_from_its_control_only_in_the_hr_planes():
+    """scripts/probes/3planes.yml and its control (a model-card experiment) stay a controlled pair."""
+    exp = load_preset(REPO / "scripts" / "probes" / "3planes.yml")
+    control = load_preset(REPO / "scripts" / "probes" / "3planes-control.yml")
+    assert exp.data.hr_extra_planes == ("coronal", "axial") and control.data.hr_extra_planes == ()
+    assert exp.data.replace(hr_extra_planes=()) == control.data
+    assert (exp.srn, exp.synthesis) == (control.srn, control.synthesis)
+    assert exp.srn.iterations == exp.srn.restart_period == 1500
+
+
 def test_bids_queries_with_filters_and_labels(tmp_path, hr_bids):
     from ddasr_nipype.training.datasets import load_filters
 
