@@ -366,11 +366,13 @@ def _inplane_voxel(img, plane: str) -> float:
     return float(np.mean([zooms[a] for a in inplane_axes(plane)]))
 
 
-def _load_normalised(path: str | Path, cfg: DataConfig, voxel_size: float | None):
-    """``(RAS data, normalisation, native in-plane voxel size)`` of one volume, resampled when asked."""
+def _prepare_stacks(path: str | Path, cfg: DataConfig, planes: Sequence[str], voxel_size: float | None
+                    ) -> list[SliceStack]:
+    """One load, reorientation, resampling and normalisation of a volume; one stack per plane (the
+    first named after the file, the others ``<file>_<plane>``)."""
     from ddasr_nipype.data.io import load_volume, to_ras
     from ddasr_nipype.data.normalize import fit_normalization
-    from ddasr_nipype.data.slicing import isotropic_resample
+    from ddasr_nipype.data.slicing import extract_slices, isotropic_resample
 
     img, _ = to_ras(load_volume(path))
     native = _inplane_voxel(img, cfg.plane)
@@ -381,16 +383,19 @@ def _load_normalised(path: str | Path, cfg: DataConfig, voxel_size: float | None
             img = isotropic_resample(img, voxel_size)
     data = np.asarray(img.dataobj, dtype=np.float32)
     norm = fit_normalization(data, percentiles=tuple(cfg.percentiles), path=path)
-    return np.asarray(norm.apply(data), dtype=np.float32), norm, native
-
-
-def _stack(path, data, norm, cfg: DataConfig, plane: str, voxel_size: float, name: str) -> SliceStack:
-    from ddasr_nipype.data.slicing import extract_slices
-
-    slices = np.ascontiguousarray(extract_slices(data, plane))
-    keep = _stack_fraction(slices, cfg.foreground_threshold) >= cfg.min_brain_fraction
-    return SliceStack(name=name, slices=slices[keep], voxel_size=float(voxel_size),
-                      normalization=norm.to_dict() if hasattr(norm, "to_dict") else {})
+    data = np.asarray(norm.apply(data), dtype=np.float32)
+    name = Path(path).name.split(".")[0]
+    stacks = []
+    for k, plane in enumerate(planes):
+        slices = np.ascontiguousarray(extract_slices(data, plane))
+        keep = _stack_fraction(slices, cfg.foreground_threshold) >= cfg.min_brain_fraction
+        stacks.append(SliceStack(
+            name=name if k == 0 else f"{name}_{plane}",
+            slices=slices[keep],
+            voxel_size=float(voxel_size if voxel_size is not None else native),
+            normalization=norm.to_dict() if hasattr(norm, "to_dict") else {},
+        ))
+    return stacks
 
 
 def prepare_volume_slices(path: str | Path, cfg: DataConfig, *, voxel_size: float | None = None) -> SliceStack:
@@ -398,19 +403,13 @@ def prepare_volume_slices(path: str | Path, cfg: DataConfig, *, voxel_size: floa
 
     Slices whose foreground fraction is below ``cfg.min_brain_fraction`` are dropped.
     """
-    data, norm, native = _load_normalised(path, cfg, voxel_size)
-    return _stack(path, data, norm, cfg, cfg.plane, voxel_size if voxel_size is not None else native,
-                  Path(path).name.split(".")[0])
+    return _prepare_stacks(path, cfg, (cfg.plane,), voxel_size)[0]
 
 
 def prepare_hr_stacks(path: str | Path, cfg: DataConfig, *, voxel_size: float) -> list[SliceStack]:
     """The HR stacks of one volume resampled to isotropic ``voxel_size``: ``cfg.plane`` first, then each
-    of ``cfg.hr_extra_planes`` (stack names ``<file>_<plane>``). One load, one normalisation."""
-    data, norm, _ = _load_normalised(path, cfg, voxel_size)
-    name = Path(path).name.split(".")[0]
-    stacks = [_stack(path, data, norm, cfg, cfg.plane, voxel_size, name)]
-    stacks += [_stack(path, data, norm, cfg, plane, voxel_size, f"{name}_{plane}") for plane in cfg.hr_extra_planes]
-    return stacks
+    of ``cfg.hr_extra_planes`` (stack names ``<file>_<plane>``), from one load and normalisation."""
+    return _prepare_stacks(path, cfg, (cfg.plane, *cfg.hr_extra_planes), voxel_size)
 
 
 def prepare_datasets(hr_files: Sequence[Path], lr_files: Sequence[Path], cfg: DataConfig
