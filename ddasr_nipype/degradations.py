@@ -62,6 +62,7 @@ __all__ = [
     "bicubic_upsample",
     "bicubic_upsample_volume",
     "kspace_truncation",
+    "kspace_resample",
     "anisotropic_gaussian_kernel",
     "blur",
     "realsr_degradation",
@@ -241,10 +242,24 @@ def kspace_truncation(x: np.ndarray, scale: int = 2, *, axes: tuple[int, ...] = 
     axes = _check_axes(x, axes)
     if scale == 1:
         return x.copy()
+    return kspace_resample(x, [math.ceil(x.shape[a] / scale) for a in axes], axes=axes)
+
+
+def kspace_resample(x: np.ndarray, sizes, *, axes: tuple[int, ...] = (-2, -1)) -> np.ndarray:
+    """Keep the central ``m`` frequencies along each of ``axes`` (``sizes``: one ``m <= n`` per axis).
+
+    The magnitude image of a scan of the same field of view with ``m`` samples (voxels ``n / m``
+    times larger), on the field-of-view preserving grid; :func:`kspace_truncation` is the integer
+    case ``m = ceil(n / scale)``.
+    """
+    x = _check_image(x)
+    axes = _check_axes(x, axes)
+    sizes = [int(m) for m in sizes]
+    if len(sizes) != len(axes) or any(not 1 <= m <= x.shape[a] for m, a in zip(sizes, axes)):
+        raise ValueError(f"sizes {sizes} must give one size in 1..n for each of the axes {axes} of {x.shape}")
     spectrum = np.fft.fftn(x, axes=axes)
-    for axis in axes:
+    for axis, m in zip(axes, sizes):
         n = x.shape[axis]
-        m = math.ceil(n / scale)
         shift = 0.5 * n / m - 0.5
         freqs = np.fft.fftfreq(n)  # cycles per sample
         ramp = np.exp(2j * np.pi * freqs * shift).reshape([-1 if a == axis else 1 for a in range(x.ndim)])

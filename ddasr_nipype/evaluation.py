@@ -46,7 +46,7 @@ from .metrics.volume import (
 )
 
 __all__ = ["EvaluationConfig", "run_evaluation", "find_scans", "compare_methods", "format_markdown",
-           "quality_metrics_file"]
+           "quality_metrics_file", "crop_to_scale"]
 
 
 
@@ -148,6 +148,18 @@ def _load_ras(path: Path):
     img = load_volume(path)
     img_ras, _ = to_ras(img)
     return img, img_ras, np.asarray(img_ras.dataobj, dtype=np.float64)
+
+
+def crop_to_scale(img, axes: Sequence[int], scale: int):
+    """Crop the far end of ``axes`` of a nibabel image to multiples of ``scale`` (the "modcrop" of SR
+    benchmarks; the affine is unchanged).
+
+    The x``scale`` LR of an ``n``-voxel axis has ``ceil(n / scale)`` voxels spanning the same field of
+    view, so where ``n`` is not a multiple of ``scale`` the network's ``scale * ceil(n / scale)``
+    output voxels are not on the HR grid: cut to the first ``n`` they drift up to half a voxel from it.
+    """
+    keep = tuple(slice(0, n - n % scale) if a in axes else slice(None) for a, n in enumerate(img.shape))
+    return img.slicer[keep]
 
 
 def _inplane_axes(plane: str) -> tuple[int, int]:
@@ -418,7 +430,9 @@ def _table2_sr(config: EvaluationConfig, scans: list[Scan], models: _Models, out
         metrics += ("psnr_brain", "ssim_brain")
         metrics_3d += ("psnr_3d_brain", "ssim_3d_brain")
     for scan in scans:
-        _, hr_ras, hr = _load_ras(scan.path)
+        _, hr_ras, _ = _load_ras(scan.path)
+        hr_ras = crop_to_scale(hr_ras, axes, config.scale)
+        hr = np.asarray(hr_ras.dataobj, dtype=np.float64)
         mask = foreground_mask(hr)
         hr01 = normalize_volume(hr, mask)
         brain = _brain_mask(hr_ras) if config.brain_mask == "deepbet" else None
@@ -432,8 +446,9 @@ def _table2_sr(config: EvaluationConfig, scans: list[Scan], models: _Models, out
                 outputs[BICUBIC] = bicubic_upsample(lr, config.scale, axes=axes,
                                                     out_shape=[hr.shape[a] for a in axes])
             for label, bundle in models.labelled:
-                sr = models.super_resolve(bundle, _lr_image(lr, hr_ras, down), label)
-                outputs[label] = sr[tuple(slice(0, n) for n in hr.shape)]
+                outputs[label] = models.super_resolve(bundle, _lr_image(lr, hr_ras, down), label)
+                if outputs[label].shape != hr.shape:
+                    raise RuntimeError(f"{label}: output grid {outputs[label].shape} is not the HR's {hr.shape}")
             for method, sr in outputs.items():
                 scores = reference_scores(hr01, sr, plane=config.plane, mask=mask,
                                           min_fraction=config.min_brain_fraction, brain_mask=brain)

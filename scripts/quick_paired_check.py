@@ -3,7 +3,7 @@ model card's "Where the missing decibels are" table.
 
     python scripts/quick_paired_check.py HR_T1W.nii.gz BUNDLE... [--degradation NAME ...]
                                          [--slice-step 2] [--min-brain 0.05] [--brain-mask deepbet|none]
-                                         [--strength S ...]
+                                         [--strength S ...] [--hr-voxel-size MM [--hr-resample kspace]]
 
 The HR scan is brought to RAS and normalized as ``ddasr-eval`` does, degraded in the sagittal plane
 with the same seeded draws (``--seed``, default 0, and the scan's ``sub-<label>`` key taken from the file
@@ -15,7 +15,9 @@ in ``--cache-dir``) and inside the head mask, on every ``--slice-step``-th sagit
 ``--strength`` (repeatable) adds, for every bundle, rows with its output blended with the bicubic
 up-sampling of the same LR slice at that network weight (the inference's ``strength``; the air is not
 treated apart, which changes nothing inside the brain). ``ddasr-eval`` remains the reference for
-reported numbers.
+reported numbers. ``--hr-voxel-size`` first resamples the HR scan to that isotropic voxel size
+(anti-aliased cubic spline, or k-space cropping with ``--hr-resample kspace``), so that the LR is at
+twice it: how a model trained for one input resolution fares at others.
 """
 
 from __future__ import annotations
@@ -71,25 +73,41 @@ def bundle_runner(bundle: str, strength: float = 1.0):
 
 def check(hr_path: Path, bundles: list[str], *, degradations: tuple[str, ...] = ("kspace-rician",),
           slice_step: int = 2, min_brain: float = 0.05, mask_method: str = "deepbet", seed: int = 0,
-          cache_dir: Path | None = None, threads: int = 1, runners: dict | None = None) -> list[dict]:
+          cache_dir: Path | None = None, threads: int = 1, runners: dict | None = None,
+          hr_voxel_size: float | None = None, hr_resample: str = "spline") -> list[dict]:
     """Rows ``{degradation, method, n, psnr_brain, psnr_head, d_brain, d_head}`` (``d_*``: minus bicubic).
 
     ``runners`` adds methods that are not bundles: ``{label: f}`` with ``f(lr_slice) -> sr_slice``.
+    ``hr_voxel_size`` resamples the HR to that isotropic voxel size (mm) first: ``hr_resample="spline"``
+    by anti-aliased cubic interpolation (as training resamples HR scans), ``"kspace"`` by cropping its
+    k-space (sharp to the new grid's Nyquist; coarser grids only).
     """
+    import nibabel as nib
     import torch
 
     from ddasr_nipype.degradations import bicubic_upsample, get_degradation
-    from ddasr_nipype.evaluation import _load_ras, _seed_sequence
+    from ddasr_nipype.evaluation import _load_ras, _seed_sequence, crop_to_scale
     from ddasr_nipype.metrics.reference import psnr
     from ddasr_nipype.metrics.volume import foreground_mask, normalize_volume
 
     torch.set_num_threads(threads)
     _, hr_ras, hr = _load_ras(hr_path)
+    if hr_voxel_size is not None:
+        from ddasr_nipype.data.slicing import isotropic_resample
+        from ddasr_nipype.degradations import kspace_resample
+
+        hr_ras = isotropic_resample(hr_ras, hr_voxel_size, keep_fov=hr_resample == "kspace")
+        if hr_resample == "kspace":  # the scan a coarser acquisition of the same FOV would give
+            hr_ras = nib.Nifti1Image(kspace_resample(hr, hr_ras.shape, axes=(0, 1, 2)).astype(np.float32),
+                                     hr_ras.affine)
+    hr_ras = crop_to_scale(hr_ras, (1, 2), 2)  # odd in-plane sizes would put the SR off the HR grid
+    hr = np.asarray(hr_ras.dataobj, dtype=np.float64)
     head = foreground_mask(hr)
     hr01 = normalize_volume(hr, head)
     match = re.match(r"(sub-[a-zA-Z0-9]+)", hr_path.name)
     key = match.group(1) if match else hr_path.name
-    cache = cache_dir / f"{key}_brain.npy" if cache_dir is not None else None
+    grid = "" if hr_voxel_size is None else f"_{hr_voxel_size:g}mm-{hr_resample}"
+    cache = cache_dir / f"{key}{grid}_brain.npy" if cache_dir is not None else None
     brain = brain_mask(hr_ras, mask_method, cache)
     fraction = (brain if brain is not None else head).mean(axis=(1, 2))
     slices = np.flatnonzero(fraction >= min_brain)[::slice_step]
@@ -143,11 +161,16 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--strength", type=float, action="append", default=[],
                         help="also each bundle blended with bicubic at this network weight (repeatable)")
+    parser.add_argument("--hr-voxel-size", type=float, default=None,
+                        help="resample the HR to this isotropic voxel size (mm) first; the LR is at twice it")
+    parser.add_argument("--hr-resample", choices=("spline", "kspace"), default="spline",
+                        help="how --hr-voxel-size resamples: anti-aliased cubic spline, or k-space cropping")
     opts = parser.parse_args(argv)
     runners = {f"{b}@{a:g}": bundle_runner(b, a) for b in opts.bundles for a in opts.strength}
     rows = check(opts.hr, opts.bundles, degradations=tuple(opts.degradation or ("kspace-rician",)),
                  slice_step=opts.slice_step, min_brain=opts.min_brain, mask_method=opts.brain_mask,
-                 seed=opts.seed, cache_dir=opts.cache_dir, threads=opts.threads, runners=runners)
+                 seed=opts.seed, cache_dir=opts.cache_dir, threads=opts.threads, runners=runners,
+                 hr_voxel_size=opts.hr_voxel_size, hr_resample=opts.hr_resample)
     print_rows(rows)
     return 0
 

@@ -243,3 +243,23 @@ def test_the_sinc_probe_restores_exactly_what_kspace_truncation_keeps():
     up = zero_fill(ramp)
     np.testing.assert_allclose(up[::2].mean(axis=1)[1:-1] + up[1::2].mean(axis=1)[1:-1],
                                2 * ramp[1:-1, 0], atol=0.05)
+
+
+def test_kspace_resample_is_the_coarser_acquisition_of_the_same_field_of_view():
+    from ddasr_nipype.degradations import kspace_resample, kspace_truncation
+
+    rng = np.random.default_rng(0)
+    x = rng.random((20, 30)).astype(np.float32)
+    # the integer case is kspace_truncation
+    np.testing.assert_allclose(kspace_resample(x, (10, 15)), kspace_truncation(x, 2), rtol=1e-6, atol=1e-7)
+    # a band-limited image survives a non-integer crop exactly (up to the magnitude): a cosine that
+    # the coarser grid still holds is sampled at the coarser grid's FOV-preserving voxel centres
+    n, m, k = 40, 32, 3
+    pos = (np.arange(n) + 0.5) / n
+    wave = 2.0 + np.cos(2 * np.pi * k * pos)
+    out = kspace_resample(wave[None, :], (1, m))[0]
+    np.testing.assert_allclose(out, 2.0 + np.cos(2 * np.pi * k * (np.arange(m) + 0.5) / m), atol=1e-6)
+    with pytest.raises(ValueError, match="sizes"):
+        kspace_resample(x, (25, 10))
+    with pytest.raises(ValueError, match="sizes"):
+        kspace_resample(x, (10,))

@@ -239,13 +239,8 @@ def test_quality_metrics_node(tmp_path, hr_files):
             assert trait.desc, f"input {name} has no desc"
 
 
-def test_quick_paired_check_scores_a_bicubic_generator_as_bicubic(tmp_path, hr_files):
-    """scripts/quick_paired_check.py (the recipe-selection check): a generator whose learned part is
-    zero is its global bicubic residual, so it must score as bicubic up to the two cubic kernels
-    (torch's a = -0.75 vs MATLAB's -0.5); a one-pixel grid shift would cost several dB."""
-    import torch
-    from _scripts import load_script
-
+def _bicubic_like_bundle(path: Path):
+    """A generator whose learned part is zero: its output is its global bicubic residual."""
     from ddasr_nipype.bundle import save_bundle
     from ddasr_nipype.models import GeneratorConfig, SRGenerator
 
@@ -253,13 +248,30 @@ def test_quick_paired_check_scores_a_bicubic_generator_as_bicubic(tmp_path, hr_f
     state = SRGenerator(config).state_dict()
     state["conv_last.weight"].zero_()
     state["conv_last.bias"].zero_()
-    bundle = save_bundle(tmp_path / "bicubic-like", name="bicubic-like", generator_state=state,
-                         generator_config=config, preprocessing={"plane": "sagittal", "scale": 2},
-                         backbone={"source": "random", "seed": 0}, training={"note": "test fixture"})
+    return save_bundle(path, name="bicubic-like", generator_state=state, generator_config=config,
+                       preprocessing={"plane": "sagittal", "scale": 2},
+                       backbone={"source": "random", "seed": 0}, training={"note": "test fixture"})
+
+
+def _cut_one_voxel(path: Path, out: Path) -> Path:
+    """The scan (RAS) less its last voxel on each axis, as the one T1w of a BIDS dataset ``out``."""
+    img = nib.as_closest_canonical(nib.load(path))
+    cut = img.slicer[:-1, :-1, :-1]
+    return _dataset(out, "cut", nib.Nifti1Image(np.asarray(cut.dataobj), cut.affine)) / "sub-cut" / "anat" / "sub-cut_T1w.nii.gz"
+
+
+def test_quick_paired_check_scores_a_bicubic_generator_as_bicubic(tmp_path, hr_files):
+    """scripts/quick_paired_check.py (the recipe-selection check): a generator whose learned part is
+    zero is its global bicubic residual, so it must score as bicubic up to the two cubic kernels
+    (torch's a = -0.75 vs MATLAB's -0.5); a one-pixel grid shift would cost several dB."""
+    import torch
+    from _scripts import load_script
+
+    bundle = _bicubic_like_bundle(tmp_path / "bicubic-like")
     script = load_script("quick_paired_check")
     threads = torch.get_num_threads()
     try:
-        rows = script.check(hr_files["trio"], [str(bundle.path)],
+        rows = script.check(hr_files["trio"], [str(bundle.path)], cache_dir=None,
                             degradations=("bicubic", "kspace"), mask_method="none", slice_step=4,
                             runners={"strength 0": script.bundle_runner(str(bundle.path), 0.0)})
     finally:
@@ -273,3 +285,36 @@ def test_quick_paired_check_scores_a_bicubic_generator_as_bicubic(tmp_path, hr_f
         assert 15 < base["psnr_head"] < 40 and math.isnan(base["psnr_brain"]) and math.isnan(model["d_brain"])
         assert abs(model["d_head"]) < 0.3
         assert model["psnr_head"] - base["psnr_head"] == pytest.approx(model["d_head"], abs=1e-9)
+
+
+def test_an_odd_sized_scan_scores_like_its_even_crop(tmp_path, hr_files):
+    """The x2 LR of an odd-sized axis has ceil(n / 2) voxels over the same field of view, so x2 outputs
+    are not on the HR grid; cut to it they drift up to half a voxel (-1.8 dB for bicubic on the test
+    scan cut by one voxel). ddasr-eval and the quick check crop odd in-plane sizes to even first
+    ("modcrop"), so a scan one voxel larger scores about as its even crop."""
+    import torch
+    from _scripts import load_script
+
+    bundle = _bicubic_like_bundle(tmp_path / "bicubic-like")
+    odd = _cut_one_voxel(hr_files["trio"], tmp_path / "bids")
+    even = _cut_one_voxel(odd, tmp_path / "even")  # cut once more: even sizes, nothing for the crop to do
+    assert all(n % 2 for n in nib.load(odd).shape) and not any(n % 2 for n in nib.load(even).shape)
+
+    def evaluate(bids, out):
+        config = EvaluationConfig(out_dir=tmp_path / out, hr_dir=bids, degradations=("bicubic",),
+                                  models=(str(bundle.path),), n_panels=1)
+        return {r["method"]: r["mean"] for r in run_evaluation(config)["table2_sr"] if r["metric"] == "psnr_mask"}
+
+    scores = {"odd": evaluate(tmp_path / "bids", "out-odd"), "even": evaluate(tmp_path / "even", "out-even")}
+    for psnr in scores.values():
+        assert 15 < psnr["bicubic"] < 40 and psnr["bicubic-like"] == pytest.approx(psnr["bicubic"], abs=0.3)
+    assert scores["odd"]["bicubic"] == pytest.approx(scores["even"]["bicubic"], abs=0.5)
+    script = load_script("quick_paired_check")
+    threads = torch.get_num_threads()
+    try:
+        quick = {name: script.check(path, [str(bundle.path)], cache_dir=None, degradations=("bicubic",),
+                                    mask_method="none") for name, path in (("odd", odd), ("even", even))}
+    finally:
+        torch.set_num_threads(threads)
+    assert quick["odd"][0]["psnr_head"] == pytest.approx(quick["even"][0]["psnr_head"], abs=0.5)
+    assert abs(quick["odd"][1]["d_head"]) < 0.3
