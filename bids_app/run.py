@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import shutil
@@ -116,6 +117,21 @@ def failed_subjects(config: Config) -> list[str]:
     ]
 
 
+def log_output_warnings(config: Config) -> int:
+    """Log the ``Warnings`` of this run's super-resolved T1w sidecars; return how many there were."""
+    count = 0
+    for label in config.participant_label:
+        for sidecar in sorted((config.derivatives_dir / f"sub-{label}").rglob("*_desc-ddasr_T1w.json")):
+            try:
+                warnings = json.loads(sidecar.read_text()).get("Warnings") or []
+            except (OSError, ValueError):
+                continue
+            for message in warnings:
+                LOGGER.warning("%s: %s", sidecar.name.replace(".json", ".nii.gz"), message)
+                count += 1
+    return count
+
+
 def write_reports(config: Config) -> int:
     """One HTML report per participant (``<output_dir>/ddasr/sub-<label>.html``)."""
     from niworkflows.reports.core import generate_reports
@@ -170,6 +186,7 @@ def run(config: Config) -> int:
             staging_root.rmdir()
     failed = failed_subjects(config)
     write_reports(config)
+    log_output_warnings(config)
     if failed or crashed:
         LOGGER.error(
             "failed participant(s): %s; see the crash files in %s/sub-<label>/log/%s and the "

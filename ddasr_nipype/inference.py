@@ -6,6 +6,7 @@ are processed in overlapping tiles, and only the output volume (which must exist
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Iterator
@@ -26,6 +27,13 @@ DEFAULT_OUTPUT = {"strength": 1.0, "background": "model"}
 #: the interpolated input is feathered by a Gaussian of this width (output voxels)
 HEAD_MARGIN_VOXELS = 2
 HEAD_FEATHER_SIGMA = 1.5
+#: an in-plane voxel edge more than this factor off the LR voxel size a bundle was trained for draws
+#: a warning, as do in-plane voxels further than ``SQUARE_TOLERANCE`` from square. The starter model
+#: (trained on 2 mm) was checked on 1.4-3 mm input: its model card gives the figures
+RESOLUTION_TOLERANCE = 1.5
+SQUARE_TOLERANCE = 1.5
+
+LOGGER = logging.getLogger("ddasr_nipype")
 
 
 def resolve_device(device: str = "auto"):
@@ -44,6 +52,36 @@ def resolve_device(device: str = "auto"):
 def _check_plane(plane: str) -> None:
     if plane not in PLANE_CHOICES:
         raise ValueError(f"plane must be one of {PLANE_CHOICES}, got {plane!r}")
+
+
+def resolution_warnings(voxel_sizes_ras, bundle, planes: str = "sagittal", *,
+                        tolerance: float = RESOLUTION_TOLERANCE,
+                        square_tolerance: float = SQUARE_TOLERANCE) -> list[str]:
+    """Warnings when the input's in-plane voxels are far from those the bundle was trained on.
+
+    ``voxel_sizes_ras``: voxel edges (mm) along the RAS axes (:func:`ddasr_nipype.data.io.ras_voxel_sizes`).
+    The bundle's ``preprocessing.lr_voxel_size`` is the (square) in-plane voxel edge of its training
+    LR; a bundle that does not record it draws no warning. Advisory only: the run goes on.
+    """
+    _check_plane(planes)
+    expected = (getattr(bundle, "preprocessing", None) or {}).get("lr_voxel_size")
+    sizes = [float(v) for v in voxel_sizes_ras]
+    views = PLANES if planes == "all" else (planes,)
+    warnings = []
+    for view in views:
+        inplane = [sizes[a] for a in range(3) if a != PLANE_AXES[view]]
+        shown = " x ".join(f"{v:.3g}" for v in inplane)
+        if expected and any(not 1 / tolerance <= v / float(expected) <= tolerance for v in inplane):
+            warnings.append(
+                f"{view} voxels of {shown} mm: model {getattr(bundle, 'name', '?')!r} was trained on "
+                f"{float(expected):.3g} mm input, and this is more than {tolerance:g} times finer or coarser; "
+                f"its output there is untested (see the model card)"
+            )
+        elif max(inplane) / min(inplane) > square_tolerance:
+            warnings.append(
+                f"{view} voxels of {shown} mm are not square; the model was trained on square voxels"
+            )
+    return warnings
 
 
 def _tiles(length: int, tile: int, overlap: int) -> Iterator[tuple[int, int]]:
@@ -294,16 +332,20 @@ def super_resolve_image(
     The image is reoriented to RAS, normalized with the bundle's percentile rule, super-resolved, mapped
     back to the input's intensity range and orientation, and given a field-of-view-preserving affine.
     ``strength`` and ``background`` default to the bundle's recommendation (:func:`output_settings`).
-    Returns ``(out_img, info)``.
+    Returns ``(out_img, info)``; ``info["warnings"]`` lists what :func:`resolution_warnings` found (also
+    logged on the ``ddasr_nipype`` logger).
     """
     import torch
 
-    from .data.io import from_ras, to_ras
+    from .data.io import from_ras, ras_voxel_sizes, to_ras
     from .data.normalize import fit_normalization
     from .data.slicing import upsampled_affine
 
     _check_plane(planes)
     settings = output_settings(bundle, strength=strength, background=background)
+    warnings = resolution_warnings(ras_voxel_sizes(img), bundle, planes)
+    for message in warnings:
+        LOGGER.warning("%s", message)
     if num_threads:
         torch.set_num_threads(int(num_threads))
     t0 = time.perf_counter()
@@ -339,6 +381,7 @@ def super_resolve_image(
         "model_sha256": bundle.sha256,
         "normalization": norm.to_dict(),
         "output": settings,
+        "warnings": warnings,
     }
     return out_img, info
 

@@ -213,3 +213,27 @@ def test_app_end_to_end_with_a_bad_subject(lr_bids, lr_file, tmp_path, tiny_bund
     assert main(_args(bids, out, "--reports-only", "--participant-label", "IXI603",
                       model=tiny_bundle)) == 0
     assert (deriv / "sub-IXI603.html").is_file()
+
+
+def test_output_warnings_of_this_run_are_logged(tmp_path):
+    import logging
+    from types import SimpleNamespace
+
+    from ddasr_nipype.bids_app.run import LOGGER, log_output_warnings
+
+    deriv = tmp_path / "ddasr"
+    for label, sidecar in (("01", {"Warnings": ["sagittal voxels of 3 x 3 mm"]}), ("02", {"Warnings": ["x"]}),
+                           ("03", {"ModelName": "m"})):
+        anat = deriv / f"sub-{label}" / "anat"
+        anat.mkdir(parents=True)
+        (anat / f"sub-{label}_desc-ddasr_T1w.json").write_text(json.dumps(sidecar))
+    records = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = records.append
+    LOGGER.addHandler(handler)
+    try:  # sub-02 is not part of this run; sub-03 has nothing to say
+        count = log_output_warnings(SimpleNamespace(participant_label=["01", "03"], derivatives_dir=deriv))
+    finally:
+        LOGGER.removeHandler(handler)
+    assert count == 1
+    assert [r.getMessage() for r in records] == ["sub-01_desc-ddasr_T1w.nii.gz: sagittal voxels of 3 x 3 mm"]

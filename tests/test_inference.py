@@ -249,6 +249,42 @@ def test_background_input_keeps_the_interpolated_input_in_the_air(lr_file):
     assert np.nanmax(step) < 0.6
 
 
+class _Trained2mm(_FakeBundle):
+    preprocessing = {"lr_voxel_size": 2.0}
+
+
+def test_resolution_warnings_flag_input_far_from_the_training_resolution():
+    warn = inference.resolution_warnings
+    assert warn((2, 2, 2), _Trained2mm()) == []
+    assert warn((4, 1.4, 1.4), _Trained2mm()) == warn((4, 3, 3), _Trained2mm()) == []  # within 1.5 times
+    (message,) = warn((3.5, 3.5, 3.5), _Trained2mm())
+    assert "sagittal voxels of 3.5 x 3.5 mm" in message and "trained on 2 mm input" in message
+    assert len(warn((2, 1.2, 2), _Trained2mm())) == 1  # finer than trained, on one in-plane axis
+    # thick sagittal slices do not matter to the sagittal network (its in-plane axes are A-P, S-I) ...
+    assert warn((5, 2, 2), _Trained2mm()) == []
+    # ... but do to the coronal and axial passes of planes="all"
+    assert [m.split(" voxels")[0] for m in warn((5, 2, 2), _Trained2mm(), "all")] == ["coronal", "axial"]
+    # a bundle that does not record its input resolution: only non-square in-plane voxels warn
+    assert warn((3, 3, 3), _FakeBundle()) == []
+    (message,) = warn((1, 1, 3), _FakeBundle())
+    assert "1 x 3 mm are not square" in message
+    assert warn((2, 2, 2.9), _FakeBundle()) == []  # 1.45:1
+    with pytest.raises(ValueError, match="plane must be one of"):
+        warn((2, 2, 2), _Trained2mm(), "oblique")
+
+
+def test_a_run_off_the_training_resolution_is_flagged_in_its_info_and_log(lr_file, caplog):
+    img = nib.load(lr_file)
+    _, info = inference.super_resolve_image(img, _Trained2mm())
+    assert info["warnings"] == []
+    coarse = nib.Nifti1Image(np.asarray(img.dataobj), nib.affines.rescale_affine(
+        img.affine, img.shape, (4, 4, 4)))
+    with caplog.at_level("WARNING", logger="ddasr_nipype"):
+        _, info = inference.super_resolve_image(coarse, _Trained2mm())
+    assert info["warnings"] == inference.resolution_warnings((4, 4, 4), _Trained2mm()) != []
+    assert info["warnings"][0] in caplog.text
+
+
 def test_output_settings_come_from_the_bundle_unless_given(lr_file):
     assert inference.output_settings() == inference.DEFAULT_OUTPUT == {"strength": 1.0, "background": "model"}
 

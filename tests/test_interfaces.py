@@ -242,7 +242,7 @@ def test_dsn_degrade(hr_files, lr_crop, tiny_bundle, tmp_path):
 
 def test_summary_and_sidecars(tmp_path):
     from ddasr_nipype.interfaces import SRSummary
-    from ddasr_nipype.interfaces.bids import bids_uri, mask_sidecar
+    from ddasr_nipype.interfaces.bids import bids_uri, mask_sidecar, t1w_sidecar
 
     meta = {"model_name": "tiny-test", "model_sha256": "ab" * 32, "scale": 2, "planes": "all",
             "device": "cpu", "runtime_s": 1.25, "input_shape": [4, 4, 4],
@@ -256,6 +256,11 @@ def test_summary_and_sidecars(tmp_path):
     for text in ("tiny-test", "abababab", "x2 / all", "1234.5 ml", "sub-01_T1w.nii.gz",
                  "NIQE (lower is better)", "input 8.50 &rarr; super-resolved 6.25"):
         assert text in html
+    assert "Warning" not in html and "Warnings" not in t1w_sidecar(meta, "/d/x.nii.gz", "/d")
+    meta["warnings"] = ["sagittal voxels of 3 x 3 mm: model 'tiny-test' was trained on 2 mm input"]
+    html = SRSummary(metadata=meta).run(cwd=str(tmp_path)).outputs.out_report
+    assert "Warning" in Path(html).read_text() and "model &#x27;tiny-test&#x27; was trained" in Path(html).read_text()
+    assert t1w_sidecar(meta, "/d/x.nii.gz", "/d")["Warnings"] == meta["warnings"]
     assert bids_uri("/data/ds/sub-01/anat/x.nii.gz", "/data/ds") == "bids:raw:sub-01/anat/x.nii.gz"
     assert mask_sidecar({"backend": "mask"}, "/d/sub-01/anat/x.nii.gz", "/d")["Type"] == "Brain"
 

@@ -63,6 +63,7 @@ def t1w_sidecar(metadata: dict[str, Any], source_file: str, bids_dir: str) -> di
         "Device": metadata["device"],
         "RuntimeSeconds": metadata["runtime_s"],
         "SkullStripped": False,
+        **({"Warnings": list(metadata["warnings"])} if metadata.get("warnings") else {}),
     }
 
 

@@ -45,6 +45,8 @@ def summary_html(metadata: dict, *, source_file: str | None = None,
                      f"interpolation; air around the head from the "
                      f"{'interpolated input' if out['background'] == 'input' else 'network'}"))
     rows.append(("Scale / planes", f"x{metadata.get('scale')} / {esc(str(metadata.get('planes')))}"))
+    for message in metadata.get("warnings") or ():
+        rows.append(('<span style="color: #b35900">Warning</span>', esc(str(message))))
     rows.append(("Device / runtime", f"{esc(str(metadata.get('device')))} / "
                  f"{float(metadata.get('runtime_s', 0.0)):.1f} s"))
     if mask_info:
