@@ -211,7 +211,10 @@ def area_downsample(x: np.ndarray, scale: int = 2, *, axes: tuple[int, ...] = (-
     """The mean of each block of ``scale`` samples along every one of ``axes`` (box filter, then
     decimation): LR sample ``i`` averages HR samples ``i * scale ... (i + 1) * scale - 1``, so it sits
     at ``(i + 0.5) * scale - 0.5`` like the other degradations. A trailing partial block (a length
-    that is not a multiple of ``scale``) is completed by repeating the edge sample. Clipped to [0, 1].
+    that is not a multiple of ``scale``) is completed by repeating the edge sample; there, unlike
+    ``bicubic`` and ``kspace`` (which spread ``ceil(n / scale)`` samples over the field of view), the
+    LR grid is the padded one. Evaluations crop such lengths first
+    (:func:`ddasr_nipype.evaluation.crop_to_scale`). Clipped to [0, 1].
     """
     x = _check_image(x)
     scale = _check_scale(scale)

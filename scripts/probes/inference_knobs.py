@@ -5,13 +5,17 @@ bicubic x2 of the same LR).
 - ``sigma K[,K...]``: the noise level the generator is told, times K (1 = the Immerkaer estimate);
 - ``ensemble``: the mean over 1, 4 (flips) and 8 (flips and transposes) transformed copies of each slice;
 - ``nlm H[,H...]``: non-local means on the LR slice (h = H x its noise sigma) before bicubic and the
-  network.
+  network;
+- ``scale K[,K...]``: the LR slice's intensities times K into the network, its output divided by K
+  (how much the intensity normalization matters; the quick check feeds the HR's head-mask
+  normalization, brain median about 0.85 x that of the training normalization on sub-trio).
 
 Each network row is given at strength 1 and 0.4 (blended with bicubic of the same LR slice).
 
     python scripts/probes/inference_knobs.py sigma 0.75,1,1.5 HR_T1W [BUNDLE] [--degradation NAME ...]
     python scripts/probes/inference_knobs.py ensemble - HR_T1W
     python scripts/probes/inference_knobs.py nlm 0,0.6,0.9 HR_T1W
+    python scripts/probes/inference_knobs.py scale 1,1.1,1.2 HR_T1W
 
 Results (sub-otsu, the shipped generator): the starter model card, "Tried and not shipped".
 """
@@ -90,6 +94,8 @@ def runners(probe: str, values: list[float], generator) -> dict:
             make, label = (lambda x, k=value: (x, network(x, k=k))), f"sigma x{value:g}"
         elif probe == "ensemble":
             make, label = (lambda x, n=int(value): (x, network(x, copies=n))), f"{int(value)} copies"
+        elif probe == "scale":
+            make, label = (lambda x, k=value: (x, network(x * k) / k)), f"intensity x{value:g}"
         else:
             make, label = (lambda x, h=value: nlm_then_network(x, h)), f"nlm h={value:g}"
         make = cached(make)  # one NLM and network run per slice for all rows
@@ -102,8 +108,8 @@ def runners(probe: str, values: list[float], generator) -> dict:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("probe", choices=("sigma", "ensemble", "nlm"))
-    parser.add_argument("values", help="comma-separated factors (sigma: K; nlm: H); '-' for ensemble")
+    parser.add_argument("probe", choices=("sigma", "ensemble", "nlm", "scale"))
+    parser.add_argument("values", help="comma-separated factors (sigma, scale: K; nlm: H); '-' for ensemble")
     parser.add_argument("hr", type=Path)
     parser.add_argument("bundle", nargs="?", default="ixi-t1w-x2")
     parser.add_argument("--degradation", action="append")
