@@ -123,7 +123,8 @@ def test_head_normalization_probe_takes_the_percentiles_over_the_head(monkeypatc
     vol = np.abs(rng.normal(0.0, 0.05, (40, 40, 40)))  # Rician-like background
     vol[10:30, 10:30, 10:30] += rng.uniform(0.3, 1.0, (20, 20, 20))  # the "head"
     before = normalize.fit_normalization(vol)
-    monkeypatch.setattr(normalize, "fit_normalization", normalize.fit_normalization)  # restored after
+    before_patch = normalize.fit_normalization
+    monkeypatch.setattr(normalize, "fit_normalization", before_patch)  # restored after the test
     load_script("probes/head_normalization").use_head_mask()
     after = normalize.fit_normalization(vol)
     head = np.zeros(vol.shape, bool)
@@ -132,3 +133,8 @@ def test_head_normalization_probe_takes_the_percentiles_over_the_head(monkeypatc
     assert after.low > before.low and after.high > before.high
     with pytest.raises(Exception, match="foreground"):  # an explicit mask is still honoured
         normalize.fit_normalization(vol, mask=np.zeros(vol.shape))
+    # zero_low: intensity 0 maps to 0, the head's 99.5th percentile to 1
+    monkeypatch.setattr(normalize, "fit_normalization", before_patch)
+    load_script("probes/head_normalization").use_head_mask(zero_low=True)
+    zero = normalize.fit_normalization(vol)
+    assert zero.low == 0.0 and zero.high == after.high
