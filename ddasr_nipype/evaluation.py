@@ -430,9 +430,9 @@ def _table2_sr(config: EvaluationConfig, scans: list[Scan], models: _Models, out
         metrics += ("psnr_brain", "ssim_brain")
         metrics_3d += ("psnr_3d_brain", "ssim_3d_brain")
     for scan in scans:
-        _, hr_ras, _ = _load_ras(scan.path)
+        _, hr_ras, hr = _load_ras(scan.path)
         hr_ras = crop_to_scale(hr_ras, axes, config.scale)
-        hr = np.asarray(hr_ras.dataobj, dtype=np.float64)
+        hr = hr[tuple(slice(0, n) for n in hr_ras.shape)]  # the same crop, as a view
         mask = foreground_mask(hr)
         hr01 = normalize_volume(hr, mask)
         brain = _brain_mask(hr_ras) if config.brain_mask == "deepbet" else None

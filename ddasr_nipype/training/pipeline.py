@@ -168,8 +168,8 @@ def _prepare_hr_only(hr_files, preset):
 
     voxel = preset.data.hr_voxel_size
     hr = SliceSet([s for f in hr_files for s in prepare_hr_stacks(f, preset.data, voxel_size=voxel)])
-    summary = {"hr_files": [str(f) for f in hr_files], "lr_files": [], "hr_voxel_size": preset.data.hr_voxel_size,
-               "lr_voxel_size": preset.data.hr_voxel_size * preset.data.scale, "hr_slices": len(hr), "lr_slices": 0}
+    summary = {"hr_files": [str(f) for f in hr_files], "lr_files": [], "hr_voxel_size": voxel,
+               "lr_voxel_size": voxel * preset.data.scale, "hr_slices": len(hr), "lr_slices": 0}
     return hr, None, summary
 
 
