@@ -403,8 +403,6 @@ def test_unwritable_output_directory(tmp_path, hr_bids, lr_bids):
 
 def test_srn_only_with_a_classical_degradation(tmp_path, hr_bids):
     """No DSN, no LR data: pairs from the bicubic degradation, a bundle without dsn.pt."""
-    from ddasr_nipype.bundle import load_bundle
-
     pytest.importorskip("ddasr_nipype.degradations")
     preset = load_preset("smoke")
     preset = preset.replace(data=preset.data.replace(hr_voxel_size=1.0))

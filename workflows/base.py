@@ -161,10 +161,10 @@ input BIDS dataset.
         if idx:
             sr_wf.__desc__ = None
 
-        def _sink(name, **kwargs):
+        def _sink(name, source_file=t1w, suffix_idx=idx, **kwargs):
             return pe.Node(
-                DerivativesDataSink(base_directory=staging, source_file=t1w, **kwargs),
-                name=f"{name}_{idx}", run_without_submitting=True, mem_gb=0.1,
+                DerivativesDataSink(base_directory=staging, source_file=source_file, **kwargs),
+                name=f"{name}_{suffix_idx}", run_without_submitting=True, mem_gb=0.1,
             )
 
         t1w_meta = pe.Node(

@@ -124,7 +124,7 @@ def commit_files(in_files: list[str], staging_dir: str | Path, output_dir: str |
     for in_file in in_files:
         rel = Path(in_file).absolute().relative_to(staging_dir)
         moves.append((Path(in_file), output_dir / rel))
-    for src, dest in moves:
+    for src, _ in moves:
         if not src.is_file():
             raise FileNotFoundError(f"staged derivative {src} is missing; nothing was committed")
     out_files = []
