@@ -10,6 +10,8 @@ from typing import Any
 
 LABEL_RE = re.compile(r"^[a-zA-Z0-9]+$")
 FILTER_QUERIES = ("t1w",)
+#: keys of a filter query that pybids' ``BIDSLayout.get`` takes beside the entities
+FILTER_OPTIONS = ("scope", "regex_search", "invalid_filters")
 
 
 class UsageError(ValueError):
@@ -78,8 +80,60 @@ def select_participants(bids_dir: Path, labels=None) -> list[str]:
     return wanted
 
 
+def participants_with_outputs(deriv_dir: Path, participants, *, explicit: bool) -> list[str]:
+    """The participants whose reports ``--reports-only`` can write (a ``sub-<label>`` folder).
+
+    Participants named on the command line (``explicit``) must all have one, else
+    :class:`UsageError` names those without; otherwise the ones that have one are kept (at least one).
+    """
+    have = [label for label in participants if (Path(deriv_dir) / f"sub-{label}").is_dir()]
+    missing = [label for label in participants if label not in have]
+    if missing and (explicit or not have):
+        raise UsageError(
+            f"--reports-only: no outputs in {deriv_dir} for "
+            f"{', '.join('sub-' + m for m in missing)} (run the participant first)"
+        )
+    return have
+
+
+def bids_entities() -> dict[str, str]:
+    """Entities of pybids' bundled ``bids`` configuration (no dataset indexed): name -> file-name key
+    (``{"acquisition": "acq", "run": "run", "suffix": "", ...}``)."""
+    from bids.layout.models import Config as BIDSConfig
+
+    entities = BIDSConfig.load("bids").entities
+    keys = {name: re.search(r"\]\+(\w+)-\(", entity.pattern or "")  # "[_/\\]+acq-(...)"
+            for name, entity in entities.items()}
+    return {name: (match.group(1) if match else "") for name, match in sorted(keys.items())}
+
+
+def check_filter_keys(query: dict[str, Any], *, where: str) -> None:
+    """Refuse a filter key that is neither a BIDS entity nor a pybids query option."""
+    if str(query.get("invalid_filters", "error")) in ("allow", "drop"):
+        return  # pybids was asked to take (or drop) unknown keys
+    entities = bids_entities()
+    entities.pop("subject")  # refused: --participant-label selects participants
+    unknown = sorted(set(query) - set(entities) - set(FILTER_OPTIONS))
+    if unknown:
+        import difflib
+
+        by_key = {key: name for name, key in entities.items() if key}
+        hints = []
+        for key in unknown:
+            close = [by_key[key]] if key in by_key else difflib.get_close_matches(key, entities, n=1)
+            hints.append(f"{key!r} (did you mean {close[0]!r}?)" if close else repr(key))
+        raise UsageError(
+            f"{where}: unknown BIDS entit{'ies' if len(unknown) > 1 else 'y'} {', '.join(hints)}; "
+            f"valid keys: {', '.join(entities)} (and {', '.join(FILTER_OPTIONS)})"
+        )
+
+
 def load_bids_filters(path: Path | None) -> dict[str, Any] | None:
-    """Read a ``--bids-filter-file`` (fMRIPrep format: ``{"t1w": {"acquisition": "mprage"}}``)."""
+    """Read a ``--bids-filter-file`` (fMRIPrep format: ``{"t1w": {"acquisition": "mprage"}}``).
+
+    Every key must be a BIDS entity of pybids (``run``, ``acquisition``, ``session``...) or one of
+    :data:`FILTER_OPTIONS`; ``subject`` is refused (use ``--participant-label``).
+    """
     if path is None:
         return None
     try:
@@ -96,9 +150,10 @@ def load_bids_filters(path: Path | None) -> dict[str, Any] | None:
             f"BIDS filter file {path}: unknown quer{'ies' if len(unknown) > 1 else 'y'} "
             f"{', '.join(unknown)} (this app reads: {', '.join(FILTER_QUERIES)})"
         )
-    for query in filters.values():
+    for name, query in filters.items():
         if "subject" in query:
             raise UsageError("select participants with --participant-label, not in the filter file")
+        check_filter_keys(query, where=f"BIDS filter file {path}, query {name!r}")
     return filters
 
 

@@ -51,6 +51,8 @@ _existing_dir = click.Path(exists=True, file_okay=False, path_type=Path)
               help="PNG panels per scan (and per degradation).")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the random degradations.")
 @click.option("--device", default="cpu", show_default=True, help="Device of the models (cpu, cuda, auto).")
+@click.option("--num-threads", type=click.IntRange(min=1), default=None,
+              help="CPU threads for torch (use fewer than the cores on a shared machine) [default: torch's].")
 @click.option("--brain-mask", default="none", show_default=True, type=click.Choice(["none", "deepbet"]),
               help="Table II (SR): also PSNR/SSIM inside the HR's brain mask (deepbet, offline), beside "
                    "the head mask.")
@@ -58,7 +60,7 @@ _existing_dir = click.Path(exists=True, file_okay=False, path_type=Path)
               help="Also score each model's network alone (strength 1, network output in the air), "
                    "beside the output settings its bundle recommends.")
 def main(hr_dir, lr_dir, models, baselines, degradations, plane, scale, participants, out_dir, metrics,
-         min_brain_fraction, niqe_block_size, n_panels, seed, device, brain_mask, network_only):
+         min_brain_fraction, niqe_block_size, n_panels, seed, device, num_threads, brain_mask, network_only):
     """Evaluate SR models and baselines on BIDS datasets; write markdown + CSV tables and PNG panels."""
     from ddasr_nipype.errors import DDASRError
     from ddasr_nipype.evaluation import EvaluationConfig, run_evaluation
@@ -75,6 +77,7 @@ def main(hr_dir, lr_dir, models, baselines, degradations, plane, scale, particip
             no_reference_metrics=tuple(metrics) or ("niqe", "brisque"),
             min_brain_fraction=min_brain_fraction, niqe_block_size=niqe_block_size, seed=seed,
             n_panels=n_panels, device=device, brain_mask=brain_mask, network_only=network_only,
+            num_threads=num_threads,
         )
     except ValueError as err:
         raise click.UsageError(str(err)) from None
@@ -88,7 +91,9 @@ def main(hr_dir, lr_dir, models, baselines, degradations, plane, scale, particip
             click.echo(path.read_text())
     for note in results["notes"]:
         click.echo(f"note: {note}", err=True)
-    click.echo(f"Tables, per-slice values and panels written to {out_dir}")
+    panels = results.get("panels") or []
+    click.echo(f"Tables and per-slice values written to {out_dir}"
+               + (f"; {len(panels)} panel(s) in {out_dir / 'panels'}" if panels else ""))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -55,7 +55,8 @@ def _build_parser() -> argparse.ArgumentParser:
         description="DDASR super-resolution (x2) of the T1w images of a BIDS dataset. Writes BIDS "
         "derivatives (desc-ddasr T1w, brain mask, JSON sidecars) and an HTML report per "
         "participant into <output_dir>/ddasr.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        epilog="Exit status: 0 done, 1 a participant failed (or, with --reports-only, its latest "
+        "run had failed), 2 usage error, 130 interrupted (Ctrl-C).",
     )
     parser.add_argument("bids_dir", type=Path, help="root of the input BIDS dataset (read only)")
     parser.add_argument("output_dir", type=Path, help="output folder (derivatives go to ddasr/)")
@@ -64,21 +65,23 @@ def _build_parser() -> argparse.ArgumentParser:
 
     g_bids = parser.add_argument_group("Options for filtering the BIDS queries")
     g_bids.add_argument("--participant-label", "--participant_label", nargs="+", metavar="LABEL",
-                        help="participants to process (with or without 'sub-'); default: all")
+                        help="participants to process, with or without 'sub-' (default: all)")
     g_bids.add_argument("--session-label", "--session_label", "--session-id", nargs="+",
-                        metavar="LABEL", help="sessions to process (with or without 'ses-')")
+                        metavar="LABEL", help="sessions to process, with or without 'ses-' (default: all)")
     g_bids.add_argument("--bids-filter-file", type=Path, metavar="FILE",
-                        help='JSON with PyBIDS filters, e.g. {"t1w": {"acquisition": "mprage"}}')
+                        help='JSON with PyBIDS filters, e.g. {"t1w": {"acquisition": "mprage"}}; keys are '
+                        "BIDS entities (checked before the run starts)")
     g_bids.add_argument("--skip-bids-validation", "--skip_bids_validation", action="store_true",
                         help="do not check that the input is a valid BIDS dataset")
 
     g_perf = parser.add_argument_group("Options to handle performance")
     g_perf.add_argument("--nprocs", "--nthreads", "--n_cpus", "--n-cpus", type=_positive_int,
-                        help="maximum number of processes (default: all CPUs)")
+                        help="maximum number of processes (default: the plugin file's n_procs, else all CPUs)")
     g_perf.add_argument("--omp-nthreads", type=_positive_int,
-                        help="threads per process (torch); default: nprocs")
+                        help="threads per process (torch; default and maximum: --nprocs)")
     g_perf.add_argument("--mem", "--mem_mb", "--mem-mb", type=_mem_gb, metavar="MEM",
-                        help="memory limit for the scheduler (e.g. 8GB)")
+                        help="memory limit for the scheduler, e.g. 8GB (default: nipype's, 90%% of the "
+                        "machine's memory)")
     g_perf.add_argument("--use-plugin", "--nipype-plugin-file", type=Path, metavar="FILE",
                         help="YAML file with a nipype 'plugin' (e.g. SLURMGraph) and 'plugin_args'")
     g_perf.add_argument("--stop-on-first-crash", action="store_true",
@@ -89,14 +92,17 @@ def _build_parser() -> argparse.ArgumentParser:
 
     g_sr = parser.add_argument_group("Super-resolution options")
     g_sr.add_argument("--model", default="ixi-t1w-x2",
-                      help="model bundle: a bundled model name or the path of a bundle directory")
+                      help="model bundle: a bundled model name or the path of a bundle directory "
+                      "(default: %(default)s)")
     g_sr.add_argument("--device", choices=DEVICES, default="auto",
-                      help="torch device ('auto': CUDA when available)")
+                      help="torch device ('auto': CUDA when available; 'cuda' is checked before the run "
+                      "starts; default: %(default)s)")
     g_sr.add_argument("--planes", choices=PLANES, default="sagittal",
-                      help="plane of the 2D network, or 'all' to fuse three planes (isotropic x2)")
-    g_sr.add_argument("--batch-size", type=_positive_int, default=8, help="slices per batch")
+                      help="plane of the 2D network, or 'all' to fuse three planes (isotropic x2; default: "
+                      "%(default)s)")
+    g_sr.add_argument("--batch-size", type=_positive_int, default=8, help="slices per batch (default: %(default)s)")
     g_sr.add_argument("--tile-size", type=_positive_int,
-                      help="tile slices larger than this many pixels (bounds memory)")
+                      help="tile slices larger than this many pixels (bounds memory; default: no tiling)")
     g_sr.add_argument("--strength", type=_unit_float,
                       help="weight of the network's output against bicubic interpolation of the input, "
                       "0-1 (1: the network alone; default: the model's recommendation)")
@@ -112,9 +118,13 @@ def _build_parser() -> argparse.ArgumentParser:
 
     g_other = parser.add_argument_group("Other options")
     g_other.add_argument("-w", "--work-dir", type=Path, default=Path("work"),
-                         help="folder for intermediate results (reused to resume a run)")
+                         help="folder for intermediate results, reused to resume a run (default: "
+                         "./%(default)s)")
     g_other.add_argument("--reports-only", action="store_true",
-                         help="only (re)generate the HTML reports from existing outputs")
+                         help="only (re)generate the HTML reports from existing outputs; each report lists the "
+                         "errors of its participant's latest run (exit status 1 if that run failed). "
+                         "Participants given with --participant-label must have outputs (else a "
+                         "usage error, exit status 2); without it, those that have outputs")
     return parser
 
 
@@ -151,17 +161,29 @@ def _check_model(model: str) -> str:
         raise ValueError(str(err)) from err
 
 
+def _check_cuda() -> None:
+    """``--device cuda`` only: fail now rather than in every participant's crash file."""
+    import torch
+
+    if not torch.cuda.is_available():
+        built = f"built with CUDA {torch.version.cuda}" if torch.version.cuda else "built without CUDA"
+        raise ValueError(f"--device cuda: CUDA is not available on this machine (torch "
+                         f"{torch.__version__}, {built}); use --device cpu or auto")
+
+
 def parse_args(args=None) -> Config:
     """Parse and check the command line; return the run's :class:`Config`.
 
     Errors (missing dataset, output inside the input, unknown participant, bad filter or plugin
-    file, missing model) exit with status 2 and a one-line message, before any work starts.
+    file, missing model, ``--device cuda`` without CUDA, ``--reports-only`` for a participant
+    without outputs) exit with status 2 and a one-line message, before any work starts.
     """
     from .dataset import (
         UsageError,
         check_output_dir,
         load_bids_filters,
         normalize_labels,
+        participants_with_outputs,
         select_participants,
     )
 
@@ -180,6 +202,11 @@ def parse_args(args=None) -> Config:
 
             validate_bids(bids_dir)  # raises on fatal problems; warnings are logged at run time
         participants = select_participants(bids_dir, opts.participant_label)
+        if opts.reports_only:
+            from ddasr_nipype.interfaces.bids import OUT_PATH_BASE
+
+            participants = participants_with_outputs(
+                output_dir / OUT_PATH_BASE, participants, explicit=bool(opts.participant_label))
         sessions = (normalize_labels(opts.session_label, prefix="ses-")
                     if opts.session_label else None)
         filters = load_bids_filters(opts.bids_filter_file)
@@ -187,6 +214,8 @@ def parse_args(args=None) -> Config:
         if opts.use_plugin is not None:
             plugin, plugin_args = _load_plugin(opts.use_plugin)
         model = opts.model if opts.reports_only else _check_model(opts.model)
+        if opts.device == "cuda" and not opts.reports_only:
+            _check_cuda()  # the only torch import of the parser
     except (UsageError, ValueError) as err:
         parser.error(str(err))
 

@@ -9,11 +9,14 @@ import shutil
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from .config import EXAMPLE_DIR, Config  # noqa: F401  (EXAMPLE_DIR re-exported for users)
 
 LOGGER = logging.getLogger("ddasr")
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a Ctrl-C
+RUN_ID_RE = re.compile(r"^\d{8}-\d{6}_")  # run ids start with %Y%m%d-%H%M%S (parser.parse_args)
 
 
 def _resource(name: str) -> Path:
@@ -108,12 +111,28 @@ def write_boilerplate(workflow, deriv_dir: Path) -> Path:
     return out
 
 
+def latest_run_id(deriv_dir: Path, label: str) -> str | None:
+    """The newest run id under ``sub-<label>/log/`` (ids start with a timestamp, so they sort)."""
+    log_dir = Path(deriv_dir) / f"sub-{label}" / "log"
+    runs = sorted(p.name for p in log_dir.glob("*") if p.is_dir() and RUN_ID_RE.match(p.name))
+    return runs[-1] if runs else None
+
+
+def run_ids(config: Config) -> dict[str, str]:
+    """The run whose crash files each participant's report lists: this run's, or with
+    ``--reports-only`` the participant's latest earlier run (this run's id when it has none)."""
+    if not config.reports_only:
+        return {label: config.run_uuid for label in config.participant_label}
+    return {label: latest_run_id(config.derivatives_dir, label) or config.run_uuid
+            for label in config.participant_label}
+
+
 def failed_subjects(config: Config) -> list[str]:
-    """Participants of this run with crash files."""
+    """Participants with crash files in their run of :func:`run_ids`."""
     deriv = config.derivatives_dir
     return [
-        s for s in config.participant_label
-        if any((deriv / f"sub-{s}" / "log" / config.run_uuid).glob("crash*"))
+        label for label, run_id in run_ids(config).items()
+        if any((deriv / f"sub-{label}" / "log" / run_id).glob("crash*"))
     ]
 
 
@@ -133,15 +152,34 @@ def log_output_warnings(config: Config) -> int:
 
 
 def write_reports(config: Config) -> int:
-    """One HTML report per participant (``<output_dir>/ddasr/sub-<label>.html``)."""
+    """One HTML report per participant (``<output_dir>/ddasr/sub-<label>.html``), listing the crash
+    files of its run of :func:`run_ids`; returns how many errors the reports list."""
     from niworkflows.reports.core import generate_reports
 
     from ddasr_nipype.interfaces.bids import OUT_PATH_BASE
 
-    return generate_reports(
-        list(config.participant_label), str(config.output_dir), config.run_uuid,
-        config=str(_resource("reports-spec.yml")), packagename=OUT_PATH_BASE,
+    by_run: dict[str, list[str]] = {}
+    for label, run_id in run_ids(config).items():
+        by_run.setdefault(run_id, []).append(label)
+    return sum(  # niworkflows takes one run id for all the participants it is given
+        generate_reports(labels, str(config.output_dir), run_id,
+                         config=str(_resource("reports-spec.yml")), packagename=OUT_PATH_BASE)
+        for run_id, labels in by_run.items()
     )
+
+
+def _reports_only(config: Config) -> int:
+    """``--reports-only``: rewrite the reports; 1 if a participant's latest run had failed."""
+    ids = run_ids(config)
+    write_reports(config)
+    LOGGER.info("reports written to %s", config.derivatives_dir)
+    failed = failed_subjects(config)
+    if failed:
+        LOGGER.error("the latest run of %s failed: see the crash files in %s and the HTML reports",
+                     ", ".join(f"sub-{s}" for s in failed),
+                     ", ".join(str(config.derivatives_dir / f"sub-{s}" / "log" / ids[s]) for s in failed))
+        return 1
+    return 0
 
 
 def run(config: Config) -> int:
@@ -153,9 +191,7 @@ def run(config: Config) -> int:
 
     deriv = config.derivatives_dir
     if config.reports_only:
-        write_reports(config)
-        LOGGER.info("reports written to %s", deriv)
-        return 0
+        return _reports_only(config)
     LOGGER.info("ddasr: %d participant(s): %s", len(config.participant_label),
                 ", ".join(f"sub-{s}" for s in config.participant_label))
     try:
@@ -163,16 +199,27 @@ def run(config: Config) -> int:
     except (DDASRError, FileNotFoundError) as err:
         LOGGER.error("%s", err)
         return 1
+    skipped = getattr(workflow, "skipped_participants", [])
+    if skipped:
+        LOGGER.warning("no T1w image%s for %s: skipped",
+                       " matching the session/filters" if config.session_label or config.bids_filters
+                       else "", ", ".join(f"sub-{s}" for s in skipped))
+        config = replace(config, participant_label=tuple(
+            label for label in config.participant_label if label not in skipped))
     write_derivative_description(config.bids_dir, deriv)
     write_boilerplate(workflow, deriv)
     plugin_args = dict(config.plugin_args)
     if config.plugin in ("MultiProc", "LegacyMultiProc", "Linear"):
         plugin_args.setdefault("status_callback", _progress)
-    crashed = False
+    for label in config.participant_label:  # marks the run: --reports-only finds the latest one
+        (deriv / f"sub-{label}" / "log" / config.run_uuid).mkdir(parents=True, exist_ok=True)
+    crashed = interrupted = False
     try:
         workflow.run(plugin=config.plugin, plugin_args=plugin_args)
         if config.plugin == "SLURMGraph":
             crashed = bool(wait_for_slurm_graph(Path(workflow.base_dir) / workflow.name / "batch"))
+    except KeyboardInterrupt:
+        interrupted = True
     except Exception as err:  # nipype: "Workflow did not execute cleanly", or the first crash
         crashed = True
         LOGGER.debug("nipype: %s", err)
@@ -184,6 +231,10 @@ def run(config: Config) -> int:
         staging_root = staging_dir_for(config).parent
         if staging_root.is_dir() and not any(staging_root.iterdir()):
             staging_root.rmdir()
+    if interrupted:
+        LOGGER.error("interrupted: outputs already committed are kept; rerun with the same "
+                     "--work-dir to resume")
+        return EXIT_INTERRUPTED
     failed = failed_subjects(config)
     write_reports(config)
     log_output_warnings(config)
@@ -199,12 +250,16 @@ def run(config: Config) -> int:
 
 
 def main(argv=None) -> int:
-    """Entry point of the ``ddasr`` command."""
+    """Entry point of the ``ddasr`` command (exit status: see ``ddasr --help``)."""
     from .parser import parse_args
 
-    config = parse_args(argv)
-    setup_logging(config.verbose)
-    return run(config)
+    try:
+        config = parse_args(argv)
+        setup_logging(config.verbose)
+        return run(config)
+    except KeyboardInterrupt:  # outside the workflow run (which cleans up in run())
+        LOGGER.error("interrupted")
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -15,8 +15,9 @@ against the best *other* method of its table (by mean; lower is better for NIQE/
 for PSNR/SSIM). Intensity normalization and slice selection: :mod:`ddasr_nipype.metrics.volume`.
 
 Outputs in ``out_dir``: ``table1.{csv,md}``, ``table2_sr.{csv,md}``, ``table2_ds.{csv,md}`` (when
-they have rows), ``slices.csv`` (every per-slice value), ``degradation_params.json``,
-``evaluation.json`` (configuration and provenance) and ``panels/*.png``.
+they have rows), ``slices.csv`` (every per-slice value), ``degradation_params.json`` (when Table II
+(SR) runs), ``evaluation.json`` (configuration and provenance) and ``panels/*.png`` (unless
+``n_panels`` is 0).
 """
 
 from __future__ import annotations
@@ -87,6 +88,8 @@ class EvaluationConfig:
     #: also score each model's network alone (strength 1, its output in the air too), beside the
     #: output settings its bundle recommends (:func:`ddasr_nipype.inference.output_settings`)
     network_only: bool = False
+    #: CPU threads of torch (``torch.set_num_threads``); ``None``: torch's default
+    num_threads: int | None = None
 
     def __post_init__(self):
         if self.hr_dir is None and self.lr_dir is None:
@@ -102,6 +105,8 @@ class EvaluationConfig:
             raise ValueError(f"brain_mask must be one of {BRAIN_MASKS}, got {self.brain_mask!r}")
         if isinstance(self.scale, bool) or int(self.scale) != self.scale or self.scale < 2:
             raise ValueError(f"scale must be an integer >= 2, got {self.scale!r}")
+        if self.num_threads is not None and (isinstance(self.num_threads, bool) or int(self.num_threads) < 1):
+            raise ValueError(f"num_threads must be a positive integer, got {self.num_threads!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return {k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v)
@@ -347,6 +352,8 @@ class _Collector:
     values: dict[str, dict[tuple[str, str, str], list[float]]] = field(
         default_factory=lambda: defaultdict(lambda: defaultdict(list)))
     long_rows: list[dict[str, Any]] = field(default_factory=list)
+    #: the PNG panels written
+    panels: list[Path] = field(default_factory=list)
 
     def add(self, table: str, scan: str, group: str, method: str, slices: np.ndarray,
             scores: dict[str, Any], metrics: Sequence[str]) -> None:
@@ -395,8 +402,9 @@ def _table1(config: EvaluationConfig, scans: list[Scan], models: _Models, out: _
         for index in _panel_slices(select_slices(mask, config.plane, config.min_brain_fraction), config.n_panels):
             images = [(m, take_slice(v, config.plane, index)) for m, v in normalized.items()]
             images[0] = (REAL_LR, _nearest_view(images[0][1], config.scale))
-            _save_panel(config.out_dir / "panels" / f"{scan.key}_table1_{config.plane}-{index}.png",
-                        images, f"{scan.key}: real LR, {config.plane} slice {index}")
+            path = config.out_dir / "panels" / f"{scan.key}_table1_{config.plane}-{index}.png"
+            _save_panel(path, images, f"{scan.key}: real LR, {config.plane} slice {index}")
+            out.panels.append(path)
 
 
 def _seed_sequence(seed: int, *labels: str) -> list[int]:
@@ -460,8 +468,9 @@ def _table2_sr(config: EvaluationConfig, scans: list[Scan], models: _Models, out
                 images = [(f"input LR ({name})", _nearest_view(take_slice(lr, config.plane, index), config.scale))]
                 images += [(m, np.clip(take_slice(v, config.plane, index), 0, 1)) for m, v in outputs.items()]
                 images.append(("ground truth", take_slice(hr01, config.plane, index)))
-                _save_panel(config.out_dir / "panels" / f"{scan.key}_table2_{name}_{config.plane}-{index}.png",
-                            images, f"{scan.key}: HR degraded with {name}, {config.plane} slice {index}")
+                path = config.out_dir / "panels" / f"{scan.key}_table2_{name}_{config.plane}-{index}.png"
+                _save_panel(path, images, f"{scan.key}: HR degraded with {name}, {config.plane} slice {index}")
+                out.panels.append(path)
 
 
 def _table2_ds(config: EvaluationConfig, hr_scans: list[Scan], lr_scans: list[Scan], models: _Models,
@@ -503,9 +512,16 @@ def _table2_ds(config: EvaluationConfig, hr_scans: list[Scan], lr_scans: list[Sc
 
 
 def run_evaluation(config: EvaluationConfig) -> dict[str, Any]:
-    """Run every table the datasets allow and write the outputs; returns a summary dictionary."""
+    """Run every table the datasets allow and write the outputs.
+
+    Returns the rows of every table (by name), ``notes`` and ``panels`` (the PNG files written).
+    """
     from . import __version__
 
+    if config.num_threads:
+        import torch
+
+        torch.set_num_threads(int(config.num_threads))
     out_dir = Path(config.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     models = _Models(config.models, scale=config.scale, plane=config.plane, device=config.device,
@@ -517,7 +533,8 @@ def run_evaluation(config: EvaluationConfig) -> dict[str, Any]:
     lr_scans = find_scans(config.lr_dir, config.participants) if config.lr_dir else []
     if lr_scans and config.no_reference_metrics:
         _table1(config, lr_scans, models, collector)
-    if hr_scans and config.degradations:
+    table2_sr = bool(hr_scans and config.degradations)
+    if table2_sr:
         _table2_sr(config, hr_scans, models, collector, params_log)
     if hr_scans and lr_scans:
         _table2_ds(config, hr_scans, lr_scans, models, collector, notes)
@@ -536,7 +553,8 @@ def run_evaluation(config: EvaluationConfig) -> dict[str, Any]:
         writer = csv.DictWriter(handle, fieldnames=["table", "scan", "group", "method", "slice", "metric", "value"])
         writer.writeheader()
         writer.writerows(collector.long_rows)
-    (out_dir / "degradation_params.json").write_text(json.dumps(params_log, indent=2))
+    if table2_sr:
+        (out_dir / "degradation_params.json").write_text(json.dumps(params_log, indent=2))
     provenance = {
         "ddasr_nipype_version": __version__,
         "config": config.to_dict(),
@@ -546,7 +564,8 @@ def run_evaluation(config: EvaluationConfig) -> dict[str, Any]:
         "notes": notes,
     }
     (out_dir / "evaluation.json").write_text(json.dumps(provenance, indent=2))
-    return {name: rows for name, (rows, _, _) in tables.items()} | {"notes": notes}
+    return ({name: rows for name, (rows, _, _) in tables.items()}
+            | {"notes": notes, "panels": [str(p) for p in collector.panels]})
 
 
 # --------------------------------------------------------------------------------------------

@@ -49,6 +49,64 @@ def test_help_is_light():
     assert out.stdout.strip() == "False"
 
 
+def test_default_parse_imports_no_torch(bids_copy, tmp_path, tiny_bundle):
+    """Only --device cuda imports torch at parse time (to check CUDA)."""
+    argv = _args(bids_copy, tmp_path / "o", "--device", "cpu", model=tiny_bundle)
+    code = ("import sys; from ddasr_nipype.bids_app.parser import parse_args; "
+            f"parse_args({argv!r}); print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_help_states_each_default_once():
+    from ddasr_nipype.bids_app.parser import _build_parser
+
+    parser = _build_parser()
+    helps = {action.option_strings[0]: parser._get_formatter()._expand_help(action)
+             for action in parser._actions if action.option_strings and action.help}
+    for option, text in helps.items():
+        assert text.count("default") <= 1 and "None" not in text, (option, text)
+    assert "(default: 8)" in helps["--batch-size"] and "default: sagittal)" in helps["--planes"]
+    assert "default: ixi-t1w-x2" in helps["--model"] and "default: auto" in helps["--device"]
+    assert "(default: all)" in helps["--participant-label"]
+
+
+def test_device_cuda_without_cuda_is_a_usage_error(bids_copy, tmp_path, tiny_bundle, capsys, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    err = _usage_error(capsys, _args(bids_copy, tmp_path / "o", "--device", "cuda", model=tiny_bundle))
+    assert f"--device cuda: CUDA is not available on this machine (torch {torch.__version__}" in err
+    assert "Traceback" not in err
+    assert parse_args(_args(bids_copy, tmp_path / "o", "--device", "auto", model=tiny_bundle)).device == "auto"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert parse_args(_args(bids_copy, tmp_path / "o", "--device", "cuda", model=tiny_bundle)).device == "cuda"
+
+
+def test_bids_filter_keys_are_checked(bids_copy, tmp_path, tiny_bundle, capsys):
+    filters = tmp_path / "filters.json"
+
+    def parse(query):
+        filters.write_text(json.dumps({"t1w": query}))
+        return parse_args(_args(bids_copy, tmp_path / "o", "--bids-filter-file", str(filters),
+                                model=tiny_bundle))
+
+    assert parse({"run": 2, "acquisition": "mprage", "extension": ".nii.gz", "scope": "raw"}).bids_filters
+    filters.write_text(json.dumps({"t1w": {"runn": 2, "acq": "x"}}))
+    err = _usage_error(capsys, _args(bids_copy, tmp_path / "o", "--bids-filter-file", str(filters),
+                                     model=tiny_bundle))
+    assert "unknown BIDS entities 'acq' (did you mean 'acquisition'?), 'runn' (did you mean 'run'?)" in err
+    assert "valid keys: acquisition, " in err and " run, " in err and "Traceback" not in err
+    filters.write_text(json.dumps({"t1w": {"subject": "IXI603"}}))
+    assert "--participant-label" in _usage_error(
+        capsys, _args(bids_copy, tmp_path / "o", "--bids-filter-file", str(filters), model=tiny_bundle))
+    # the same query that pybids refuses (so the check above is not stricter than pybids)
+    from bids.layout import BIDSLayout
+
+    with pytest.raises(ValueError, match="'runn' is not a recognized entity"):
+        BIDSLayout(str(bids_copy), validate=False).get(runn=2)
+
+
 def test_version(capsys):
     from ddasr_nipype import __version__
 
@@ -213,6 +271,10 @@ def test_app_end_to_end_with_a_bad_subject(lr_bids, lr_file, tmp_path, tiny_bund
     assert main(_args(bids, out, "--reports-only", "--participant-label", "IXI603",
                       model=tiny_bundle)) == 0
     assert (deriv / "sub-IXI603.html").is_file()
+    # ... and still list the errors of the failed participant's latest run
+    (deriv / "sub-bad.html").unlink()
+    assert main(_args(bids, out, "--reports-only", model=tiny_bundle)) == 1
+    assert "corrupt or truncated" in (deriv / "sub-bad.html").read_text()
 
 
 def test_output_warnings_of_this_run_are_logged(tmp_path):
@@ -237,3 +299,113 @@ def test_output_warnings_of_this_run_are_logged(tmp_path):
         LOGGER.removeHandler(handler)
     assert count == 1
     assert [r.getMessage() for r in records] == ["sub-01_desc-ddasr_T1w.nii.gz: sagittal voxels of 3 x 3 mm"]
+
+
+def _crash_file(log_dir: Path, message: str) -> None:
+    log_dir.mkdir(parents=True, exist_ok=True)
+    (log_dir / "crash-20240101-000000-user-super_resolve-0.txt").write_text(
+        "Traceback (most recent call last):\n  File \"x.py\", line 1\n"
+        f"ddasr_nipype.errors.InvalidImageError: {message}\n")
+
+
+def test_reports_only_reports_each_participants_latest_run(bids_copy, tmp_path, capsys):
+    """Reports of an earlier run: the latest run of each participant, its errors, exit status 1."""
+    from ddasr_nipype.bids_app.run import main
+
+    (bids_copy / "sub-two" / "anat").mkdir(parents=True)
+    deriv = tmp_path / "out" / "ddasr"
+    # IXI603: failed in its latest run; two: failed once, then finished in a later run
+    _crash_file(deriv / "sub-IXI603" / "log" / "20240102-090000_b", "corrupt or truncated gzip")
+    (deriv / "sub-IXI603" / "log" / "20240101-090000_a").mkdir()
+    _crash_file(deriv / "sub-two" / "log" / "20240101-090000_a", "an old failure")
+    (deriv / "sub-two" / "log" / "20240103-090000_c").mkdir()
+    status = main(_args(bids_copy, tmp_path / "out", "--reports-only"))
+    out = capsys.readouterr().out
+    assert status == 1
+    assert "the latest run of sub-IXI603 failed" in out and "20240102-090000_b" in out
+    assert "sub-two" not in out.split("failed")[0].split("\n")[-1]
+    assert "corrupt or truncated gzip" in (deriv / "sub-IXI603.html").read_text()
+    report = (deriv / "sub-two.html").read_text()
+    assert "an old failure" not in report and "No errors to report" in report
+
+    assert main(_args(bids_copy, tmp_path / "out", "--reports-only", "--participant-label", "two")) == 0
+
+
+def test_reports_only_without_outputs_is_a_usage_error(bids_copy, tmp_path, capsys):
+    (bids_copy / "sub-two" / "anat").mkdir(parents=True)
+    out = tmp_path / "out"
+    err = _usage_error(capsys, _args(bids_copy, out, "--reports-only", "--participant-label", "IXI603"))
+    assert f"--reports-only: no outputs in {out / 'ddasr'} for sub-IXI603" in err and "Traceback" not in err
+    err = _usage_error(capsys, _args(bids_copy, out, "--reports-only"))
+    assert "for sub-IXI603, sub-two (run the participant first)" in err
+    (out / "ddasr" / "sub-two").mkdir(parents=True)
+    assert parse_args(_args(bids_copy, out, "--reports-only")).participant_label == ("two",)
+    err = _usage_error(capsys, _args(bids_copy, out, "--reports-only", "--participant-label", "IXI603", "two"))
+    assert "for sub-IXI603 (" in err
+
+
+def test_ctrl_c_cleans_up_and_exits_130(lr_bids, tmp_path, monkeypatch):
+    import logging
+    from types import SimpleNamespace
+
+    from ddasr_nipype.bids_app import run as run_module
+    from ddasr_nipype.bids_app.config import Config
+    from ddasr_nipype.workflows.base import staging_dir_for
+
+    def interrupted(**_):
+        raise KeyboardInterrupt
+
+    workflow = SimpleNamespace(run=interrupted, visit_desc=lambda: "methods", base_dir=str(tmp_path), name="wf")
+    monkeypatch.setattr(run_module, "build_workflow", lambda config: workflow)
+    config = Config(bids_dir=lr_bids, output_dir=tmp_path / "out", participant_label=("IXI603",),
+                    run_uuid="20240101-000000_test")
+    staging = staging_dir_for(config)
+    staging.mkdir(parents=True)
+    (staging / "half-written.nii.gz").write_bytes(b"x")
+    records = []
+    handler = logging.Handler(logging.ERROR)
+    handler.emit = records.append
+    run_module.LOGGER.addHandler(handler)
+    try:
+        statuses = [run_module.run(config)]
+        monkeypatch.setattr("ddasr_nipype.bids_app.parser.parse_args", lambda argv: interrupted())
+        statuses.append(run_module.main([]))  # interrupted outside the workflow run
+    except KeyboardInterrupt:
+        pytest.fail("KeyboardInterrupt escaped from the app")
+    finally:
+        run_module.LOGGER.removeHandler(handler)
+    assert statuses == [130, 130]
+    assert not staging.exists() and not staging.parent.exists()
+    assert [r.getMessage().split(":")[0] for r in records] == ["interrupted", "interrupted"]
+    assert (config.derivatives_dir / "sub-IXI603" / "log" / config.run_uuid).is_dir()  # the run is recorded
+
+
+def test_participants_without_a_matching_t1w_are_skipped_and_reported(lr_bids, tmp_path, monkeypatch):
+    """A session or filter that some participants do not match: they are named in a warning and get
+    neither a log folder nor a report; the run goes on with the others."""
+    import logging
+    from types import SimpleNamespace
+
+    from ddasr_nipype.bids_app import run as run_module
+    from ddasr_nipype.bids_app.config import Config
+
+    workflow = SimpleNamespace(run=lambda **_: None, visit_desc=lambda: "methods", base_dir=str(tmp_path),
+                               name="wf", skipped_participants=["IXI606"])
+    monkeypatch.setattr(run_module, "build_workflow", lambda config: workflow)
+    reported = []
+    monkeypatch.setattr(run_module, "write_reports", lambda config: reported.append(config.participant_label))
+    config = Config(bids_dir=lr_bids, output_dir=tmp_path / "out", participant_label=("IXI603", "IXI606"),
+                    session_label=("01",), run_uuid="20240101-000000_test")
+    records = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = records.append
+    run_module.LOGGER.addHandler(handler)
+    try:
+        status = run_module.run(config)
+    finally:
+        run_module.LOGGER.removeHandler(handler)
+    assert status == 0 and reported == [("IXI603",)]
+    assert [r.getMessage() for r in records] == [
+        "no T1w image matching the session/filters for sub-IXI606: skipped"]
+    assert (config.derivatives_dir / "sub-IXI603" / "log").is_dir()
+    assert not (config.derivatives_dir / "sub-IXI606").exists()

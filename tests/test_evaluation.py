@@ -67,12 +67,14 @@ def test_config_validation(tmp_path):
         EvaluationConfig(out_dir=tmp_path, hr_dir=tmp_path, bicubic=False)
     with pytest.raises(ValueError, match="plane must be one of"):
         EvaluationConfig(out_dir=tmp_path, hr_dir=tmp_path, plane="all")
+    with pytest.raises(ValueError, match="num_threads must be a positive integer"):
+        EvaluationConfig(out_dir=tmp_path, hr_dir=tmp_path, num_threads=0)
 
 
 def test_table1_real_lr_vs_bicubic(tmp_path, small_lr_bids):
     config = EvaluationConfig(out_dir=tmp_path / "out", lr_dir=small_lr_bids, n_panels=1,
                               no_reference_metrics=("niqe",))
-    run_evaluation(config)
+    results = run_evaluation(config)
     rows = {r["method"]: r for r in _read_csv(tmp_path / "out" / "table1.csv")}
     assert set(rows) == {"real LR", "bicubic"}
     assert int(rows["real LR"]["n"]) == int(rows["bicubic"]["n"]) == 8  # the same slices
@@ -83,6 +85,8 @@ def test_table1_real_lr_vs_bicubic(tmp_path, small_lr_bids):
     assert len(slices) == 16 and {r["metric"] for r in slices} == {"niqe"}
     assert "| real LR |" in (tmp_path / "out" / "table1.md").read_text()
     assert len(list((tmp_path / "out" / "panels").glob("*.png"))) == 1
+    assert not (tmp_path / "out" / "degradation_params.json").exists()  # no Table II (SR) without HR scans
+    assert [Path(p).name for p in results["panels"]] == [p.name for p in (tmp_path / "out" / "panels").glob("*.png")]
 
 
 def test_table2_sr_with_bicubic_baseline_is_replayable(tmp_path, trio_bids):
@@ -205,6 +209,8 @@ def test_brain_mask_adds_psnr_inside_the_brain(tmp_path, trio_bids):
 
 
 def test_cli(tmp_path, trio_bids):
+    import torch
+
     from ddasr_nipype.bids_app.evaluate import main
 
     runner = CliRunner()
@@ -215,11 +221,21 @@ def test_cli(tmp_path, trio_bids):
     result = runner.invoke(main, ["--hr", str(trio_bids), "--out", str(tmp_path / "y"),
                                   "--participant-label", "nobody"])
     assert result.exit_code == 1 and "not found" in result.output
-    result = runner.invoke(main, ["--hr", str(trio_bids), "--out", str(tmp_path / "out"), "--participant-label",
-                                  "trio", "--degradation", "bicubic", "--panels", "0"])
+    assert "--num-threads" in runner.invoke(main, ["--help"]).output
+    threads = torch.get_num_threads()
+    try:
+        result = runner.invoke(main, ["--hr", str(trio_bids), "--out", str(tmp_path / "out"), "--participant-label",
+                                      "trio", "--degradation", "bicubic", "--panels", "0", "--num-threads", "1"])
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
     assert result.exit_code == 0, result.output
     assert "| bicubic | bicubic |" in result.output
     assert (tmp_path / "out" / "table2_sr.csv").is_file()
+    assert json.loads((tmp_path / "out" / "evaluation.json").read_text())["config"]["num_threads"] == 1
+    assert not (tmp_path / "out" / "panels").exists()
+    assert f"Tables and per-slice values written to {tmp_path / 'out'}\n" in result.output
+    assert "panel" not in result.output.lower()  # --panels 0: none written, none announced
 
 
 def test_quality_metrics_node(tmp_path, hr_files):
