@@ -19,6 +19,11 @@ class InvalidImageError(DDASRError, ValueError):
         super().__init__(f"{where}: {problem}")
 
 
+class InputDatasetError(DDASRError, ValueError):
+    """The input dataset cannot be processed as asked (no T1w left to process, two inputs that
+    would share an output name)."""
+
+
 class ModelBundleError(DDASRError):
     """A model bundle is missing, incomplete or malformed."""
 

@@ -281,6 +281,36 @@ def test_commit_is_all_or_nothing(tmp_path):
                             output_dir=str(out)).run(cwd=str(tmp_path))
     assert sorted(Path(p).read_text() for p in res.outputs.out_files) == ["f0.txt", "f1.txt"]
     assert not any(f.exists() for f in files)
+    # two derivatives staged under one name (inputs that map to one output): nothing moves
+    files[0].write_text("again")
+    with pytest.raises(ValueError, match="same output name; nothing was committed"):
+        CommitDerivatives(in_files=[str(files[0]), str(files[0])], staging_dir=str(staging),
+                          output_dir=str(tmp_path / "out2")).run(cwd=str(tmp_path))
+    assert files[0].exists() and not (tmp_path / "out2").exists()
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("sub-01_echo-2_T1w.nii.gz", "sub-01_echo-2_desc-ddasr_T1w.nii.gz"),
+    ("sub-01_acq-mp_run-2_part-mag_T1w.nii", "sub-01_acq-mp_run-2_part-mag_desc-ddasr_T1w.nii.gz"),
+    ("sub-01_inv-2_chunk-3_T1w.nii.gz", "sub-01_inv-2_chunk-3_desc-ddasr_T1w.nii.gz"),
+    ("sub-01_T1w.nii.gz", "sub-01_desc-ddasr_T1w.nii.gz"),
+])
+def test_data_sink_keeps_every_entity_of_the_t1w(name, expected, tmp_path):
+    """niworkflows' anat patterns drop echo/part/inv: two echoes would overwrite each other."""
+    from ddasr_nipype.interfaces.bids import DerivativesDataSink, derivative_path
+
+    source = tmp_path / "bids" / "sub-01" / "anat" / name
+    source.parent.mkdir(parents=True)
+    nib.Nifti1Image(np.ones((4, 4, 4), np.float32), np.eye(4)).to_filename(source)
+    res = DerivativesDataSink(base_directory=str(tmp_path / "out"), source_file=str(source),
+                              in_file=str(source), desc="ddasr", suffix="T1w", compress=True
+                              ).run(cwd=str(tmp_path))
+    assert Path(res.outputs.out_file) == tmp_path / "out" / "ddasr" / "sub-01" / "anat" / expected
+    assert derivative_path(source, desc="ddasr", suffix="T1w") == f"sub-01/anat/{expected}"
+    mask = DerivativesDataSink(base_directory=str(tmp_path / "out"), source_file=str(source),
+                               in_file=str(source), desc="brain", suffix="mask", compress=True
+                               ).run(cwd=str(tmp_path))
+    assert Path(mask.outputs.out_file).name == expected.replace("desc-ddasr_T1w", "desc-brain_mask")
 
 
 @pytest.mark.parametrize("module", ["conform", "brain_extraction", "super_resolve", "dsn",

@@ -12,6 +12,7 @@ import pytest
 from _bundles import make_tiny_bundle
 
 from ddasr_nipype.bids_app.config import EXAMPLE_DIR, Config
+from ddasr_nipype.errors import InputDatasetError
 from ddasr_nipype.workflows import init_ddasr_wf, init_single_subject_wf, init_sr_wf
 
 
@@ -91,8 +92,44 @@ def test_ddasr_wf_sessions_runs_and_filters(multi_bids, tmp_path):
     wf = init_ddasr_wf(config=_config(multi_bids, tmp_path, participant_label=("01",),
                                       bids_filters={"t1w": {"acquisition": "fast"}}))
     assert _sr_nodes(wf) == ["sub_01_wf.t1w_0_wf.super_resolve"]
-    with pytest.raises(FileNotFoundError, match="no T1w image found for sub-03"):
+    with pytest.raises(InputDatasetError, match="no T1w image found .* for sub-03"):
         init_ddasr_wf(config=_config(multi_bids, tmp_path, participant_label=("03",)))
+
+
+def test_ddasr_wf_skips_participants_without_a_matching_t1w(multi_bids, tmp_path):
+    """A session or filter that only some participants match skips the others, not the run."""
+    wf = init_ddasr_wf(config=_config(multi_bids, tmp_path, participant_label=("01", "02", "03"),
+                                      session_label=("b",)))
+    assert _sr_nodes(wf) == ["sub_01_wf.t1w_0_wf.super_resolve"]
+    assert wf.skipped_participants == ["02", "03"]
+    wf = init_ddasr_wf(config=_config(multi_bids, tmp_path, participant_label=("01", "02", "03")))
+    assert wf.skipped_participants == ["03"]  # a T2w only
+    with pytest.raises(InputDatasetError, match="sub-02, sub-03 with the given session/filters"):
+        init_ddasr_wf(config=_config(multi_bids, tmp_path, participant_label=("02", "03"),
+                                     session_label=("b",)))
+
+
+def test_ddasr_wf_methods_text_counts_every_participant(multi_bids, tmp_path):
+    text = init_ddasr_wf(config=_config(multi_bids, tmp_path, participant_label=("01", "02"))).visit_desc()
+    assert "4 T1-weighted images of 2 participants were found" in text
+    assert text.count("### Super-resolution of anatomical data") == 1
+    assert text.count("Each T1-weighted (T1w) image was validated") == 1
+    one = init_ddasr_wf(config=_config(multi_bids, tmp_path, participant_label=("02",))).visit_desc()
+    assert "1 T1-weighted image of 1 participant was found" in one
+
+
+def test_inputs_that_would_share_an_output_name_are_refused(tmp_path):
+    """Entities niworkflows' anat patterns drop (echo, part) keep outputs apart; true clashes
+    (the same name as .nii and .nii.gz) are refused before anything runs."""
+    root = tmp_path / "bids"
+    for rel in ("sub-01/anat/sub-01_echo-1_T1w.nii.gz", "sub-01/anat/sub-01_echo-2_T1w.nii.gz",
+                "sub-02/anat/sub-02_T1w.nii", "sub-02/anat/sub-02_T1w.nii.gz"):
+        _touch_nifti(root / rel)
+    (root / "dataset_description.json").write_text('{"Name": "t", "BIDSVersion": "1.9.0"}')
+    wf = init_ddasr_wf(config=_config(root, tmp_path, participant_label=("01",)))
+    assert _sr_nodes(wf) == ["sub_01_wf.t1w_0_wf.super_resolve", "sub_01_wf.t1w_1_wf.super_resolve"]
+    with pytest.raises(InputDatasetError, match="sub-02_T1w.nii and sub-02_T1w.nii.gz"):
+        init_ddasr_wf(config=_config(root, tmp_path, participant_label=("02",)))
 
 
 def test_ddasr_wf_crash_dir_sinks_and_commit(multi_bids, tmp_path):
@@ -151,6 +188,11 @@ def test_sr_wf_runs_and_keeps_world_alignment(lr_file, tmp_path):
     assert err.max() < 0.5 * min(zooms_out)
     meta = results["super_resolve"].outputs.metadata
     assert meta["model_name"] == "tiny-test" and json.dumps(meta)
+    # what the sidecar and report get: grids along the axes of the files, not of the RAS copy
+    meta = results["grid_metadata"].outputs.metadata
+    assert meta["upsampling_factors"] == [2, 2, 1] and meta["upsampling_factors_ras"] == [1, 2, 2]
+    assert (meta["input_shape"], meta["output_shape"]) == ([32, 32, 24], [64, 64, 24])
+    assert np.allclose(meta["output_voxel_size_mm"], zooms_out)
 
 
 @pytest.mark.parametrize("module", ["ddasr_nipype.workflows.sr", "ddasr_nipype.workflows.base"])

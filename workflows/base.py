@@ -10,11 +10,13 @@ from nipype.pipeline import engine as pe
 from niworkflows.engine.workflows import LiterateWorkflow as Workflow
 
 from ddasr_nipype import __version__
+from ddasr_nipype.errors import InputDatasetError
 from ddasr_nipype.interfaces.bids import (
     OUT_PATH_BASE,
     CommitDerivatives,
     DerivativesDataSink,
     SidecarMetadata,
+    derivative_path,
 )
 from ddasr_nipype.interfaces.reports import SRSummary
 
@@ -82,20 +84,34 @@ the [CC0](https://creativecommons.org/publicdomain/zero/1.0/) license.
 """
     if config.work_dir is not None:
         workflow.base_dir = str(config.work_dir)
-    for subject in config.participant_label:
-        t1w_files = collect_t1w(
-            layout, subject, sessions=config.session_label,
-            bids_filters=(config.bids_filters or {}).get("t1w"),
+    selected = {
+        subject: collect_t1w(layout, subject, sessions=config.session_label,
+                             bids_filters=(config.bids_filters or {}).get("t1w"))
+        for subject in config.participant_label
+    }
+    # participants without a (matching) T1w are skipped; the caller reports them
+    workflow.skipped_participants = [s for s, files in selected.items() if not files]
+    if len(workflow.skipped_participants) == len(selected):
+        raise InputDatasetError(
+            f"no T1w image found in {config.bids_dir} for "
+            + ", ".join(f"sub-{s}" for s in selected)
+            + (" with the given session/filters" if config.session_label or config.bids_filters
+               else "")
         )
-        if not t1w_files:
-            raise FileNotFoundError(
-                f"no T1w image found for sub-{subject} in {config.bids_dir}"
-                + (" (with the given session/filters)" if config.session_label
-                   or config.bids_filters else "")
-            )
+    processed = {s: files for s, files in selected.items() if files}
+    n_images = sum(len(files) for files in processed.values())
+    workflow.__desc__ += f"""\
+### Super-resolution of anatomical data
+
+{n_images} T1-weighted image{'s' if n_images > 1 else ''} of {len(processed)} \
+participant{'s' if len(processed) > 1 else ''} {'were' if n_images > 1 else 'was'} found within the \
+input BIDS dataset.
+"""
+    for subject, t1w_files in processed.items():
         subject_wf = init_single_subject_wf(
             subject_id=subject, t1w_files=t1w_files, config=config
         )
+        subject_wf.__desc__ = None  # the dataset-wide count above replaces the subject's own
         crash_dir = (
             Path(config.output_dir) / OUT_PATH_BASE / f"sub-{subject}" / "log" / config.run_uuid
         )
@@ -132,6 +148,17 @@ def init_single_subject_wf(*, subject_id: str, t1w_files: list[str], config, nam
     >>> "ds_t1w_0" in wf.list_node_names(), "ds_mask_0" in wf.list_node_names()
     (True, False)
     """
+    outputs: dict[str, list[str]] = {}
+    for t1w in t1w_files:
+        out_name = derivative_path(t1w, subject=subject_id, desc=OUT_PATH_BASE, suffix="T1w")
+        outputs.setdefault(out_name, []).append(t1w)
+    clashes = [files for files in outputs.values() if len(files) > 1]
+    if clashes:
+        raise InputDatasetError(
+            f"sub-{subject_id}: these T1w images would share one output name: "
+            + "; ".join(" and ".join(Path(f).name for f in files) for files in clashes)
+            + " (select one with --bids-filter-file)"
+        )
     workflow = Workflow(name=name or f"sub_{subject_id}_wf")
     workflow.__desc__ = f"""
 ### Super-resolution of anatomical data

@@ -8,7 +8,7 @@ from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 from niworkflows.engine.workflows import LiterateWorkflow as Workflow
 
-from ddasr_nipype.interfaces import BrainExtraction, Conform, Reslice, SuperResolve
+from ddasr_nipype.interfaces import BrainExtraction, Conform, GridMetadata, Reslice, SuperResolve
 
 
 def _output_text(model, strength: float | None, background: str | None) -> str:
@@ -99,7 +99,8 @@ def init_sr_wf(
     sr_t1w
         The super-resolved T1w.
     sr_metadata
-        Dictionary: scale, planes, device, runtime, model name and sha256, voxel sizes.
+        Dictionary: scale, planes, device, runtime, model name and sha256, output settings, warnings;
+        shapes, voxel sizes and up-sampling factors along the axes of the input and output files.
     brain_mask
         Brain mask on the super-resolved grid (uint8).
     mask_info
@@ -109,8 +110,8 @@ def init_sr_wf(
     --------
     >>> wf = init_sr_wf(model="ixi-t1w-x2", planes="all", omp_nthreads=2)
     >>> sorted(wf.list_node_names())  # doctest: +NORMALIZE_WHITESPACE
-    ['brain_extraction', 'conform', 'inputnode', 'outputnode', 'reslice_mask', 'restore_orientation',
-     'super_resolve']
+    ['brain_extraction', 'conform', 'grid_metadata', 'inputnode', 'outputnode', 'reslice_mask',
+     'restore_orientation', 'super_resolve']
     """
     workflow = Workflow(name=name)
     plane_text = (
@@ -124,7 +125,7 @@ def init_sr_wf(
         "super-resolved grid."
     )
     workflow.__desc__ = f"""\
-The T1-weighted (T1w) image was validated (3D, finite, non-empty, sane voxel sizes) and reoriented to
+Each T1-weighted (T1w) image was validated (3D, finite, non-empty, sane voxel sizes) and reoriented to
 RAS without interpolation. It was then super-resolved with the DDASR super-resolution network [@ddasr]
 (model `{Path(str(model)).name}`) {plane_text}.{_output_text(model, strength, background)} Intensities were
 normalized with a percentile rule before the network and mapped back afterwards; the output keeps the
@@ -149,6 +150,7 @@ input's field of view and orientation.{bet_text}
         name="super_resolve", n_procs=omp_nthreads, mem_gb=2.0,
     )
     restore_orientation = pe.Node(Conform(validate=False), name="restore_orientation")
+    grid_metadata = pe.Node(GridMetadata(), name="grid_metadata")
     workflow.connect([
         (inputnode, conform, [("t1w", "in_file")]),
         (inputnode, outputnode, [("t1w", "t1w_ref")]),
@@ -156,8 +158,11 @@ input's field of view and orientation.{bet_text}
         (conform, restore_orientation, [("in_orientation", "orientation")]),
         (super_resolve, restore_orientation, [("out_file", "in_file")]),
         (restore_orientation, outputnode, [("out_file", "sr_t1w")]),
-        (super_resolve, outputnode, [("metadata", "sr_metadata"),
-                                     ("model_sha256", "model_sha256")]),
+        (inputnode, grid_metadata, [("t1w", "source_file")]),
+        (super_resolve, grid_metadata, [("metadata", "metadata")]),
+        (restore_orientation, grid_metadata, [("out_file", "sr_file")]),
+        (grid_metadata, outputnode, [("metadata", "sr_metadata")]),
+        (super_resolve, outputnode, [("model_sha256", "model_sha256")]),
     ])
     if skip_brain_extraction:
         return workflow

@@ -5,12 +5,13 @@ from .brain_extraction import BrainExtraction
 from .conform import Conform, Reorient, Reslice
 from .dsn import DSNDegrade
 from .reports import SRSummary
-from .super_resolve import SuperResolve
+from .super_resolve import GridMetadata, SuperResolve
 
 __all__ = [
     "BrainExtraction",
     "Conform",
     "DSNDegrade",
+    "GridMetadata",
     "Reorient",
     "Reslice",
     "SRSummary",

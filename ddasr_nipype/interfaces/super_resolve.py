@@ -60,12 +60,64 @@ def super_resolve_file(
         img, bundle, planes=planes, device=device, batch_size=batch_size,
         num_threads=num_threads, tile_size=tile_size, strength=strength, background=background,
     )
-    info = dict(info)
-    info["input_voxel_size_mm"] = [round(float(z), 6) for z in img.header.get_zooms()[:3]]
-    info["output_voxel_size_mm"] = [round(float(z), 6) for z in out_img.header.get_zooms()[:3]]
-    info["input_shape"] = [int(n) for n in img.shape[:3]]
-    info["output_shape"] = [int(n) for n in out_img.shape[:3]]
-    return out_img, info
+    return out_img, {**info, **grid_info(img, out_img, info["upsampling_factors_ras"])}
+
+
+def grid_info(in_img, out_img, factors_ras) -> dict:
+    """Shapes, voxel sizes and up-sampling factors of an input and its super-resolved output, each
+    along the axes of its own file (what ``fslinfo`` or ``img.shape`` show).
+
+    >>> import nibabel as nib, numpy as np
+    >>> psr = np.array([[0, 0, -2, 0], [-2, 0, 0, 0], [0, -2, 0, 0], [0, 0, 0, 1.]])
+    >>> lr = nib.Nifti1Image(np.zeros((4, 5, 6), np.float32), psr)
+    >>> sr = nib.Nifti1Image(np.zeros((8, 10, 6), np.float32), psr @ np.diag([.5, .5, 1, 1]))
+    >>> grid_info(lr, sr, [1, 2, 2])["upsampling_factors"]  # sagittal: the R-L axis is the file's third
+    [2, 2, 1]
+    """
+    from nibabel.orientations import io_orientation
+
+    ornt = io_orientation(out_img.affine)
+    return {
+        "input_shape": [int(n) for n in in_img.shape[:3]],
+        "input_voxel_size_mm": [round(float(z), 6) for z in in_img.header.get_zooms()[:3]],
+        "output_shape": [int(n) for n in out_img.shape[:3]],
+        "output_voxel_size_mm": [round(float(z), 6) for z in out_img.header.get_zooms()[:3]],
+        "upsampling_factors": [int(factors_ras[int(ras_axis)]) for ras_axis in ornt[:, 0]],
+    }
+
+
+class _GridMetadataInputSpec(BaseInterfaceInputSpec):
+    metadata = traits.Dict(mandatory=True, desc="SuperResolve's metadata (of the RAS-conformed input)")
+    source_file = File(exists=True, mandatory=True, desc="the input T1w as given (its own orientation)")
+    sr_file = File(exists=True, mandatory=True, desc="the super-resolved T1w in the input's orientation")
+
+
+class _GridMetadataOutputSpec(TraitedSpec):
+    metadata = traits.Dict(desc="the metadata with grids along the axes of the input and output files")
+
+
+class GridMetadata(SimpleInterface):
+    """Re-express SuperResolve's grid metadata along the axes of the files the user gets.
+
+    In :func:`~ddasr_nipype.workflows.sr.init_sr_wf` the network runs on a RAS copy of the input;
+    shapes, voxel sizes and up-sampling factors in the sidecar and report must follow the axis order
+    of the input and output files instead.
+
+    >>> GridMetadata(metadata={"scale": 2}).inputs.metadata
+    {'scale': 2}
+    """
+
+    input_spec = _GridMetadataInputSpec
+    output_spec = _GridMetadataOutputSpec
+
+    def _run_interface(self, runtime):
+        import nibabel as nib
+
+        metadata = dict(self.inputs.metadata)
+        metadata.update(grid_info(nib.load(self.inputs.source_file), nib.load(self.inputs.sr_file),
+                                  metadata["upsampling_factors_ras"]))
+        self._results["metadata"] = metadata
+        return runtime
 
 
 class _SuperResolveInputSpec(BaseInterfaceInputSpec):
