@@ -205,13 +205,16 @@ def super_resolve_plane(
     tile_overlap: int = 8,
     strength: float = 1.0,
     mask: np.ndarray | None = None,
+    residual: np.ndarray | None = None,
 ) -> np.ndarray:
     """Super-resolve every slice of a normalized RAS volume along one plane.
 
     Returns a float32 volume upsampled by ``scale`` on the plane's two in-plane axes. With
     ``strength < 1`` or a head ``mask`` (a boolean volume like ``data``) each output slice is
     blended with the bicubic interpolation of its input slice (:func:`output_settings`): the
-    network's output weighs ``strength`` inside the mask and nothing outside it.
+    network's output weighs ``strength`` inside the mask and nothing outside it. ``residual`` (like
+    ``data``) is what the normalization clipped off the input: it is added back to the interpolated
+    input, so the blend keeps the input's own values (negative air, very bright vessels).
     """
     import torch
 
@@ -226,9 +229,12 @@ def super_resolve_plane(
     n_slices, height, width = moved.shape
     if mask is not None and mask.shape != data.shape:
         raise ValueError(f"mask shape {mask.shape} differs from the volume's {data.shape}")
+    if residual is not None and residual.shape != data.shape:
+        raise ValueError(f"residual shape {residual.shape} differs from the volume's {data.shape}")
     strength = output_settings(strength=strength)["strength"]  # checked
     blend = strength < 1.0 or mask is not None
     mask_moved = None if mask is None else np.moveaxis(mask, axis, 0)
+    residual_moved = None if residual is None else np.moveaxis(residual, axis, 0)
     out = np.empty((n_slices, height * scale, width * scale), dtype=np.float32)
     torch_device = resolve_device(device)
     from .degradations import bicubic_upsample
@@ -242,7 +248,10 @@ def super_resolve_plane(
                 stop = start + len(chunk)
                 weight = _blend_weights(None if mask_moved is None else mask_moved[start:stop], strength,
                                         scale, sr.shape[1:])
-                sr = weight * sr + (1.0 - weight) * bicubic_upsample(chunk, scale, axes=(1, 2))
+                interpolated = chunk
+                if residual_moved is not None and residual_moved[start:stop].any():
+                    interpolated = chunk + residual_moved[start:stop]
+                sr = weight * sr + (1.0 - weight) * bicubic_upsample(interpolated, scale, axes=(1, 2))
             out[start:start + len(chunk)] = sr
     return np.moveaxis(out, 0, axis)
 
@@ -277,19 +286,21 @@ def super_resolve_volume(
     tile_overlap: int = 8,
     strength: float = 1.0,
     background: str = "model",
+    residual: np.ndarray | None = None,
 ) -> np.ndarray:
     """Super-resolve a normalized RAS volume.
 
     ``plane`` is one of sagittal/coronal/axial (x``scale`` on the two in-plane axes, as in the paper)
     or ``all``: the three single-plane results, each brought to the isotropic x``scale`` grid by linear
     interpolation along its slice axis, are averaged into an isotropic volume. ``strength`` and
-    ``background`` blend the network's output with bicubic interpolation (:func:`output_settings`).
+    ``background`` blend the network's output with bicubic interpolation (:func:`output_settings`);
+    ``residual`` is what the normalization clipped off (:func:`super_resolve_plane`).
     """
     _check_plane(plane)
     settings = output_settings(strength=strength, background=background)
     mask = head_mask(data) if settings["background"] == "input" else None
     kwargs = dict(scale=scale, batch_size=batch_size, device=device, tile_size=tile_size,
-                  tile_overlap=tile_overlap, strength=settings["strength"], mask=mask)
+                  tile_overlap=tile_overlap, strength=settings["strength"], mask=mask, residual=residual)
     if plane != "all":
         return super_resolve_plane(data, generator, plane=plane, **kwargs)
     fused = np.zeros(tuple(n * scale for n in data.shape), dtype=np.float32)
@@ -359,10 +370,15 @@ def super_resolve_image(
         norm_kwargs["percentiles"] = tuple(bundle.normalization["percentiles"])
     norm = fit_normalization(data, **norm_kwargs)
     scale = bundle.scale
+    normalized = norm.apply(data)
+    # the network sees the clipped input; the interpolated input in the blend keeps every value
+    residual = (data - np.float32(norm.low)) / np.float32(norm.scale) - normalized
     sr = super_resolve_volume(
-        norm.apply(data), generator, plane=planes, scale=scale, batch_size=batch_size,
-        device=str(torch_device), tile_size=tile_size, **settings,
+        normalized, generator, plane=planes, scale=scale, batch_size=batch_size,
+        device=str(torch_device), tile_size=tile_size,
+        residual=residual if np.abs(residual).max() > 1e-6 else None, **settings,
     )
+    del normalized, residual
     sr = np.asarray(norm.invert(sr), dtype=np.float32)
     if float(data.min()) >= 0:
         np.maximum(sr, 0, out=sr)  # magnitude images stay non-negative

@@ -249,6 +249,37 @@ def test_background_input_keeps_the_interpolated_input_in_the_air(lr_file):
     assert np.nanmax(step) < 0.6
 
 
+class _Blends(_FakeBundle):
+    output = {"strength": 0.5, "background": "input"}
+
+
+def test_the_blend_keeps_input_values_the_normalization_clips(lr_file):
+    """An input with its air at -100 and a few very bright voxels: the interpolated input in the
+    blend keeps them (the network alone would see them clipped)."""
+    from ddasr_nipype.degradations import bicubic_upsample
+
+    img = nib.load(lr_file).slicer[30:70, 30:70, 20:50]
+    data = np.asarray(img.dataobj, np.float32)
+    head = inference.head_mask(data / np.percentile(data, 99))
+    shifted = np.where(head, data, -100.0).astype(np.float32)
+    bright = tuple(np.argwhere(head)[len(np.argwhere(head)) // 2])
+    shifted[bright] = 20 * np.percentile(data, 99.5)  # far above the 1.5 clipping bound
+    out, _ = inference.super_resolve_image(nib.Nifti1Image(shifted, img.affine), _Blends())
+    out = np.asarray(out.dataobj)
+    axes = (0, 1) if nib.aff2axcodes(img.affine)[2] in "LR" else (1, 2)
+    reference = bicubic_upsample(shifted, 2, axes=axes)
+    far = bicubic_upsample((~ndi_dilate(head, 4)).astype(np.float32), 2, axes=axes) > 0.99
+    assert far.sum() > 1000
+    np.testing.assert_allclose(out[far], -100.0, atol=0.5)  # was 0 before the fix
+    assert out.max() > 0.5 * reference.max()  # the bright voxel is not squashed to the clip bound
+
+
+def ndi_dilate(mask, iterations):
+    from scipy import ndimage
+
+    return ndimage.binary_dilation(mask, iterations=iterations)
+
+
 class _Trained2mm(_FakeBundle):
     preprocessing = {"lr_voxel_size": 2.0}
 
