@@ -77,7 +77,7 @@ def resolution_warnings(voxel_sizes_ras, bundle, planes: str = "sagittal", *,
                 f"{float(expected):.3g} mm input, and this is more than {tolerance:g} times finer or coarser; "
                 f"its output there is untested (see the model card)"
             )
-        elif max(inplane) / min(inplane) > square_tolerance:
+        if max(inplane) / min(inplane) > square_tolerance:
             warnings.append(
                 f"{view} voxels of {shown} mm are not square; the model was trained on square voxels"
             )

@@ -290,11 +290,15 @@ def test_resolution_warnings_flag_input_far_from_the_training_resolution():
     assert warn((4, 1.4, 1.4), _Trained2mm()) == warn((4, 3, 3), _Trained2mm()) == []  # within 1.5 times
     (message,) = warn((3.5, 3.5, 3.5), _Trained2mm())
     assert "sagittal voxels of 3.5 x 3.5 mm" in message and "trained on 2 mm input" in message
-    assert len(warn((2, 1.2, 2), _Trained2mm())) == 1  # finer than trained, on one in-plane axis
+    assert len(warn((2, 1.4, 2), _Trained2mm())) == 0  # within 1.5 times, 1.43:1
+    # finer than trained on one in-plane axis, and far from square: both are said
+    finer, not_square = warn((2, 1, 3), _Trained2mm())
+    assert "1 x 3 mm" in finer and "trained on 2 mm input" in finer and "are not square" in not_square
     # thick sagittal slices do not matter to the sagittal network (its in-plane axes are A-P, S-I) ...
     assert warn((5, 2, 2), _Trained2mm()) == []
     # ... but do to the coronal and axial passes of planes="all"
-    assert [m.split(" voxels")[0] for m in warn((5, 2, 2), _Trained2mm(), "all")] == ["coronal", "axial"]
+    assert [m.split(" voxels")[0] for m in warn((5, 2, 2), _Trained2mm(), "all")] == [
+        "coronal", "coronal", "axial", "axial"]  # too coarse, and 2.5:1
     # a bundle that does not record its input resolution: only non-square in-plane voxels warn
     assert warn((3, 3, 3), _FakeBundle()) == []
     (message,) = warn((1, 1, 3), _FakeBundle())
