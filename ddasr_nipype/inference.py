@@ -316,11 +316,13 @@ def _output_image(data: np.ndarray, affine: np.ndarray, like):
     """A float32 NIfTI image carrying over the reference header's spatial/unit codes."""
     import nibabel as nib
 
+    from .data.io import carried_qform
+
     img = nib.Nifti1Image(data.astype(np.float32, copy=False), affine)
     header = getattr(like, "header", None)
     if isinstance(header, nib.Nifti1Header):
         img.header.set_xyzt_units(*header.get_xyzt_units())
-        img.set_qform(affine, int(header["qform_code"]) or 1)
+        img.set_qform(carried_qform(header, affine), int(header["qform_code"]) or 1)
         img.set_sform(affine, int(header["sform_code"]) or 1)
     return img
 

@@ -334,6 +334,19 @@ def test_from_ras_keeps_header_codes(lr_file, tmp_path):
     np.testing.assert_allclose(reread.affine, nib.load(str(lr_file)).affine, atol=1e-5)
 
 
+def test_reorientation_keeps_a_distinct_qform_aligned(lr_file):
+    img = io.load_volume(lr_file)
+    shifted = img.affine.copy()
+    shifted[:3, 3] += (0.0, -7.5, 3.0)
+    img.set_sform(img.affine, code=2)
+    img.set_qform(shifted, code=1)
+    ras, ornt = io.to_ras(img)
+    for out in (ras, io.from_ras(ras, ornt)):
+        offset = out.header.get_qform() @ np.linalg.inv(out.header.get_sform())
+        np.testing.assert_allclose(offset, shifted @ np.linalg.inv(img.affine), atol=1e-4)
+        assert (int(out.header["sform_code"]), int(out.header["qform_code"])) == (2, 1)
+
+
 def test_ras_codes_constant():
     np.testing.assert_array_equal(io.RAS_ORNT, axcodes2ornt("RAS"))
 

@@ -249,6 +249,24 @@ def test_background_input_keeps_the_interpolated_input_in_the_air(lr_file):
     assert np.nanmax(step) < 0.6
 
 
+def test_a_qform_that_differs_from_the_sform_stays_aligned_with_the_inputs_qform(lr_file):
+    """A registration written to the sform only (qform 10 mm away): the output keeps both affines,
+    each aligned with the input's same one, and their codes."""
+    img = nib.load(lr_file).slicer[30:60, 30:60, 20:40]
+    img = nib.Nifti1Image(np.asarray(img.dataobj, np.float32), img.affine)
+    shifted = img.affine.copy()
+    shifted[:3, 3] += (10.0, 0.0, 0.0)
+    img.set_sform(img.affine, code=2)
+    img.set_qform(shifted, code=1)
+    out, _ = inference.super_resolve_image(img, _FakeBundle(), planes="sagittal")
+    assert (int(out.header["sform_code"]), int(out.header["qform_code"])) == (2, 1)
+    offset = out.header.get_qform() @ np.linalg.inv(out.header.get_sform())
+    np.testing.assert_allclose(offset, shifted @ np.linalg.inv(img.affine), atol=1e-4)  # 10 mm in x
+    plain, _ = inference.super_resolve_image(nib.Nifti1Image(np.asarray(img.dataobj), img.affine),
+                                             _FakeBundle(), planes="sagittal")
+    np.testing.assert_allclose(plain.header.get_qform(), plain.header.get_sform(), atol=1e-4)
+
+
 class _Blends(_FakeBundle):
     output = {"strength": 0.5, "background": "input"}
 

@@ -263,6 +263,22 @@ def load_volume(path: str | Path, *, checks: ImageChecks = DEFAULT_CHECKS):
     return new_image_like(data, img.affine, img)
 
 
+def carried_qform(ref_header, affine: np.ndarray) -> np.ndarray:
+    """The qform of a new image whose sform is ``affine``, derived from an image with ``ref_header``.
+
+    When the reference's qform and sform disagree (both set, e.g. a registration written to the sform
+    only), the world transform between them is carried over, so each of the new image's two affines
+    stays aligned with the reference's same one; otherwise the qform is ``affine``.
+    """
+    affine = np.asarray(affine, dtype=float)
+    if not (int(ref_header["qform_code"]) and int(ref_header["sform_code"])):
+        return affine
+    qform, sform = ref_header.get_qform(), ref_header.get_sform()
+    if np.allclose(qform, sform, atol=1e-4):
+        return affine
+    return qform @ np.linalg.inv(sform) @ affine
+
+
 def new_image_like(data: np.ndarray, affine: np.ndarray, ref):
     """A new in-memory image of ``ref``'s class with ``data``, ``affine`` and ``ref``'s header.
 
@@ -280,7 +296,7 @@ def new_image_like(data: np.ndarray, affine: np.ndarray, ref):
         scode, qcode = int(ref.header["sform_code"]), int(ref.header["qform_code"])
         if scode or qcode:
             img.header.set_sform(affine, code=scode)
-            img.header.set_qform(affine, code=qcode)
+            img.header.set_qform(carried_qform(ref.header, affine), code=qcode)
     if hasattr(img.header, "set_slope_inter"):
         try:
             img.header.set_slope_inter(1.0, 0.0)
