@@ -61,3 +61,53 @@ def test_smoke_workflow_run_writes_a_bundle(tmp_path, hr_bids, lr_bids):
     srn = tuned.manifest["training"]["srn"]
     assert srn["initialized_from"]["sha256"] == bundle.sha256
     assert srn["iterations"] == 1 and srn["stopped_early"] is True and srn["planned_iterations"] == 500
+
+
+def test_a_rerun_after_sigterm_resumes_the_stage(tmp_path, hr_bids, lr_bids, monkeypatch):
+    """SLURM preemption: SIGTERM mid-stage checkpoints and fails the node; rerunning the workflow
+    trains only the remaining iterations (nipype empties a failed node's folder, so the checkpoints
+    must live outside it) and ends where an uninterrupted run ends."""
+    import os
+    import signal
+
+    torch = pytest.importorskip("torch")
+    from ddasr_nipype.bundle import load_bundle
+    from ddasr_nipype.training.dsn_trainer import DSNTrainer
+
+    steps = []
+    original = DSNTrainer.train_step
+
+    def counted(self, kill_at=None):
+        steps.append(self.iteration + 1)
+        if kill_at is not None and self.iteration + 1 == kill_at:
+            os.kill(os.getpid(), signal.SIGTERM)  # the trainer's handler checkpoints and stops
+        return original(self)
+
+    def build(out):
+        wf = init_train_wf(hr_dir=str(hr_bids), lr_dir=str(lr_bids), output_dir=str(out), preset="smoke",
+                           device="cpu", allow_random_vgg19=True, hr_participant_label=["trio"],
+                           iterations_dsn=6)
+        for name in TRAIN_NODE_NAMES:
+            wf.get_node(name).inputs.tensorboard = False
+        wf.base_dir = str(tmp_path / "work")
+        return wf
+
+    monkeypatch.setattr(DSNTrainer, "train_step", lambda self: counted(self, kill_at=3))
+    with pytest.raises(RuntimeError):
+        build(tmp_path / "model").run(plugin="Linear")
+    assert steps == [1, 2, 3] and not (tmp_path / "model").exists()
+    steps.clear()
+    monkeypatch.setattr(DSNTrainer, "train_step", lambda self: counted(self))
+    build(tmp_path / "model").run(plugin="Linear")
+    assert steps == [4, 5, 6]  # resumed after the checkpoint at 3, not started over
+    resumed = load_bundle(tmp_path / "model")
+    assert resumed.manifest["training"]["dsn"]["iterations"] == 6
+
+    steps.clear()
+    wf = build(tmp_path / "straight")
+    wf.base_dir = str(tmp_path / "work-straight")
+    wf.run(plugin="Linear")
+    assert steps == [1, 2, 3, 4, 5, 6]
+    with torch.no_grad():
+        x = torch.rand(1, 1, 16, 16)
+        torch.testing.assert_close(resumed.load_generator()(x), load_bundle(tmp_path / "straight").load_generator()(x))

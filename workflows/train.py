@@ -40,7 +40,8 @@ def init_train_wf(
 ):
     """Train a DDASR model (DSN, synthetic pairs, SRN) and write a model bundle.
 
-    Three nodes, each resumable from its own checkpoints (the interfaces set ``can_resume``):
+    Three nodes; the two training stages keep their checkpoints in a stage folder next to their node
+    directory (:mod:`ddasr_nipype.interfaces.training`), which survives nipype's rerun of a failed node:
     ``train_dsn`` prepares the unpaired HR/LR slices and trains the down-sampling network;
     ``synthesize_pairs`` degrades every HR slice with it into (LR, HR) pairs (float32, lossless);
     ``train_srn`` trains the generator against the attention U-Net discriminator and writes the
@@ -58,7 +59,8 @@ def init_train_wf(
         wf.run(plugin="SLURMGraph", plugin_args={"dont_resubmit_completed_jobs": True})
 
     ``--signal=B:TERM@120`` makes SLURM send SIGTERM two minutes before the time limit: the node
-    writes a checkpoint and fails cleanly; rerunning the workflow (same ``base_dir``) resumes it.
+    writes a checkpoint and fails cleanly; rerunning the workflow (same ``base_dir`` and inputs) resumes
+    it from that checkpoint.
 
     Workflow Graph
         .. workflow::

@@ -1,17 +1,21 @@
 """Nipype interfaces of the three training stages: :class:`TrainDSN`, :class:`SynthesizePairs`,
 :class:`TrainSRN` (thin wrappers around :mod:`ddasr_nipype.training.pipeline`).
 
-Each stage works in its node directory (``runtime.cwd/train``) and resumes from the checkpoint it
-finds there: these interfaces set ``can_resume = True``, so when a node is rerun after a crash or a
-SLURM preemption (same inputs, unfinished hash file), nipype keeps the directory and training goes on
-from the last checkpoint instead of starting over. ``use_gpu`` tells nipype's MultiProc scheduler
-that a node occupies a GPU; see :func:`ddasr_nipype.workflows.train.init_train_wf` for SLURM.
+The two training stages keep their checkpoints, logs and prepared data in a stage folder *next to*
+the node's directory (``_<node>_<stage>_<hash of the inputs>``, or ``work_dir`` when given) and
+resume from the checkpoint they find there. Nipype empties a node's directory before it reruns a
+node that failed, so checkpoints kept inside it would be lost: after a crash or a SLURM preemption
+(SIGTERM: checkpoint, then the node fails), rerunning the workflow with the same ``base_dir`` and
+inputs goes on from the last checkpoint instead of starting over; changed inputs get a fresh stage
+folder. ``use_gpu`` tells nipype's MultiProc scheduler that a node occupies a GPU; see
+:func:`ddasr_nipype.workflows.train.init_train_wf` for SLURM.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 from nipype.interfaces.base import (
     BaseInterfaceInputSpec,
@@ -48,6 +52,19 @@ class _VGGInputSpec(_CommonInputSpec):
     vgg19_weights = File(exists=True, desc="torchvision vgg19-dcbb9e9d.pth (else $DDASR_VGG19_WEIGHTS or hub cache)")
     allow_random_vgg19 = traits.Bool(False, usedefault=True,
                                      desc="explicit opt-in to a seeded random VGG19 when no weights are found")
+    work_dir = Directory(desc="folder for the stage's checkpoints, logs and prepared data, kept across "
+                              "reruns (default: next to the node's directory, named after the node and a "
+                              "hash of its inputs)", nohash=True)
+
+
+def stage_dir(interface, runtime, stage: str) -> str:
+    """The folder where a resumable stage keeps its checkpoints (see the module docstring)."""
+    work_dir = interface.inputs.work_dir
+    if isdefined(work_dir) and work_dir:
+        return os.path.abspath(work_dir)
+    _, hashvalue = interface.inputs.get_hashval(hash_method="timestamp")
+    cwd = Path(runtime.cwd)
+    return str(cwd.parent / f"_{cwd.name}_{stage}_{hashvalue[:12]}")
 
 
 def _options(inputs, **extra):
@@ -101,7 +118,7 @@ class TrainDSN(SimpleInterface):
     def _run_interface(self, runtime):
         from ddasr_nipype.training.pipeline import apply_num_threads, load_backbone, prepare_data, run_dsn_stage
 
-        work = os.path.join(runtime.cwd, "train")
+        work = stage_dir(self, runtime, "dsn")
         i = self.inputs
         options = _options(
             i, hr_dir=i.hr_dir, lr_dir=i.lr_dir, work_dir=work,
@@ -207,7 +224,7 @@ class TrainSRN(SimpleInterface):
 
         i = self.inputs
         out_dir = i.out_dir if isdefined(i.out_dir) and i.out_dir else os.path.join(runtime.cwd, "bundle")
-        options = _options(i, work_dir=os.path.join(runtime.cwd, "train"), out_dir=out_dir,
+        options = _options(i, work_dir=stage_dir(self, runtime, "srn"), out_dir=out_dir,
                            name=i.model_name if isdefined(i.model_name) else None,
                            init_generator=i.init_generator if isdefined(i.init_generator) else None,
                            srn_time_limit=i.time_limit if isdefined(i.time_limit) else None)
