@@ -1,6 +1,7 @@
 """End-to-end and inference benchmark of the ``ddasr`` BIDS App on one real 2 mm IXI volume.
 
-Prints, for one subject of ``../shared/data/lr`` (120 x 120 x 90):
+Prints, for one 2 mm T1w volume (by default a subject of ``../shared/data/lr``, else the bundled
+example scan; ``--t1w`` takes any file):
 
 - end-to-end wall time of ``ddasr`` (a fresh process: imports, workflow, brain extraction,
   super-resolution, sinks, report) and its peak RSS (largest process of the run);
@@ -14,7 +15,7 @@ Prints, for one subject of ``../shared/data/lr`` (120 x 120 x 90):
 
 Usage::
 
-    python benchmarks/inference_benchmark.py [--model NAME_OR_DIR] [--subject IXI603]
+    python benchmarks/inference_benchmark.py [--model NAME_OR_DIR] [--subject IXI603 | --t1w FILE]
                                              [--ref-slices 4] [--skip-256]
 
 Without ``--model`` it uses the bundled ``ixi-t1w-x2`` when it exists, else a **random-weights
@@ -36,6 +37,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_LR = REPO.parent / "shared" / "data" / "lr"
+EXAMPLE_T1W = REPO / "ddasr_nipype" / "resources" / "example" / "sub-IXI606" / "anat" / "sub-IXI606_T1w.nii.gz"
 
 
 def _random_bundle(out_dir: Path) -> Path:
@@ -46,7 +48,8 @@ def _random_bundle(out_dir: Path) -> Path:
 
     import yaml
 
-    preset = REPO / "ddasr_nipype" / "training" / "presets" / "starter.yml"
+    # the recipe of the shipped generator (the preset its last fine-tune ran with)
+    preset = REPO / "ddasr_nipype" / "training" / "presets" / "starter-finetune-nl.yml"
     generator = yaml.safe_load(preset.read_text())["srn"]["generator"]
     torch.manual_seed(0)
     config = GeneratorConfig(**generator)  # the size of the shipped starter model
@@ -78,9 +81,9 @@ def _node_seconds(work: Path, name: str) -> float:
 
 def run_app(t1w: Path, model: str, tmp: Path, nprocs: int) -> dict:
     bids = tmp / "bids"
-    sub = t1w.name.split("_")[0]
-    (bids / sub / "anat").mkdir(parents=True)
-    shutil.copy(t1w, bids / sub / "anat" / t1w.name)
+    (bids / "sub-bench" / "anat").mkdir(parents=True)
+    ext = ".nii.gz" if t1w.name.endswith(".gz") else t1w.suffix
+    shutil.copy(t1w, bids / "sub-bench" / "anat" / f"sub-bench_T1w{ext}")
     (bids / "dataset_description.json").write_text('{"Name": "bench", "BIDSVersion": "1.9.0"}')
     cmd = [str(Path(sys.executable).parent / "ddasr"), str(bids), str(tmp / "out"), "participant",
            "-w", str(tmp / "work"), "--model", model, "--nprocs", str(nprocs), "--device", "cpu"]
@@ -171,7 +174,9 @@ def rss_256(model: str, threads: int, tile_size: int) -> dict:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", help="bundle name or directory (default: see module doc)")
-    parser.add_argument("--subject", default="IXI603", help="subject of ../shared/data/lr")
+    parser.add_argument("--subject", default="IXI603",
+                        help="subject of ../shared/data/lr (when it is missing: the bundled example scan)")
+    parser.add_argument("--t1w", type=Path, help="benchmark this T1w file instead")
     parser.add_argument("--ref-slices", type=int, default=4,
                         help="slices timed for the generator/RRDBNet comparison")
     parser.add_argument("--nprocs", type=int, default=os.cpu_count() or 1)
@@ -179,9 +184,12 @@ def main(argv=None) -> int:
     parser.add_argument("--skip-256", action="store_true", help="skip the 256^3 RSS run")
     opts = parser.parse_args(argv)
 
-    t1w = SHARED_LR / f"sub-{opts.subject}" / "anat" / f"sub-{opts.subject}_T1w.nii.gz"
+    t1w = opts.t1w or SHARED_LR / f"sub-{opts.subject}" / "anat" / f"sub-{opts.subject}_T1w.nii.gz"
+    if opts.t1w is None and not t1w.is_file():
+        print(f"{t1w} not found: benchmarking the bundled example scan instead", file=sys.stderr)
+        t1w = EXAMPLE_T1W
     if not t1w.is_file():
-        print(f"missing {t1w}: the shared development data are needed", file=sys.stderr)
+        print(f"missing {t1w}", file=sys.stderr)
         return 1
     with tempfile.TemporaryDirectory(prefix="ddasr-bench-") as tmp_name:
         tmp = Path(tmp_name)
