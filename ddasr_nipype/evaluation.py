@@ -504,6 +504,11 @@ def _table2_ds(config: EvaluationConfig, hr_scans: list[Scan], lr_scans: list[Sc
                 dsn_img, _ = degrade_image(hr_img, bundle, reference_lr=lr_img, plane=config.plane,
                                            device=models.device)
                 synthetic[f"DSN ({label})"] = np.asarray(to_ras(dsn_img)[0].dataobj, dtype=np.float64)
+        # the DSN drops the last LR voxel of an odd HR axis (degrade_image): compare on the common grid
+        common = tuple(slice(0, min([real.shape[a]] + [v.shape[a] for v in synthetic.values()]))
+                       for a in range(3))
+        real01, mask = real01[common], mask[common]
+        synthetic = {name: v[common] for name, v in synthetic.items()}
         for method, lr in synthetic.items():
             scores = reference_scores(real01, normalize_volume(lr, mask), plane=config.plane, mask=mask,
                                       min_fraction=config.min_brain_fraction, normalize=False)

@@ -423,7 +423,12 @@ def degrade_image(
 
     The DSN needs a real LR image of the target domain (``reference_lr``): each HR slice is paired with
     the reference slice at the same relative position along the plane. The output is down-sampled by
-    the bundle's scale on the two in-plane axes, with a field-of-view-preserving affine.
+    the bundle's scale on the two in-plane axes, with a field-of-view-preserving affine; an odd in-plane
+    axis first loses its last HR voxel (``info["hr_cropped"]``), so the LR grid covers the HR's field of
+    view exactly. The through-plane axis keeps the HR's spacing. ``info["warnings"]`` says when the
+    synthetic LR's in-plane voxels differ by more than 10 % from the site's (the bundle's
+    ``preprocessing.lr_voxel_size``, else the reference's): the DSN was trained on HR resampled to the
+    site's voxel size / scale, so resample the HR first for a synthetic LR of the site's resolution.
     """
     import torch
 
@@ -439,12 +444,16 @@ def degrade_image(
     dsn = bundle.load_dsn(str(torch_device))
     scale = bundle.scale
     hr_ras, orig_ornt = to_ras(img)
+    axis = PLANE_AXES[plane]
+    odd = tuple(slice(0, n - n % scale) if a != axis else slice(None) for a, n in enumerate(hr_ras.shape[:3]))
+    cropped = [a for a, n in enumerate(hr_ras.shape[:3]) if a != axis and n % scale]
+    if cropped:
+        hr_ras = hr_ras.slicer[odd]
     hr = np.asarray(hr_ras.dataobj, dtype=np.float32)
     ref_ras, _ = to_ras(reference_lr)
     ref = np.asarray(ref_ras.dataobj, dtype=np.float32)
     hr_norm = fit_normalization(hr)
     ref_norm = fit_normalization(ref)
-    axis = PLANE_AXES[plane]
     hr_slices = np.moveaxis(hr_norm.apply(hr), axis, 0)
     ref_slices = np.moveaxis(ref_norm.apply(ref), axis, 0)
     matched = _matched_reference_slices(ref, axis, hr_slices.shape[0])
@@ -469,5 +478,27 @@ def degrade_image(
         "runtime_s": round(time.perf_counter() - t0, 3),
         "model_name": bundle.name,
         "dsn_sha256": bundle.manifest["files"]["dsn.pt"]["sha256"],
+        "hr_cropped": ["RAS"[a] + "-" + "LPI"[a] for a in cropped],
+        "warnings": _site_voxel_warnings(out_ras, ref_ras, bundle, axis),
     }
+    for message in info["warnings"]:
+        LOGGER.warning("%s", message)
     return from_ras(out_ras, orig_ornt), info
+
+
+def _site_voxel_warnings(out_ras, ref_ras, bundle, axis: int, tolerance: float = 0.1) -> list[str]:
+    """A warning when the synthetic LR's in-plane voxels are more than ``tolerance`` off the site's."""
+    from .data.io import ras_voxel_sizes
+
+    site = (getattr(bundle, "preprocessing", None) or {}).get("lr_voxel_size")
+    ref_sizes = ras_voxel_sizes(ref_ras)
+    inplane = [a for a in range(3) if a != axis]
+    expected = [float(site)] * 2 if site else [ref_sizes[a] for a in inplane]
+    got = [ras_voxel_sizes(out_ras)[a] for a in inplane]
+    if all(abs(g - e) <= tolerance * e for g, e in zip(got, expected)):
+        return []
+    shown = " x ".join(f"{v:.3g}" for v in got)
+    target = " x ".join(f"{v:.3g}" for v in expected)
+    return [f"synthetic LR voxels of {shown} mm in-plane, the site's are {target} mm: the DSN of "
+            f"{getattr(bundle, 'name', '?')!r} was trained on HR resampled to the site's voxel size / "
+            f"{bundle.scale}; resample the HR to that first for a synthetic LR of the site's resolution"]

@@ -238,6 +238,26 @@ def test_dsn_degrade(hr_files, lr_crop, tiny_bundle, tmp_path):
     assert np.allclose(out.header.get_zooms()[:3], (1.0, 2.0, 2.0), atol=1e-3)
     assert res.outputs.metadata["plane"] == "sagittal"
     assert json.loads(Path(res.outputs.out_json).read_text())["dsn_sha256"]
+    assert res.outputs.metadata["warnings"] == [] and res.outputs.metadata["hr_cropped"] == []
+
+    # odd in-plane axes lose their last HR voxel: the LR grid covers the (cropped) HR's FOV exactly
+    odd = nib.load(hr_files["trio"]).slicer[:, 30:61, 30:61]  # 72x31x31
+    odd.to_filename(tmp_path / "odd_T1w.nii.gz")
+    res = DSNDegrade(in_file=str(tmp_path / "odd_T1w.nii.gz"), reference_lr=str(lr_crop), model=str(tiny_bundle),
+                     plane="sagittal", device="cpu").run(cwd=str(tmp_path))
+    out = nib.load(res.outputs.out_file)
+    assert out.shape == (72, 15, 15) and res.outputs.metadata["hr_cropped"] == ["A-P", "S-I"]
+    far_lr = nib.affines.apply_affine(out.affine, np.array(out.shape) - 0.5)
+    far_hr = nib.affines.apply_affine(odd.affine, np.array([72, 30, 30]) - 0.5)
+    np.testing.assert_allclose(far_lr, far_hr, atol=1e-4)  # the outer edge of the last kept HR voxel
+
+    # HR finer than the site's voxel size / scale: the synthetic LR is finer than the site's, and says so
+    fine = nib.Nifti1Image(np.asarray(hr.dataobj), hr.affine @ np.diag([0.7, 0.7, 0.7, 1]))
+    fine.to_filename(tmp_path / "fine_T1w.nii.gz")
+    res = DSNDegrade(in_file=str(tmp_path / "fine_T1w.nii.gz"), reference_lr=str(lr_crop),
+                     model=str(tiny_bundle), plane="sagittal", device="cpu").run(cwd=str(tmp_path))
+    (message,) = res.outputs.metadata["warnings"]
+    assert "synthetic LR voxels of 1.4 x 1.4 mm" in message and "the site's are 2 x 2 mm" in message
 
 
 def test_summary_and_sidecars(tmp_path):
