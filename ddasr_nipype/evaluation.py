@@ -267,13 +267,14 @@ def _fmt(mean: float, std: float, metric: str) -> str:
     return f"{mean:.{digits}f} ± {std:.{digits}f}" if not math.isnan(std) else f"{mean:.{digits}f}"
 
 
-def format_markdown(rows: list[dict[str, Any]], *, group: str = "", title: str = "") -> str:
-    """A markdown table: one line per (group,) method, one ``mean ± std (p)`` column per metric."""
+def format_markdown(rows: list[dict[str, Any]], *, group: str = "", title: str = "", unit: str = "slices") -> str:
+    """A markdown table: one line per (group,) method, one ``mean ± std (p)`` column per metric, and
+    the number of ``unit`` (slices, or volumes for the 3D table) the means are over."""
     metrics = list(dict.fromkeys(r["metric"] for r in rows))
     keys = list(dict.fromkeys((r.get(group, "") if group else "", r["method"]) for r in rows))
     cell = {(r.get(group, "") if group else "", r["method"], r["metric"]): r for r in rows}
     head = ([group.capitalize()] if group else []) + ["Method"] + [
-        f"{m.upper()} {'↓' if lower_is_better(m) else '↑'}" for m in metrics] + ["n slices"]
+        f"{m.upper()} {'↓' if lower_is_better(m) else '↑'}" for m in metrics] + [f"n {unit}"]
     lines = [f"### {title}", ""] if title else []
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for g, method in keys:
@@ -295,7 +296,8 @@ def format_markdown(rows: list[dict[str, Any]], *, group: str = "", title: str =
     return "\n".join(lines) + "\n"
 
 
-def _write_table(out_dir: Path, name: str, rows: list[dict[str, Any]], *, group: str = "", title: str) -> None:
+def _write_table(out_dir: Path, name: str, rows: list[dict[str, Any]], *, group: str = "", title: str,
+                 unit: str = "slices") -> None:
     if not rows:
         return
     fields = ([group] if group else []) + ["method", "metric", "mean", "std", "n", "best_other", "p_value"]
@@ -303,7 +305,7 @@ def _write_table(out_dir: Path, name: str, rows: list[dict[str, Any]], *, group:
         writer = csv.DictWriter(handle, fieldnames=fields, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-    (out_dir / f"{name}.md").write_text(format_markdown(rows, group=group, title=title))
+    (out_dir / f"{name}.md").write_text(format_markdown(rows, group=group, title=title, unit=unit))
 
 
 # --------------------------------------------------------------------------------------------
@@ -553,7 +555,8 @@ def run_evaluation(config: EvaluationConfig) -> dict[str, Any]:
         "table2_ds": (collector.rows("table2_ds"), "", "Table II (DS): synthetic LR vs real LR, per 2D slice"),
     }
     for name, (rows, group, title) in tables.items():
-        _write_table(out_dir, name, rows, group=group, title=title)
+        _write_table(out_dir, name, rows, group=group, title=title,
+                     unit="volumes" if name.endswith("_3d") else "slices")
     with open(out_dir / "slices.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=["table", "scan", "group", "method", "slice", "metric", "value"])
         writer.writeheader()

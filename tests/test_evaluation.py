@@ -203,6 +203,8 @@ def test_brain_mask_adds_psnr_inside_the_brain(tmp_path, trio_bids):
     # the brain is a part of the head mask, with other errors than the scalp and skull around it
     assert abs(rows["psnr_brain"]["mean"] - rows["psnr_mask"]["mean"]) > 0.1
     rows_3d = {r["metric"] for r in csv.DictReader((tmp_path / "out" / "table2_sr_3d.csv").read_text().splitlines())}
+    assert "| n volumes |" in (tmp_path / "out" / "table2_sr_3d.md").read_text()  # one value per volume
+    assert "| n slices |" in (tmp_path / "out" / "table2_sr.md").read_text()
     assert {"psnr_3d_brain", "ssim_3d_brain"} <= rows_3d
     with pytest.raises(ValueError, match="brain_mask"):
         EvaluationConfig(out_dir=tmp_path, hr_dir=trio_bids, brain_mask="bet")
