@@ -21,6 +21,11 @@ def test_graph_and_node_resources(tmp_path):
         node.plugin_args = {"sbatch_args": "--gres=gpu:1 -p gpu", "overwrite": True}
     edges = {(u.name, v.name) for u, v in wf._graph.edges()}
     assert {("train_dsn", "synthesize_pairs"), ("synthesize_pairs", "train_srn"), ("train_dsn", "train_srn")} <= edges
+    limited = init_train_wf(hr_dir=".", lr_dir=".", output_dir="m", dsn_time_limit=60, srn_time_limit=120,
+                            init_generator=str(tmp_path))
+    assert limited.get_node("train_dsn").inputs.time_limit == 60
+    srn = limited.get_node("train_srn").inputs
+    assert (srn.time_limit, srn.init_generator) == (120, str(tmp_path))
     cpu = init_train_wf(hr_dir=".", lr_dir=".", output_dir="m", device="cpu")
     assert cpu.get_node("train_dsn").inputs.use_gpu is False
     assert "down-sampling network" in cpu.__desc__

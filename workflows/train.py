@@ -36,6 +36,9 @@ def init_train_wf(
     omp_nthreads: int = 1,
     mem_gb: float = 8.0,
     model_name: str | None = None,
+    dsn_time_limit: float | None = None,
+    srn_time_limit: float | None = None,
+    init_generator: str | None = None,
     name: str = "train_wf",
 ):
     """Train a DDASR model (DSN, synthetic pairs, SRN) and write a model bundle.
@@ -100,6 +103,11 @@ def init_train_wf(
         Memory estimate of each training node.
     model_name : :obj:`str` or None
         Name recorded in the bundle.
+    dsn_time_limit, srn_time_limit : :obj:`float` or None
+        End that stage after this many seconds (checkpointed; the bundle records the iterations done
+        of those planned), so a job with a fixed allocation still ends with a model.
+    init_generator : :obj:`str` or None
+        Fine-tune this bundle's generator (a bundle directory) instead of starting from random weights.
     name : :obj:`str`
         Name of the workflow.
 
@@ -162,12 +170,18 @@ def init_train_wf(
                        ("lr_participant_label", lr_participant_label)):
         if value:
             dsn_inputs[key] = value
+    if dsn_time_limit is not None:
+        dsn_inputs["time_limit"] = dsn_time_limit
     train_dsn = pe.Node(TrainDSN(**dsn_inputs), name="train_dsn", n_procs=omp_nthreads, mem_gb=mem_gb)
     synthesize_pairs = pe.Node(SynthesizePairs(**common, **overrides), name="synthesize_pairs",
                                n_procs=omp_nthreads, mem_gb=mem_gb)
     srn_inputs = {**common, **overrides, **vgg, "out_dir": str(output_dir)}
     if model_name:
         srn_inputs["model_name"] = model_name
+    if srn_time_limit is not None:
+        srn_inputs["time_limit"] = srn_time_limit
+    if init_generator:
+        srn_inputs["init_generator"] = init_generator
     train_srn = pe.Node(TrainSRN(**srn_inputs), name="train_srn", n_procs=omp_nthreads, mem_gb=mem_gb)
 
     workflow.connect([

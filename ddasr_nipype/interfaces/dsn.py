@@ -14,13 +14,17 @@ from nipype.interfaces.base import (
 
 
 def degrade_file(in_file, reference_lr, *, model: str, plane: str | None = None,
-                 device: str = "auto", batch_size: int = 4):
+                 device: str = "auto", batch_size: int = 4, num_threads: int | None = None):
     """Load ``in_file`` (HR) and ``reference_lr`` (a real LR scan of the target site) and degrade
     the HR volume with the bundle's DSN. Returns ``(lr_img, info)``."""
     from ..bundle import load_bundle
     from ..data.io import load_volume
     from ..inference import degrade_image
 
+    if num_threads:
+        import torch
+
+        torch.set_num_threads(int(num_threads))
     bundle = load_bundle(model)
     return degrade_image(
         load_volume(in_file), bundle, reference_lr=load_volume(reference_lr), device=device,
@@ -45,6 +49,7 @@ class _DSNDegradeInputSpec(BaseInterfaceInputSpec):
         False, usedefault=True, nohash=True, desc="tell nipype's scheduler this node uses a GPU"
     )
     batch_size = traits.Int(4, usedefault=True, nohash=True, desc="slices per forward pass")
+    num_threads = traits.Int(desc="number of CPU threads for torch", nohash=True)
 
 
 class _DSNDegradeOutputSpec(TraitedSpec):
@@ -74,6 +79,7 @@ class DSNDegrade(SimpleInterface):
             self.inputs.in_file, self.inputs.reference_lr, model=self.inputs.model,
             plane=self.inputs.plane if isdefined(self.inputs.plane) else None,
             device=self.inputs.device, batch_size=self.inputs.batch_size,
+            num_threads=self.inputs.num_threads if isdefined(self.inputs.num_threads) else None,
         )
         out_file, out_json = write_image_and_sidecar(out_img, info, self.inputs.in_file, "_dsn", runtime.cwd)
         self._results.update(out_file=out_file, out_json=out_json, metadata=info)
