@@ -231,8 +231,15 @@ def test_dsn_degrade(hr_files, lr_crop, tiny_bundle, tmp_path):
     hr = nib.load(hr_files["trio"]).slicer[:, 30:62, 30:62]  # RAS, 72x32x32, 1 mm
     hr_file = tmp_path / "hr_T1w.nii.gz"
     hr.to_filename(hr_file)
-    res = DSNDegrade(in_file=str(hr_file), reference_lr=str(lr_crop), model=str(tiny_bundle),
-                     plane="sagittal", device="cpu", num_threads=1).run(cwd=str(tmp_path))
+    import torch
+
+    threads = torch.get_num_threads()
+    try:
+        res = DSNDegrade(in_file=str(hr_file), reference_lr=str(lr_crop), model=str(tiny_bundle),
+                         plane="sagittal", device="cpu", num_threads=1).run(cwd=str(tmp_path))
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
     out = nib.load(res.outputs.out_file)
     assert out.shape == (72, 16, 16)
     assert np.allclose(out.header.get_zooms()[:3], (1.0, 2.0, 2.0), atol=1e-3)
