@@ -81,10 +81,19 @@ def main(hr_dir, lr_dir, models, baselines, degradations, plane, scale, particip
         )
     except ValueError as err:
         raise click.UsageError(str(err)) from None
+    import logging
+
+    handler = logging.StreamHandler()  # progress on stderr: a run takes minutes per scan
+    handler.setFormatter(logging.Formatter("%(asctime)s | %(message)s", "%H:%M:%S"))
+    package_logger = logging.getLogger("ddasr_nipype")
+    package_logger.addHandler(handler)
+    package_logger.setLevel(logging.INFO)
     try:
         results = run_evaluation(config)
     except (ValueError, DDASRError) as err:
         raise click.ClickException(str(err)) from None
+    finally:
+        package_logger.removeHandler(handler)
     for name in ("table1", "table2_sr", "table2_ds"):
         path = out_dir / f"{name}.md"
         if path.is_file():

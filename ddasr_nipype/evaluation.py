@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 import zlib
 from collections import defaultdict
@@ -49,6 +50,9 @@ from .metrics.volume import (
 __all__ = ["EvaluationConfig", "run_evaluation", "find_scans", "compare_methods", "format_markdown",
            "quality_metrics_file", "crop_to_scale"]
 
+
+
+LOGGER = logging.getLogger(__name__)
 
 
 def lower_is_better(metric: str) -> bool:
@@ -383,7 +387,8 @@ class _Collector:
 def _table1(config: EvaluationConfig, scans: list[Scan], models: _Models, out: _Collector) -> None:
     factors = _plane_factors(config.plane, config.scale)
     metrics = config.no_reference_metrics
-    for scan in scans:
+    for number, scan in enumerate(scans, 1):
+        LOGGER.info("Table I: %s (%d/%d)", scan.key, number, len(scans))
         img, _, lr = _load_ras(scan.path)
         mask = foreground_mask(lr)
         up_mask = _upsample_mask(mask, factors)
@@ -439,7 +444,9 @@ def _table2_sr(config: EvaluationConfig, scans: list[Scan], models: _Models, out
     if config.brain_mask != "none":
         metrics += ("psnr_brain", "ssim_brain")
         metrics_3d += ("psnr_3d_brain", "ssim_3d_brain")
-    for scan in scans:
+    for number, scan in enumerate(scans, 1):
+        LOGGER.info("Table II (SR): %s (%d/%d), %s", scan.key, number, len(scans),
+                    ", ".join(config.degradations))
         _, hr_ras, hr = _load_ras(scan.path)
         hr_ras = crop_to_scale(hr_ras, axes, config.scale)
         hr = hr[tuple(slice(0, n) for n in hr_ras.shape)]  # the same crop, as a view

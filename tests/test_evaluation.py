@@ -238,6 +238,7 @@ def test_cli(tmp_path, trio_bids):
     assert not (tmp_path / "out" / "panels").exists()
     assert f"Tables and per-slice values written to {tmp_path / 'out'}\n" in result.output
     assert "panel" not in result.output.lower()  # --panels 0: none written, none announced
+    assert "Table II (SR): sub-trio (1/1), bicubic" in result.output  # progress on stderr
 
 
 def test_quality_metrics_node(tmp_path, hr_files):
