@@ -95,6 +95,7 @@ def test_a_rerun_after_sigterm_resumes_the_stage(tmp_path, hr_bids, lr_bids, mon
         for name in TRAIN_NODE_NAMES:
             wf.get_node(name).inputs.tensorboard = False
         wf.base_dir = str(tmp_path / "work")
+        wf.config["execution"]["crashdump_dir"] = str(tmp_path / "crash")  # not the current folder
         return wf
 
     monkeypatch.setattr(DSNTrainer, "train_step", lambda self: counted(self, kill_at=3))
