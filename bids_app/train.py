@@ -18,6 +18,9 @@ command with ``--resume``).
 
 from __future__ import annotations
 
+import contextlib
+import re
+import signal
 import sys
 from pathlib import Path
 
@@ -30,16 +33,79 @@ EXIT_INTERRUPTED = 75  # same value as ddasr_nipype.training.engine.EXIT_INTERRU
 
 _existing_dir = click.Path(exists=True, file_okay=False, path_type=Path)
 _existing_file = click.Path(exists=True, dir_okay=False, path_type=Path)
+_LABEL_OPTIONS = ("--hr-participant-label", "--lr-participant-label")
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+def _expand_label_lists(args: list[str]) -> list[str]:
+    """``--hr-participant-label A B`` -> ``--hr-participant-label A --hr-participant-label B``.
+
+    ``ddasr-train`` takes no positional arguments, so every bare word after a label option is one
+    more label (as ``ddasr --participant-label A B``), until the next option or ``--``.
+    """
+    out, current = [], None
+    for arg in args:
+        if arg == "--":
+            current = None
+            out.append(arg)
+            continue
+        name = arg.split("=", 1)[0]
+        if name in _LABEL_OPTIONS:
+            current = name
+            out.append(arg)
+            if "=" not in arg:
+                current = (name, "value")
+            continue
+        if isinstance(current, tuple):  # the option's own value
+            out.append(arg)
+            current = current[0]
+            continue
+        if current is not None and not arg.startswith("-"):
+            out += [current, arg]
+            continue
+        current = None
+        out.append(arg)
+    return out
+
+
+class _TrainCommand(click.Command):
+    def parse_args(self, ctx, args):
+        return super().parse_args(ctx, _expand_label_lists(list(args)))
+
+
+def _split_labels(values) -> tuple[str, ...]:
+    """Labels given as several words, repeated options, or comma/space separated lists."""
+    return tuple(label for value in values for label in re.split(r"[\s,]+", value) if label)
+
+
+def _model_source(ctx, param, value):
+    """A path, or a bundled model name (``ixi-t1w-x2``) resolved as ``ddasr --model`` resolves it."""
+    if value is None:
+        return None
+    path = Path(value).expanduser()
+    if not path.exists():
+        from ddasr_nipype.bundle import resolve_bundle_path
+        from ddasr_nipype.errors import ModelBundleError
+
+        try:
+            path = resolve_bundle_path(value)
+        except ModelBundleError as err:
+            raise click.BadParameter(str(err), ctx=ctx, param=param) from err
+    if param.name == "init_generator" and not path.is_dir():
+        raise click.BadParameter(f"{value}: not a model bundle directory", ctx=ctx, param=param)
+    return path
+
+
+@click.command(cls=_TrainCommand,
+               context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
                epilog="Exit codes: 0 done, 1 training error, 2 usage error, 75 interrupted after a "
                       "checkpoint (rerun with --resume).")
 @click.option("--hr", "hr_dir", type=_existing_dir, required=True, help="BIDS dataset of real HR T1w scans.")
 @click.option("--lr", "lr_dir", type=_existing_dir, default=None,
               help="BIDS dataset of real LR T1w scans (the site to super-resolve); unpaired with --hr.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
-              help="Model bundle directory to write.")
+              help="Model bundle directory to write (new or empty, outside the input datasets except under "
+                   "their derivatives/).")
+@click.option("--overwrite", is_flag=True, help="Replace a non-empty --out.")
 @click.option("--preset", default="fast", show_default=True,
               help=f"Training recipe: {', '.join(available_presets())}, or a YAML file with the same layout.")
 @click.option("--work-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -58,10 +124,12 @@ _existing_file = click.Path(exists=True, dir_okay=False, path_type=Path)
                    "the losses are then far less meaningful).")
 @click.option("--hr-filter-file", type=_existing_file, default=None, help="JSON pybids filters for the HR T1w query.")
 @click.option("--lr-filter-file", type=_existing_file, default=None, help="JSON pybids filters for the LR T1w query.")
-@click.option("--hr-participant-label", multiple=True, help="HR subjects to use (repeatable; 'sub-' optional).")
-@click.option("--lr-participant-label", multiple=True, help="LR subjects to use (repeatable; 'sub-' optional).")
-@click.option("--dsn-from", type=click.Path(exists=True, path_type=Path), default=None,
-              help="Skip stage 1: use the DSN of this bundle directory or DSN checkpoint.")
+@click.option("--hr-participant-label", multiple=True, metavar="LABEL...",
+              help="HR subjects to use (one or more; 'sub-' optional).")
+@click.option("--lr-participant-label", multiple=True, metavar="LABEL...",
+              help="LR subjects to use (one or more; 'sub-' optional).")
+@click.option("--dsn-from", default=None, callback=_model_source, metavar="BUNDLE|CHECKPOINT",
+              help="Skip stage 1: use the DSN of this bundle (directory or bundled model name) or DSN checkpoint.")
 @click.option("--degradation", type=click.Choice(["bicubic", "kspace", "area", "realsr", "realesrgan"]), default=None,
               help="Skip the DSN: make the pairs with this classical degradation.")
 @click.option("--iterations-dsn", type=click.IntRange(min=1), default=None, help="Override the preset.")
@@ -70,8 +138,9 @@ _existing_file = click.Path(exists=True, dir_okay=False, path_type=Path)
 @click.option("--patch-size", type=click.IntRange(min=8), default=None, help="HR patch edge, both stages.")
 @click.option("--num-threads", type=click.IntRange(min=1), default=None,
               help="CPU threads for torch (use fewer than the cores on a shared machine).")
-@click.option("--init-generator", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
-              metavar="BUNDLE", help="Fine-tune: start the SRN from this bundle's generator (same srn.generator).")
+@click.option("--init-generator", default=None, callback=_model_source, metavar="BUNDLE",
+              help="Fine-tune: start the SRN from this bundle's generator (a directory or bundled model name; "
+                   "same srn.generator). Its recommended output settings are inherited.")
 @click.option("--dsn-time-limit", type=click.FloatRange(min=0, min_open=True), default=None, metavar="SECONDS",
               help="End the DSN stage after this much wall time (checkpointed) and go on.")
 @click.option("--srn-time-limit", type=click.FloatRange(min=0, min_open=True), default=None, metavar="SECONDS",
@@ -88,7 +157,7 @@ def build_options(*, hr_dir, lr_dir, out_dir, preset, work_dir, device, precisio
                   vgg19_weights, allow_random_vgg19, hr_filter_file, lr_filter_file, hr_participant_label,
                   lr_participant_label, dsn_from, degradation, iterations_dsn, iterations_srn, batch_size,
                   patch_size, num_threads, no_tensorboard, name, dsn_time_limit=None, srn_time_limit=None,
-                  init_generator=None):
+                  init_generator=None, overwrite=False):
     """Turn the parsed command line into :class:`~ddasr_nipype.training.pipeline.TrainingOptions`."""
     from ddasr_nipype.errors import TrainingDataError
     from ddasr_nipype.training.config import load_preset
@@ -109,28 +178,70 @@ def build_options(*, hr_dir, lr_dir, out_dir, preset, work_dir, device, precisio
     return TrainingOptions(
         hr_dir=hr_dir, lr_dir=lr_dir, out_dir=out_dir, preset=recipe, work_dir=work_dir, device=device,
         seed=seed, resume=resume, vgg19_weights=vgg19_weights, allow_random_vgg19=allow_random_vgg19,
-        hr_filters=hr_filters, lr_filters=lr_filters, hr_participant_label=tuple(hr_participant_label),
-        lr_participant_label=tuple(lr_participant_label), dsn_from=dsn_from, degradation=degradation,
+        hr_filters=hr_filters, lr_filters=lr_filters, hr_participant_label=_split_labels(hr_participant_label),
+        lr_participant_label=_split_labels(lr_participant_label), dsn_from=dsn_from, degradation=degradation,
         precision=precision, compile=compile_, tensorboard=not no_tensorboard, name=name,
         num_threads=num_threads, dsn_time_limit=dsn_time_limit, srn_time_limit=srn_time_limit,
-        init_generator=init_generator,
+        init_generator=init_generator, overwrite=overwrite,
     )
 
 
+class _Terminated(BaseException):
+    """SIGTERM/SIGINT outside a training loop (a BaseException: no ``except Exception`` swallows it)."""
+
+
+@contextlib.contextmanager
+def _stop_on_signals():
+    """For the whole run, SIGTERM/SIGINT raise :class:`_Terminated`. Inside a training loop the engine
+    installs its own handler (finish the iteration, checkpoint, :class:`TrainingInterrupted`) and puts
+    this one back afterwards."""
+    def handler(signum, _frame):
+        raise _Terminated(signal.Signals(signum).name)
+
+    signals = (signal.SIGTERM, signal.SIGINT)
+    previous = {s: signal.signal(s, handler) for s in signals}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
 def run(options) -> int:
-    """Run the training; print typed errors without a traceback; return the exit code."""
+    """Run the training; print typed errors without a traceback; return the exit code.
+
+    SIGTERM/SIGINT anywhere in the run exit :data:`EXIT_INTERRUPTED`: in a training loop after a
+    checkpoint; elsewhere (preparing data, synthesizing pairs, writing the bundle) at once, keeping
+    only what was completely written (every cache file and the bundle are written atomically).
+    """
     from ddasr_nipype.errors import DDASRError
     from ddasr_nipype.training.engine import TrainingInterrupted
     from ddasr_nipype.training.pipeline import run_training
 
+    import logging
+
+    warnings_out = logging.StreamHandler(sys.stderr)  # sys.stderr of this call (click's test runner swaps it)
+    warnings_out.setFormatter(logging.Formatter("ddasr-train: %(levelname)s: %(message)s"))
+    warnings_out.setLevel(logging.WARNING)
+    package_log = logging.getLogger("ddasr_nipype")
+    package_log.addHandler(warnings_out)
     try:
-        bundle = run_training(options)
+        with _stop_on_signals():
+            bundle = run_training(options)
     except TrainingInterrupted as stop:
         click.echo(f"ddasr-train: {stop}", err=True)
+        return EXIT_INTERRUPTED
+    except _Terminated as stop:
+        click.echo(f"ddasr-train: {stop.args[0]}: stopped outside the training loops (preparing data, "
+                   "synthesizing pairs or writing the bundle); completed steps are kept in "
+                   f"{options.work}, nothing half-written (rerun the same command with --resume to "
+                   "continue)", err=True)
         return EXIT_INTERRUPTED
     except (DDASRError, FileExistsError, NotImplementedError) as err:
         click.echo(f"ddasr-train: error: {err}", err=True)
         return EXIT_ERROR
+    finally:
+        package_log.removeHandler(warnings_out)
     click.echo(f"ddasr-train: model bundle written to {bundle.path} (generator sha256 {bundle.sha256[:12]})", err=True)
     return 0
 

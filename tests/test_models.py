@@ -510,7 +510,7 @@ def test_vgg_not_found_message(tmp_path, no_vgg_env):
     message = str(info.value)
     assert "explicit path" in message and ENV_VAR in message
     assert str(no_vgg_env / "checkpoints" / HUB_FILENAME) in message
-    assert "allow_random=True" in message
+    assert "allow_random=True" in message and "--allow-random-vgg19" in message
     with pytest.raises(VGGWeightsNotFoundError, match="do not exist"):
         load_vgg19(tmp_path / "missing.pth", allow_random=True)
 
@@ -518,8 +518,18 @@ def test_vgg_not_found_message(tmp_path, no_vgg_env):
 def test_vgg_corrupt_or_wrong_file(tmp_path, no_vgg_env):
     corrupt = tmp_path / "corrupt.pth"
     corrupt.write_bytes(b"not a torch file at all")
-    with pytest.raises(VGGWeightsNotFoundError, match="not a readable VGG19 weights file"):
+    with pytest.raises(VGGWeightsNotFoundError, match="cannot read VGG19 weights from .*not a torchvision vgg19 "
+                                                      "state dict") as info:
         load_vgg19(corrupt)
+    assert str(corrupt) in str(info.value)
+    # a pickle of something else: torch's page of weights_only advice is cut to the line that matters
+    pickled = tmp_path / "pickled.pth"
+    torch.save({"net": torch.nn.Linear(2, 2)}, pickled)
+    with pytest.raises(VGGWeightsNotFoundError) as info:
+        load_vgg19(pickled)
+    message = str(info.value)
+    assert message.startswith(f"cannot read VGG19 weights from {pickled}: not a torchvision vgg19 state dict (")
+    assert "\n" not in message and "weights_only" not in message and len(message) < 500
     wrong = tmp_path / "wrong.pth"
     torch.save({"features.0.weight": torch.zeros(64, 3, 3, 3)}, wrong)
     with pytest.raises(VGGWeightsNotFoundError, match="does not hold VGG19 features weights"):

@@ -837,3 +837,181 @@ def test_every_gpu_starter_variant_is_a_valid_recipe(tmp_path):
         script.main([str(tmp_path / "data"), str(tmp_path / "work"), "--pack", str(tmp_path / "pack"),
                      "--variant", "nl-bic", "--skip-eval"])
     assert not any(tmp_path.iterdir())  # refused before anything was written
+
+
+# -- resume provenance, data selection, up-front checks, CLI messages ----------------------------------------
+def test_resume_after_a_time_limited_dsn_synthesizes_the_pairs_again(tmp_path, hr_bids, lr_bids, caplog):
+    """The DSN stage ends at 1 of 3 iterations (time limit), the run writes a bundle; the resumed run trains
+    the DSN on to 3: its pairs come from the final DSN, and the SRN restarts on them."""
+    from ddasr_nipype.training.datasets import PairSet
+    from ddasr_nipype.training.pipeline import module_digest, prepare_data, run_synthesis_stage
+
+    preset = load_preset("smoke").with_overrides(iterations_dsn=3, iterations_srn=3)
+    first = run_training(_options(hr_bids, lr_bids, tmp_path / "m", preset=preset, dsn_time_limit=1e-6,
+                                  srn_time_limit=1e-6, hr_participant_label=("trio",)))
+    assert first.manifest["training"]["dsn"]["iterations"] == 1
+    work = tmp_path / "m.work"
+    early = PairSet.load(work / "pairs" / "pairs.npz")
+    with caplog.at_level("WARNING", logger="ddasr_nipype.training.pipeline"):
+        options = _options(hr_bids, lr_bids, tmp_path / "m", preset=preset, resume=True,
+                           hr_participant_label=("trio",))
+        bundle = run_training(options)
+    training = bundle.manifest["training"]
+    assert training["dsn"]["iterations"] == 3 and not training["dsn"]["stopped_early"]
+    assert training["srn"]["iterations"] == 3 and not training["srn"]["stopped_early"]
+    final_dsn = bundle.load_dsn()
+    pairs = PairSet.load(work / "pairs" / "pairs.npz")
+    assert pairs.provenance["key"]["dsn_sha256"] == module_digest(final_dsn)
+    assert pairs.provenance["dsn_iterations"] == 3 and training["pairs"]["dsn_iterations"] == 3
+    assert pairs.provenance["key"]["dsn_sha256"] != early.provenance["key"]["dsn_sha256"]
+    # the same pairs as a fresh synthesis with the final DSN
+    hr, lr, _ = prepare_data(options)
+    fresh = run_synthesis_stage(_options(hr_bids, lr_bids, tmp_path / "fresh"), hr, lr, final_dsn)
+    for a, b in zip(fresh.lr + fresh.hr, pairs.lr + pairs.hr):
+        np.testing.assert_array_equal(a, b)
+    # the SRN did not go on from its checkpoint on the stale pairs: restarted, the old one kept aside
+    assert (work / "checkpoints" / "srn_stale.pt").is_file()
+    assert "synthesizing the pairs again" in caplog.text and "starts again from iteration 0" in caplog.text
+    assert json.loads((work / "checkpoints" / "srn_pairs.json").read_text())["pairs"] == pairs.fingerprint()
+
+
+def test_resume_refuses_a_changed_data_selection(tmp_path, hr_bids, lr_bids):
+    from click.testing import CliRunner
+
+    from ddasr_nipype.bids_app.train import main
+    from ddasr_nipype.bundle import load_bundle
+
+    out = tmp_path / "model"
+    args = _cli_args(hr_bids, lr_bids, out, "--allow-random-vgg19", "--no-tensorboard",
+                     "--iterations-dsn", "1", "--iterations-srn", "1")
+    # several labels after one option, as `ddasr --participant-label A B`
+    first = CliRunner().invoke(main, [*args, "--hr-participant-label", "forrest", "sub-trio",
+                                      "--lr-participant-label", "IXI603"])
+    assert first.exit_code == 0, first.output
+    files = load_bundle(out).manifest["training"]["data"]["hr_files"]
+    assert files == ["sub-forrest_T1w.nii.gz", "sub-trio_T1w.nii.gz"]
+    again = CliRunner().invoke(main, [*args, "--resume", "--hr-participant-label", "trio",
+                                      "--lr-participant-label", "IXI603"])
+    assert again.exit_code == 1, again.output
+    assert "another data selection" in again.output and "HR files" in again.output
+    assert "sub-forrest_T1w.nii.gz" in again.output and "--work-dir" in again.output
+    assert load_bundle(out).manifest["training"]["data"]["hr_files"] == files  # nothing was rewritten
+    # the same selection (labels as one comma-separated value) resumes
+    same = CliRunner().invoke(main, [*args, "--resume", "--hr-participant-label", "trio,forrest",
+                                     "--lr-participant-label", "IXI603"])
+    assert same.exit_code == 0, same.output
+
+
+def _random_bundle(path, preset, **kw):
+    from ddasr_nipype.bundle import save_bundle
+    from ddasr_nipype.models import SRGenerator
+    from ddasr_nipype.training.srn_trainer import build_generator_config
+
+    config = build_generator_config(preset)
+    return save_bundle(path, name=path.name, generator_state=SRGenerator(config).state_dict(),
+                       generator_config=config, preprocessing={"plane": "sagittal", "scale": 2},
+                       backbone={"source": "random"}, training={}, **kw)
+
+
+def test_init_generator_is_checked_before_any_training(tmp_path, hr_bids, lr_bids, smoke):
+    from ddasr_nipype.errors import ChecksumMismatchError, ModelBundleError
+
+    wider = smoke.replace(srn=smoke.srn.replace(generator={**smoke.srn.generator, "num_feat": 12}))
+    other = _random_bundle(tmp_path / "wider", wider)
+    with pytest.raises(ModelBundleError, match="differs from this preset's in num_feat"):
+        run_training(_options(hr_bids, lr_bids, tmp_path / "m", init_generator=other.path))
+    tampered = _random_bundle(tmp_path / "tampered", smoke)
+    with open(tampered.path / "srn.pt", "ab") as stream:
+        stream.write(b"\0")
+    with pytest.raises(ChecksumMismatchError):
+        run_training(_options(hr_bids, lr_bids, tmp_path / "m", init_generator=tampered.path))
+    assert not (tmp_path / "m.work" / "checkpoints").exists()  # no DSN was trained
+    assert not (tmp_path / "m.work" / "data").exists()
+
+
+def test_bundled_model_names_and_inherited_output_settings(tmp_path, hr_bids, lr_bids, smoke):
+    from click.testing import CliRunner
+
+    from ddasr_nipype.bids_app.train import main
+    from ddasr_nipype.bundle import list_bundled_models
+    from ddasr_nipype.training.pipeline import load_dsn
+
+    if "ixi-t1w-x2" in list_bundled_models():
+        # resolved like `ddasr --model`: the starter's generator is not smoke's, refused before training
+        res = CliRunner().invoke(main, _cli_args(hr_bids, lr_bids, tmp_path / "s", "--allow-random-vgg19",
+                                                 "--init-generator", "ixi-t1w-x2"))
+        assert res.exit_code == 1 and "differs from this preset" in res.output, res.output
+        assert "does not exist" not in res.output and not (tmp_path / "s.work" / "checkpoints").exists()
+        _, info = load_dsn("ixi-t1w-x2")
+        assert info["source"] == "bundle"
+    res = CliRunner().invoke(main, _cli_args(hr_bids, lr_bids, tmp_path / "s", "--dsn-from", "no-such-model"))
+    assert res.exit_code == 2 and "unknown model 'no-such-model'" in res.output
+    # a fine-tuned model inherits the output settings its source recommends, said so
+    base = _random_bundle(tmp_path / "base", smoke, output={"strength": 0.4, "background": "input"})
+    preset = smoke.with_overrides(iterations_dsn=1, iterations_srn=1)
+    tuned = run_training(_options(hr_bids, lr_bids, tmp_path / "tuned", preset=preset, init_generator=base.path,
+                                  hr_participant_label=("trio",)))
+    assert tuned.output == {"strength": 0.4, "background": "input"}
+    assert tuned.manifest["training"]["output"]["note"] == "inherited from base, not re-evaluated"
+    assert "strength 0.4, background input, inherited from base, not re-evaluated" in (
+        tuned.path / "MODEL_CARD.md").read_text()
+
+
+def test_output_directory_checks(tmp_path, hr_bids, lr_bids):
+    from ddasr_nipype.training.pipeline import OutputExistsError, check_out_dir
+
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "keep.txt").write_text("x")
+    with pytest.raises(OutputExistsError, match="not empty.*--overwrite"):
+        check_out_dir(_options(hr_bids, lr_bids, full))
+    assert check_out_dir(_options(hr_bids, lr_bids, full, overwrite=True)) == full
+    (tmp_path / "empty").mkdir()
+    check_out_dir(_options(hr_bids, lr_bids, tmp_path / "empty"))
+    with pytest.raises(OutputExistsError, match="inside the --hr BIDS dataset"):
+        check_out_dir(_options(hr_bids, lr_bids, hr_bids / "model"))
+    with pytest.raises(OutputExistsError, match="inside the --lr BIDS dataset"):
+        check_out_dir(_options(hr_bids, lr_bids, lr_bids / "sub-IXI603" / "model", overwrite=True))
+    check_out_dir(_options(hr_bids, lr_bids, hr_bids / "derivatives" / "ddasr-model"))
+    from click.testing import CliRunner
+
+    from ddasr_nipype.bids_app.train import main
+
+    res = CliRunner().invoke(main, _cli_args(hr_bids, lr_bids, full, "--allow-random-vgg19"))
+    assert res.exit_code == 1 and "is not empty" in res.output and (full / "keep.txt").is_file()
+    assert not (tmp_path / "full.work").exists()
+
+
+def test_cli_patch_size_errors_name_the_option(tmp_path, hr_bids, lr_bids):
+    from click.testing import CliRunner
+
+    from ddasr_nipype.bids_app.train import main
+
+    res = CliRunner().invoke(main, _cli_args(hr_bids, lr_bids, tmp_path / "m", "--patch-size", "20"))
+    assert res.exit_code == 2 and "--patch-size 20 must be a positive multiple of 16" in res.output
+    assert "dsn.patch_size" not in res.output
+
+
+def test_sigterm_while_preparing_data_exits_75_and_keeps_no_half_written_cache(tmp_path, hr_bids, lr_bids,
+                                                                               monkeypatch, capsys):
+    from ddasr_nipype.bids_app.train import run
+    from ddasr_nipype.training import pipeline
+
+    real = pipeline.prepare_datasets
+
+    def prepare_then_terminated(*args, **kwargs):
+        result = real(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler interrupts this
+        return result
+
+    monkeypatch.setattr(pipeline, "prepare_datasets", prepare_then_terminated)
+    options = _options(hr_bids, lr_bids, tmp_path / "m", hr_participant_label=("trio",))
+    before = signal.getsignal(signal.SIGTERM)
+    assert run(options) == EXIT_INTERRUPTED
+    assert signal.getsignal(signal.SIGTERM) is before
+    err = capsys.readouterr().err
+    assert "SIGTERM" in err and "--resume" in err
+    data = tmp_path / "m.work" / "data"
+    assert not (data / "data.json").exists()  # the cache is not marked complete
+    assert not list(data.glob(".*")) and not (tmp_path / "m").exists()

@@ -157,11 +157,16 @@ def _features_state_dict(path: Path) -> dict[str, torch.Tensor]:
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated zip, pickle errors, non-tensor payloads...
-        raise VGGWeightsNotFoundError(f"{path} is not a readable VGG19 weights file: {exc}") from exc
+        reason = _short_load_error(exc)
+        raise VGGWeightsNotFoundError(
+            f"cannot read VGG19 weights from {path}: not a torchvision vgg19 state dict "
+            f"({reason})"
+        ) from exc
     if isinstance(raw, dict) and "state_dict" in raw and isinstance(raw["state_dict"], dict):
         raw = raw["state_dict"]
     if not isinstance(raw, dict):
-        raise VGGWeightsNotFoundError(f"{path} is not a VGG19 state dict (got {type(raw).__name__})")
+        raise VGGWeightsNotFoundError(f"cannot read VGG19 weights from {path}: not a torchvision vgg19 state dict "
+                                      f"(got a {type(raw).__name__})")
     state = {}
     for key, value in raw.items():
         if not isinstance(key, str) or key.startswith("classifier."):
@@ -169,6 +174,20 @@ def _features_state_dict(path: Path) -> dict[str, torch.Tensor]:
         name = key[len("features."):] if key.startswith("features.") else key
         state[name] = value
     return state
+
+
+def _short_load_error(exc: Exception) -> str:
+    """One line of a ``torch.load`` error: the ``weights_only`` text runs to a page of advice about
+    trusting pickles; what follows ``WeightsUnpickler error:`` says what was found."""
+    import re
+
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
+    found = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", text)
+    if found:
+        reason = found.group(1).split(". Please")[0].strip()
+    else:
+        reason = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    return f"{type(exc).__name__}: {reason[:200]}"
 
 
 def load_vgg19(
@@ -197,9 +216,10 @@ def load_vgg19(
             raise VGGWeightsNotFoundError(
                 "No VGG19 weights found (nothing is downloaded at run time). Looked in:\n"
                 f"{places}\n"
-                f"Put torchvision's {HUB_FILENAME} in one of these places (or pass its path), or opt in "
-                "to a random, untrained backbone explicitly with allow_random=True "
-                "(perceptual, structure and domain losses are then far less meaningful)."
+                f"Put torchvision's {HUB_FILENAME} in one of these places (or pass its path: ddasr-train "
+                "--vgg19-weights PATH), or opt in to a random, untrained backbone explicitly: "
+                "ddasr-train --allow-random-vgg19 (Python API: allow_random=True); the perceptual, "
+                "structure and domain losses are then far less meaningful."
             )
         provenance = {"source": "random", "seed": int(seed), "init": "kaiming_normal (torchvision vgg init)"}
         return VGG19Features(seed=seed), provenance

@@ -341,8 +341,17 @@ class TrainingPreset(_Config):
     ) -> "TrainingPreset":
         """Return a copy with the command-line overrides applied (``None`` keeps the preset value).
 
-        ``batch_size`` and ``patch_size`` (HR patch edge) apply to both the DSN and the SRN stages.
+        ``batch_size`` and ``patch_size`` (HR patch edge) apply to both the DSN and the SRN stages; an
+        unusable ``patch_size`` is a ``ValueError`` that names ``--patch-size``, not the preset.
         """
+        if patch_size is not None:
+            multiple = self.data.scale * int(self.dsn.model.get("patch_size", 8))
+            if int(patch_size) != patch_size or patch_size <= 0 or patch_size % multiple:
+                raise ValueError(
+                    f"--patch-size {patch_size} must be a positive multiple of {multiple} (scale "
+                    f"{self.data.scale} x the DSN patch embedding {multiple // self.data.scale} of preset "
+                    f"{self.name!r}), e.g. {max(multiple, patch_size - patch_size % multiple)}"
+                )
         dsn, srn = self.dsn, self.srn
         if iterations_dsn is not None:
             dsn = dsn.replace(iterations=iterations_dsn,

@@ -34,7 +34,21 @@ __all__ = [
     "prepare_hr_stacks",
     "prepare_datasets",
     "center_crop_to_multiple",
+    "array_digest",
 ]
+
+
+def array_digest(arrays: Iterable[np.ndarray], *labels: object) -> str:
+    """sha256 of ``labels`` (as JSON) and of each array's dtype, shape and bytes: a content identity
+    for cached slices and pairs (a few seconds per GB)."""
+    import hashlib
+
+    digest = hashlib.sha256(json.dumps(labels, sort_keys=True, default=str).encode())
+    for array in arrays:
+        array = np.ascontiguousarray(array)
+        digest.update(f"{array.dtype.str}{array.shape}".encode())
+        digest.update(memoryview(array).cast("B"))
+    return digest.hexdigest()
 
 
 @dataclass
@@ -73,6 +87,7 @@ class SliceSet:
             raise TrainingDataError("no usable slices (every slice was skipped as background)")
         counts = np.array([len(s.slices) for s in self.stacks])
         self._offsets = np.concatenate([[0], np.cumsum(counts)])
+        self._digest: str | None = None
 
     def __len__(self) -> int:
         return int(self._offsets[-1])
@@ -120,6 +135,12 @@ class SliceSet:
             out[b, 0] = patch
         return out
 
+    def digest(self) -> str:
+        """Content identity (:func:`array_digest` of the stack names and slices), computed once."""
+        if self._digest is None:
+            self._digest = array_digest((s.slices for s in self.stacks), [s.name for s in self.stacks])
+        return self._digest
+
     def save(self, path: str | Path) -> Path:
         path = Path(path)
         arrays = {f"stack_{k:04d}": s.slices.astype(np.float32, copy=False) for k, s in enumerate(self.stacks)}
@@ -145,7 +166,7 @@ class PairSet:
     """Aligned (LR, HR) slice pairs: ``lr[k]`` is ``[N, h, w]``, ``hr[k]`` is ``[N, s*h, s*w]``."""
 
     def __init__(self, lr: Sequence[np.ndarray], hr: Sequence[np.ndarray], scale: int,
-                 names: Sequence[str] | None = None, source: str = "dsn"):
+                 names: Sequence[str] | None = None, source: str = "dsn", provenance: dict | None = None):
         if len(lr) != len(hr) or not lr:
             raise TrainingDataError("a pair set needs as many LR as HR stacks, and at least one")
         for a, b in zip(lr, hr):
@@ -154,6 +175,9 @@ class PairSet:
         self.lr, self.hr, self.scale = list(lr), list(hr), int(scale)
         self.names = list(names) if names is not None else [f"stack_{k}" for k in range(len(lr))]
         self.source = source
+        # what made these pairs (``run_synthesis_stage``: the DSN's weights digest, the synthesis
+        # settings, the seed, the HR/LR slices); saved with them, None when unknown
+        self.provenance = provenance
         self._offsets = np.concatenate([[0], np.cumsum([len(a) for a in lr])])
         self._lr_sigma: np.ndarray | None = None
 
@@ -196,6 +220,13 @@ class PairSet:
             lr_out[b, 0] = lr[i:i + p, j:j + p]
             hr_out[b, 0] = hr_patch
         return (lr_out, hr_out, index) if return_index else (lr_out, hr_out)
+
+    def fingerprint(self) -> str:
+        """Identity of this pair set: the digest of its provenance key when known (cheap), else of its
+        content (:func:`array_digest`)."""
+        if self.provenance and "key" in self.provenance:
+            return "provenance:" + array_digest((), self.provenance["key"])
+        return "content:" + array_digest((*self.lr, *self.hr), self.names, self.scale, self.source)
 
     def lr_noise_sigma(self) -> np.ndarray:
         """Noise standard deviation of every whole LR slice (Immerkaer; ``[len(self)]``, computed once).
@@ -270,6 +301,8 @@ class PairSet:
             arrays[f"lr_{k:04d}"] = a.astype(np.float32, copy=False)
             arrays[f"hr_{k:04d}"] = b.astype(np.float32, copy=False)
         meta = {"scale": self.scale, "names": self.names, "source": self.source}
+        if self.provenance is not None:
+            meta["provenance"] = self.provenance
         arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
         _atomic_savez(Path(path), arrays)
         return Path(path)
@@ -284,7 +317,7 @@ class PairSet:
                 hr = [archive[f"hr_{k:04d}"] for k in range(n)]
         except (OSError, KeyError, ValueError) as err:
             raise TrainingDataError(f"{path}: cannot read pair archive: {err}") from err
-        return cls(lr, hr, meta["scale"], meta["names"], meta.get("source", "dsn"))
+        return cls(lr, hr, meta["scale"], meta["names"], meta.get("source", "dsn"), meta.get("provenance"))
 
 
 def correlated_noise_gains(width: float) -> tuple[float, float]:
