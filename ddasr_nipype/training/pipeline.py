@@ -489,18 +489,13 @@ def check_init_generator(options: TrainingOptions):
     generator fits the preset's ``srn.generator`` (as ``SRNTrainer.init_generator_from`` does, which
     runs only after the DSN stage). Returns the bundle; raises :class:`ModelBundleError`."""
     from ddasr_nipype.bundle import load_bundle
-    from ddasr_nipype.training.srn_trainer import build_generator_config
+    from ddasr_nipype.training.srn_trainer import build_generator_config, check_generator_fits
 
     bundle = load_bundle(resolve_model_source(options.init_generator))
-    theirs, ours = bundle.generator_config.to_dict(), build_generator_config(options.preset).to_dict()
-    widen = ours.get("noise_level_input") and not theirs.get("noise_level_input")
-    if ({**theirs, "noise_level_input": True} if widen else theirs) != ours:
-        differ = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k))
-        raise ModelBundleError(
-            f"--init-generator {bundle.path}: its generator differs from this preset's in "
-            f"{', '.join(f'{k} ({theirs.get(k)!r} vs {ours.get(k)!r})' for k in differ)}; fine-tune with "
-            "the bundle's srn.generator settings"
-        )
+    try:
+        check_generator_fits(bundle, build_generator_config(options.preset))
+    except ModelBundleError as err:
+        raise ModelBundleError(f"--init-generator {err}") from None
     try:
         bundle.load_generator("cpu")
     except ModelBundleError:

@@ -52,6 +52,25 @@ def build_discriminator_config(preset: TrainingPreset):
     return DiscriminatorConfig.from_dict(dict(preset.srn.discriminator))
 
 
+def check_generator_fits(bundle, generator_config) -> bool:
+    """Whether ``bundle``'s generator can start a generator of ``generator_config``: equal configs, or
+    the bundle's without the ``noise_level_input`` channel that ``generator_config`` adds (returns True:
+    widen the first layer with zero weights). Raises :class:`~ddasr_nipype.errors.ModelBundleError`
+    naming the settings that differ otherwise."""
+    from ddasr_nipype.errors import ModelBundleError
+
+    theirs, ours = bundle.generator_config.to_dict(), generator_config.to_dict()
+    widen = bool(ours.get("noise_level_input") and not theirs.get("noise_level_input"))
+    if ({**theirs, "noise_level_input": True} if widen else theirs) != ours:
+        differ = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k))
+        raise ModelBundleError(
+            f"{bundle.path}: its generator differs from this preset's in "
+            f"{', '.join(f'{k} ({theirs.get(k)!r} vs {ours.get(k)!r})' for k in differ)}; fine-tune with "
+            "the bundle's srn.generator settings"
+        )
+    return widen
+
+
 class SRNTrainer(StageTrainer):
     """Trains :class:`~ddasr_nipype.models.SRGenerator` (``trainer.generator``, EMA in ``trainer.ema``)."""
 
@@ -95,16 +114,9 @@ class SRNTrainer(StageTrainer):
         :class:`~ddasr_nipype.errors.ModelBundleError` otherwise. Recorded in the new bundle.
         """
         from ddasr_nipype.bundle import load_bundle
-        from ddasr_nipype.errors import ModelBundleError
 
         bundle = load_bundle(bundle_path)
-        theirs, ours = bundle.generator_config.to_dict(), self.generator_config.to_dict()
-        widen = ours["noise_level_input"] and not theirs["noise_level_input"]
-        if ({**theirs, "noise_level_input": True} if widen else theirs) != ours:
-            raise ModelBundleError(
-                f"{bundle.path}: its generator ({theirs}) differs from this preset's "
-                f"({ours}); fine-tune with the bundle's srn.generator settings"
-            )
+        widen = check_generator_fits(bundle, self.generator_config)
         state = bundle.load_generator(str(self.device)).state_dict()
         if widen:  # one more input channel, zero weights: the same function as the bundle's generator
             state["conv_first.weight"] = _with_zero_input_channel(state["conv_first.weight"])
