@@ -84,7 +84,7 @@ ARG BASE_IMAGE
 
 ARG DEBIAN_FRONTEND=noninteractive
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends ca-certificates python3 \
+    && apt-get install -y --no-install-recommends ca-certificates libgomp1 python3 \
     && rm -rf /var/lib/apt/lists/*
 
 # A non-root user whose home any UID can use (podman --user, Apptainer, Singularity).
@@ -98,6 +98,7 @@ ENV VIRTUAL_ENV=/opt/venv \
     PATH=/opt/venv/bin:$PATH \
     HOME=/home/ddasr \
     TORCH_HOME=/opt/torch \
+    TEMPLATEFLOW_HOME=/opt/templateflow \
     MPLCONFIGDIR=/tmp/matplotlib \
     OMP_NUM_THREADS=1 \
     MKL_NUM_THREADS=1 \
@@ -120,6 +121,12 @@ digest = hashlib.sha256(open(dest, 'rb').read()).hexdigest(); \
 sys.exit(0 if digest.startswith(dest.rsplit('-', 1)[1][:8]) else 'VGG19 checksum mismatch: ' + digest)"; \
     fi \
     && chmod -R a+rX "$TORCH_HOME"
+
+# templateflow's offline skeleton in the image: importing niworkflows must not need a writable $HOME
+# (podman --read-only, Apptainer --no-home). libgomp1 above: libsvm (BRISQUE) links against it.
+RUN mkdir -p "$TEMPLATEFLOW_HOME" \
+    && python3 -c "import templateflow.api, libsvm.svmutil, brisque" \
+    && chmod -R a+rX "$TEMPLATEFLOW_HOME"
 
 ARG VERSION=0.1.0
 ARG VCS_REF=unknown
