@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -210,7 +211,10 @@ def write_derivative_description(bids_dir: Path, deriv_dir: Path) -> Path:
         if name:
             description["SourceDatasets"] = [{"URL": Path(bids_dir).resolve().as_uri(), "Name": name}]
     out = deriv_dir / "dataset_description.json"
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(json.dumps(description, indent=2) + "\n")
+    # a temporary name of this process's own: array tasks write the same file at the same time
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=deriv_dir)
+    with os.fdopen(fd, "w") as stream:
+        stream.write(json.dumps(description, indent=2) + "\n")
+    os.chmod(tmp, 0o644)
     os.replace(tmp, out)
     return out

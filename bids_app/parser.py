@@ -76,12 +76,14 @@ def _build_parser() -> argparse.ArgumentParser:
 
     g_perf = parser.add_argument_group("Options to handle performance")
     g_perf.add_argument("--nprocs", "--nthreads", "--n_cpus", "--n-cpus", type=_positive_int,
-                        help="maximum number of processes (default: the plugin file's n_procs, else all CPUs)")
+                        help="maximum number of processes (overrides the plugin file's n_procs; default: "
+                        "that, else all CPUs)")
     g_perf.add_argument("--omp-nthreads", type=_positive_int,
-                        help="threads per process (torch; default and maximum: --nprocs)")
+                        help="threads per process (torch; default: --nprocs, or 1 with a SLURM plugin, where "
+                        "each node is a job: match its sbatch --cpus-per-task; maximum: --nprocs)")
     g_perf.add_argument("--mem", "--mem_mb", "--mem-mb", type=_mem_gb, metavar="MEM",
-                        help="memory limit for the scheduler, e.g. 8GB (default: nipype's, 90%% of the "
-                        "machine's memory)")
+                        help="memory limit for the scheduler, e.g. 8GB (overrides the plugin file's "
+                        "memory_gb; default: that, else nipype's 90%% of the machine's memory)")
     g_perf.add_argument("--use-plugin", "--nipype-plugin-file", type=Path, metavar="FILE",
                         help="YAML file with a nipype 'plugin' (e.g. SLURMGraph) and 'plugin_args'")
     g_perf.add_argument("--stop-on-first-crash", action="store_true",
@@ -224,12 +226,19 @@ def parse_args(args=None) -> Config:
     nprocs = int(opts.nprocs or plugin_args.get("n_procs") or plugin_args.get("nprocs")
                  or available_cpus)
     omp_nthreads = min(opts.omp_nthreads or nprocs, nprocs)
+    if plugin.startswith("SLURM") and not opts.omp_nthreads:
+        # each node is a job of its own, with the CPUs its sbatch_args ask for (1 by default), not
+        # this host's
+        omp_nthreads = 1
     if plugin in ("MultiProc", "LegacyMultiProc"):
+        # the command line wins over the plugin file
+        if opts.nprocs:
+            plugin_args["n_procs"] = nprocs
         plugin_args.setdefault("n_procs", nprocs)
         plugin_args.setdefault("raise_insufficient", False)
         plugin_args.setdefault("maxtasksperchild", 1)
         if opts.mem is not None:
-            plugin_args.setdefault("memory_gb", opts.mem)
+            plugin_args["memory_gb"] = opts.mem
     run_uuid = f"{datetime.now():%Y%m%d-%H%M%S}_{uuid.uuid4()}"
     return Config(
         bids_dir=bids_dir,

@@ -59,21 +59,24 @@ def wait_for_slurm_graph(batch_dir: Path, *, poll_s: float = 2.0) -> list[str]:
     """Wait until the jobs that nipype's SLURMGraph plugin submitted from ``batch_dir`` have left the queue.
 
     SLURMGraph returns as soon as its jobs are submitted; the app must not write reports or clean up
-    before they ran. Jobs whose dependency failed (reason ``DependencyNeverSatisfied``) would wait
-    forever: they are cancelled and returned, so the caller can report the run as failed.
+    before they ran. This run's jobs are the current user's whose batch script lies in ``batch_dir``
+    (job names such as ``j0_conform`` are the same in every run, so they cannot tell concurrent runs
+    apart). Jobs whose dependency failed (reason ``DependencyNeverSatisfied``) would wait forever:
+    they are cancelled and returned, so the caller can report the run as failed.
     """
-    submit = batch_dir / "submit_jobs.sh"
-    if not submit.is_file():
+    import getpass
+
+    if not (batch_dir / "submit_jobs.sh").is_file():
         return []
-    names = set(re.findall(r" -J (\S+) ", submit.read_text()))
+    prefix = str(Path(batch_dir).resolve()) + "/"
     cancelled: list[str] = []
-    LOGGER.info("SLURMGraph: waiting for %d submitted job(s)", len(names))
+    LOGGER.info("SLURMGraph: waiting for the jobs of %s", batch_dir)
     while True:
-        queue = subprocess.run(["squeue", "-h", "-o", "%i %j %r"], capture_output=True, text=True,
-                               check=True).stdout
-        ours = [line.split(None, 2) for line in queue.splitlines() if line.split()[1:2] and
-                line.split()[1] in names]
-        stuck = [job[0] for job in ours if len(job) > 2 and "DependencyNeverSatisfied" in job[2]]
+        queue = subprocess.run(["squeue", "-h", "-u", getpass.getuser(), "-o", "%i|%r|%o"],
+                               capture_output=True, text=True, check=True).stdout
+        ours = [line.split("|", 2) for line in queue.splitlines() if line.count("|") == 2]
+        ours = [job for job in ours if str(Path(job[2].strip()).resolve()).startswith(prefix)]
+        stuck = [job[0] for job in ours if "DependencyNeverSatisfied" in job[1]]
         if stuck:
             subprocess.run(["scancel", *stuck], check=False)
             cancelled += stuck
@@ -134,6 +137,29 @@ def failed_subjects(config: Config) -> list[str]:
         label for label, run_id in run_ids(config).items()
         if any((deriv / f"sub-{label}" / "log" / run_id).glob("crash*"))
     ]
+
+
+def note_scheduler_failures(config: Config, *, since: float, batch_dir: Path) -> list[str]:
+    """After a failed SLURM run: participants with neither a crash file nor outputs written since
+    ``since`` (a job ended by the scheduler, e.g. at its time limit, leaves no crash file) get a
+    plain-text crash file saying so, so their report and the exit status show the failure."""
+    noted = []
+    for label in config.participant_label:
+        log_dir = config.derivatives_dir / f"sub-{label}" / "log" / config.run_uuid
+        if any(log_dir.glob("crash*")):
+            continue
+        outputs = (config.derivatives_dir / f"sub-{label}").rglob("*_desc-ddasr_T1w.nii.gz")
+        if any(path.stat().st_mtime >= since for path in outputs):
+            continue
+        log_dir.mkdir(parents=True, exist_ok=True)
+        (log_dir / "crash-scheduler.txt").write_text(
+            f"No output was written for sub-{label} and no step left a crash file: a SLURM job of this "
+            "participant was probably ended by the scheduler (time limit, memory, node failure).\n"
+            f"See the job logs {batch_dir}/batchscript_*.sh.e and `sacct`, then rerun with the same "
+            "work folder: finished steps are reused.\n"
+        )
+        noted.append(label)
+    return noted
 
 
 def log_output_warnings(config: Config) -> int:
@@ -214,6 +240,7 @@ def run(config: Config) -> int:
     for label in config.participant_label:  # marks the run: --reports-only finds the latest one
         (deriv / f"sub-{label}" / "log" / config.run_uuid).mkdir(parents=True, exist_ok=True)
     crashed = interrupted = False
+    started = time.time()
     try:
         workflow.run(plugin=config.plugin, plugin_args=plugin_args)
         if config.plugin == "SLURMGraph":
@@ -229,12 +256,17 @@ def run(config: Config) -> int:
     finally:
         shutil.rmtree(staging_dir_for(config), ignore_errors=True)
         staging_root = staging_dir_for(config).parent
-        if staging_root.is_dir() and not any(staging_root.iterdir()):
+        try:  # other array tasks may be staging into the same folder at the same time
             staging_root.rmdir()
+        except OSError:
+            pass
     if interrupted:
         LOGGER.error("interrupted: outputs already committed are kept; rerun with the same "
                      "--work-dir to resume")
         return EXIT_INTERRUPTED
+    if crashed and config.plugin.startswith("SLURM"):
+        note_scheduler_failures(config, since=started,
+                                batch_dir=Path(workflow.base_dir or ".") / workflow.name / "batch")
     failed = failed_subjects(config)
     write_reports(config)
     log_output_warnings(config)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import hashlib
 import json
 import shutil
@@ -164,6 +165,16 @@ def test_plugin_mem_filters_and_validation(bids_copy, tmp_path, tiny_bundle, cap
                                   "sbatch_args": "--partition=debug"}
     assert (config.mem_gb, config.nprocs, config.omp_nthreads) == (8.0, 2, 2)
     assert config.stop_on_first_crash
+    # SLURM: each node is a job with its own CPUs, so torch threads do not follow this host's count
+    config = parse_args(_args(bids_copy, tmp_path / "o", "--use-plugin", str(plugin), model=tiny_bundle))
+    assert config.omp_nthreads == 1
+    # a MultiProc plugin file: honoured alone, but the command line wins
+    plugin.write_text("plugin: MultiProc\nplugin_args:\n  n_procs: 2\n  memory_gb: 3\n")
+    config = parse_args(_args(bids_copy, tmp_path / "o", "--use-plugin", str(plugin), model=tiny_bundle))
+    assert (config.plugin_args["n_procs"], config.plugin_args["memory_gb"], config.nprocs) == (2, 3, 2)
+    config = parse_args(_args(bids_copy, tmp_path / "o", "--use-plugin", str(plugin), "--nprocs", "1",
+                              "--mem", "8GB", model=tiny_bundle))
+    assert (config.plugin_args["n_procs"], config.plugin_args["memory_gb"], config.omp_nthreads) == (1, 8.0, 1)
     config = parse_args(_args(bids_copy, tmp_path / "o", "--mem", "8000MB", model=tiny_bundle))
     assert config.plugin == "MultiProc" and config.plugin_args["memory_gb"] == pytest.approx(8.0)
     assert "cannot read memory" in _usage_error(
@@ -409,3 +420,66 @@ def test_participants_without_a_matching_t1w_are_skipped_and_reported(lr_bids, t
         "no T1w image matching the session/filters for sub-IXI606: skipped"]
     assert (config.derivatives_dir / "sub-IXI603" / "log").is_dir()
     assert not (config.derivatives_dir / "sub-IXI606").exists()
+
+
+def test_slurm_graph_wait_tells_this_runs_jobs_from_others(tmp_path, monkeypatch):
+    """Job names (j0_conform...) repeat in every run: only jobs whose batch script is in this run's
+    batch folder are waited for or cancelled."""
+    from ddasr_nipype.bids_app.run import wait_for_slurm_graph
+
+    batch = tmp_path / "work" / "ddasr_wf" / "batch"
+    batch.mkdir(parents=True)
+    (batch / "submit_jobs.sh").write_text("j0_conform=$(sbatch -J j0_conform ...)\n")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "calls"
+    (bin_dir / "squeue").write_text(f"""#!/bin/sh
+n=$(cat {calls} 2>/dev/null || echo 0); echo $((n + 1)) > {calls}
+echo "900|DependencyNeverSatisfied|/elsewhere/batch/batchscript_j0_conform.sh"
+echo "901|Resources|/elsewhere/batch/batchscript_j1_conform.sh"
+if [ "$n" -lt 2 ]; then echo "42|DependencyNeverSatisfied|{batch}/batchscript_j0_conform.sh"; fi
+if [ "$n" -lt 1 ]; then echo "43|Resources|{batch}/batchscript_j1_super_resolve.sh"; fi
+""")
+    (bin_dir / "scancel").write_text(f"#!/bin/sh\necho \"$@\" >> {tmp_path / 'cancelled'}\n")
+    for tool in ("squeue", "scancel"):
+        (bin_dir / tool).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    assert wait_for_slurm_graph(batch, poll_s=0.01) == ["42", "42"]  # cancelled, seen twice
+    assert (tmp_path / "cancelled").read_text().split() == ["42", "42"]  # never 900 or 901
+    assert int(calls.read_text()) == 3
+
+
+def test_a_participant_a_scheduler_ended_gets_a_crash_note(tmp_path):
+    """A SLURM job killed at its time limit leaves no crash file: the participant without fresh
+    outputs gets one saying so (its report and the exit status then show the failure)."""
+    import time
+
+    from ddasr_nipype.bids_app.config import Config
+    from ddasr_nipype.bids_app.run import failed_subjects, note_scheduler_failures
+
+    config = Config(bids_dir=tmp_path, output_dir=tmp_path / "out", participant_label=("a", "b", "c"),
+                    run_uuid="20240101-000000_x", plugin="SLURMGraph")
+    deriv = config.derivatives_dir
+    started = time.time() - 1
+    done = deriv / "sub-a" / "anat" / "sub-a_desc-ddasr_T1w.nii.gz"
+    done.parent.mkdir(parents=True)
+    done.write_bytes(b"x")  # written by this run
+    crashed = deriv / "sub-b" / "log" / config.run_uuid / "crash-1-node.txt"
+    crashed.parent.mkdir(parents=True)
+    crashed.write_text("Node: x")
+    assert note_scheduler_failures(config, since=started, batch_dir=tmp_path / "batch") == ["c"]
+    note = (deriv / "sub-c" / "log" / config.run_uuid / "crash-scheduler.txt").read_text()
+    assert "ended by the scheduler" in note and str(tmp_path / "batch") in note
+    assert failed_subjects(config) == ["b", "c"]
+
+
+def test_concurrent_array_tasks_write_the_dataset_description_safely(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ddasr_nipype.bids_app.dataset import write_derivative_description
+
+    deriv = tmp_path / "out" / "ddasr"
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda _: write_derivative_description(tmp_path, deriv), range(200)))
+    assert json.loads((deriv / "dataset_description.json").read_text())["DatasetType"] == "derivative"
+    assert [p.name for p in deriv.iterdir()] == ["dataset_description.json"]  # no temporary left
