@@ -90,7 +90,6 @@ RUN apt-get update \
 # A non-root user whose home any UID can use (podman --user, Apptainer, Singularity).
 RUN useradd --create-home --uid 1000 --user-group --shell /bin/bash ddasr \
     && chmod 0777 /home/ddasr
-COPY --from=builder /opt/venv /opt/venv
 
 # Unless told otherwise, each process uses one thread: nipype runs nodes in parallel (--nprocs)
 # and the torch nodes take their threads from --omp-nthreads.
@@ -121,6 +120,9 @@ digest = hashlib.sha256(open(dest, 'rb').read()).hexdigest(); \
 sys.exit(0 if digest.startswith(dest.rsplit('-', 1)[1][:8]) else 'VGG19 checksum mismatch: ' + digest)"; \
     fi \
     && chmod -R a+rX "$TORCH_HOME"
+
+# Last, so that a source edit rebuilds only this and what follows (not the VGG19 download above).
+COPY --from=builder /opt/venv /opt/venv
 
 # templateflow's offline skeleton in the image: importing niworkflows must not need a writable $HOME
 # (podman --read-only, Apptainer --no-home). libgomp1 above: libsvm (BRISQUE) links against it.

@@ -100,7 +100,7 @@ start() {
     install_packages
     if pid_alive "$DIR/run/slurmctld.pid"; then
         log "already running (SLURM_CONF=$CONF)"
-        echo "export SLURM_CONF=$CONF"
+        echo "export SLURM_CONF=$CONF DDASR_SLURM_STARTED=0"
         return 0
     fi
     write_config
@@ -140,7 +140,7 @@ start() {
     fi
     t1=$(date +%s.%N)
     log "cluster up in $(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.2f", b - a}') s (SLURM_CONF=$CONF)"
-    echo "export SLURM_CONF=$CONF"
+    echo "export SLURM_CONF=$CONF DDASR_SLURM_STARTED=1"
 }
 
 stop_pid() {

@@ -54,16 +54,17 @@ def init_train_wf(
     ``device != "cpu"``), so nipype's MultiProc plugin counts GPU slots. To route the nodes to a GPU
     partition with the ``SLURMGraph`` plugin, give them per-node ``plugin_args``::
 
-        wf = init_train_wf(hr_dir=..., lr_dir=..., output_dir=..., preset="paper", device="cuda")
+        wf = init_train_wf(hr_dir=..., lr_dir=..., output_dir=..., preset="paper", device="cuda",
+                           dsn_time_limit=20 * 3600, srn_time_limit=46 * 3600)
         for node_name in GPU_NODE_NAMES:  # ("train_dsn", "synthesize_pairs", "train_srn")
             node = wf.get_node(node_name)
-            node.plugin_args = {"sbatch_args": "--gres=gpu:1 -p gpu --time=48:00:00 --signal=B:TERM@120",
-                                "overwrite": True}
+            node.plugin_args = {"sbatch_args": "--gres=gpu:1 -p gpu --time=48:00:00", "overwrite": True}
         wf.run(plugin="SLURMGraph", plugin_args={"dont_resubmit_completed_jobs": True})
 
-    ``--signal=B:TERM@120`` makes SLURM send SIGTERM two minutes before the time limit: the node
-    writes a checkpoint and fails cleanly; rerunning the workflow (same ``base_dir`` and inputs) resumes
-    it from that checkpoint.
+    The time limits end each stage, checkpointed, before the job's wall time: SLURM's
+    ``--signal=B:TERM`` would reach only the batch shell of a SLURMGraph job, not its Python process
+    (docs/hpc.md). A node that fails (a crash, or SIGTERM when run interactively) resumes from its last
+    checkpoint when the workflow runs again (same ``base_dir`` and inputs).
 
     Workflow Graph
         .. workflow::
