@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -187,6 +186,7 @@ def validate_bids(bids_dir: Path) -> list[str]:
 def write_derivative_description(bids_dir: Path, deriv_dir: Path) -> Path:
     """Write ``dataset_description.json`` (DatasetType derivative, GeneratedBy) atomically."""
     from ddasr_nipype import __version__
+    from ddasr_nipype.fileio import write_text_atomic
 
     deriv_dir.mkdir(parents=True, exist_ok=True)
     description = {
@@ -210,11 +210,5 @@ def write_derivative_description(bids_dir: Path, deriv_dir: Path) -> Path:
             name = None
         if name:
             description["SourceDatasets"] = [{"URL": Path(bids_dir).resolve().as_uri(), "Name": name}]
-    out = deriv_dir / "dataset_description.json"
-    # a temporary name of this process's own: array tasks write the same file at the same time
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=deriv_dir)
-    with os.fdopen(fd, "w") as stream:
-        stream.write(json.dumps(description, indent=2) + "\n")
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, out)
-    return out
+    # atomic, with a temporary name of this process's own: array tasks write it at the same time
+    return write_text_atomic(deriv_dir / "dataset_description.json", json.dumps(description, indent=2) + "\n")

@@ -374,11 +374,14 @@ def super_resolve_image(
     scale = bundle.scale
     normalized = norm.apply(data)
     # the network sees the clipped input; the interpolated input in the blend keeps every value
-    residual = (data - np.float32(norm.low)) / np.float32(norm.scale) - normalized
+    residual = None
+    blends = settings["strength"] < 1.0 or settings["background"] == "input"
+    if blends and norm.clip_max is not None and (
+            data.min() < norm.invert(np.float32(norm.floor)) or data.max() > norm.invert(np.float32(norm.clip_max))):
+        residual = (data - np.float32(norm.low)) / np.float32(norm.scale) - normalized
     sr = super_resolve_volume(
         normalized, generator, plane=planes, scale=scale, batch_size=batch_size,
-        device=str(torch_device), tile_size=tile_size,
-        residual=residual if np.abs(residual).max() > 1e-6 else None, **settings,
+        device=str(torch_device), tile_size=tile_size, residual=residual, **settings,
     )
     del normalized, residual
     sr = np.asarray(norm.invert(sr), dtype=np.float32)

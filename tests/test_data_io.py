@@ -408,3 +408,12 @@ def test_ras_voxel_sizes_without_loading(hr_files, lr_file):
     # PSR with anisotropic sizes: (P: 1, S: 2, R: 3) -> (R: 3, A: 1, S: 2)
     aff = np.array([[0, 0, 3.0, 0], [-1.0, 0, 0, 0], [0, 2.0, 0, 0], [0, 0, 0, 1]])
     assert io.ras_voxel_sizes(aff) == (3.0, 1.0, 2.0)
+
+
+def test_fileio_docstring_examples():
+    import doctest
+
+    from ddasr_nipype import fileio
+
+    result = doctest.testmod(fileio)
+    assert result.attempted > 0 and result.failed == 0

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ddasr_nipype.errors import CheckpointError
+from ddasr_nipype.fileio import atomic_output
 
 __all__ = ["CHECKPOINT_FORMAT", "save_checkpoint", "load_checkpoint", "capture_rng", "restore_rng"]
 
@@ -29,26 +29,11 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
     import torch
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as stream:
-            torch.save({"format": CHECKPOINT_FORMAT, **state}, stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        _chmod_default(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_output(path) as tmp, open(tmp, "wb") as stream:
+        torch.save({"format": CHECKPOINT_FORMAT, **state}, stream)
+        stream.flush()
+        os.fsync(stream.fileno())
     return path
-
-
-def _chmod_default(path) -> None:
-    """Give a ``mkstemp`` file (0600) the permissions of an ordinary new file (0666 & ~umask)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
 
 
 def load_checkpoint(path: str | Path, *, stage: str | None = None) -> dict[str, Any]:

@@ -12,8 +12,6 @@ Slice sets are stored losslessly as uncompressed ``float32`` ``.npz`` archives.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -21,7 +19,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from ddasr_nipype.errors import TrainingDataError
-from ddasr_nipype.training.checkpoint import _chmod_default
+from ddasr_nipype.fileio import atomic_output
 from ddasr_nipype.training.config import DataConfig
 
 __all__ = [
@@ -62,16 +60,8 @@ class SliceStack:
 
 
 def _atomic_savez(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".npz", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_output(path, suffix=".npz") as tmp:  # np.savez adds .npz to other names
         np.savez(tmp, **arrays)
-        _chmod_default(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _stack_fraction(x: np.ndarray, threshold: float) -> np.ndarray:

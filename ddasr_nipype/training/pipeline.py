@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from ddasr_nipype.errors import CheckpointError, DDASRError, ModelBundleError, TrainingDataError
+from ddasr_nipype.fileio import write_text_atomic
 from ddasr_nipype.training.checkpoint import load_checkpoint
 from ddasr_nipype.training.config import TrainingPreset
 from ddasr_nipype.training.datasets import PairSet, SliceSet, array_digest, find_t1w, prepare_datasets
@@ -198,19 +199,8 @@ def prepare_data(options: TrainingOptions, *, need_lr: bool = True,
 
 
 def _write_json(path: Path, content: dict) -> None:
-    """Write ``content`` as JSON atomically (temporary file + ``os.replace``)."""
-    from ddasr_nipype.training.checkpoint import _chmod_default
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as stream:
-            json.dump(content, stream, indent=2, default=str)
-        _chmod_default(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write ``content`` as JSON atomically."""
+    write_text_atomic(path, json.dumps(content, indent=2, default=str))
 
 
 def _prepare_hr_only(hr_files, preset):
