@@ -243,12 +243,21 @@ class SRNLoss(nn.Module):
         self.perceptual = PerceptualLoss(vgg, config.layers, config.layer_weights, config.perceptual_criterion)
 
     def forward(self, sr: torch.Tensor, hr: torch.Tensor, real_logits: torch.Tensor | None = None,
-                fake_logits: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                fake_logits: torch.Tensor | None = None, weight: torch.Tensor | None = None
+                ) -> dict[str, torch.Tensor]:
+        """``weight`` (``[B, 1, H, W]`` in [0, 1], optional): where the output is learned. Outside it the
+        L1 term does not count and the perceptual term sees the HR itself (``sr`` there is replaced by
+        ``hr``), so nothing pulls the output there either way. A perceptual weight ``eta_perceptual = 0``
+        skips the feature network."""
         if (real_logits is None) != (fake_logits is None):
             raise ValueError("SRNLoss: pass both real_logits and fake_logits, or neither")
         c = self.config
-        perceptual = self.perceptual(sr, hr)["total"]
-        l1 = F.l1_loss(sr, hr)
+        if weight is not None:
+            l1 = ((sr - hr).abs() * weight).sum() / weight.sum().clamp(min=1.0)
+            sr = sr * weight + hr * (1.0 - weight)
+        else:
+            l1 = F.l1_loss(sr, hr)
+        perceptual = self.perceptual(sr, hr)["total"] if c.eta_perceptual > 0 else sr.new_zeros(())
         adversarial = (relativistic_g_loss(real_logits, fake_logits) if real_logits is not None
                        else sr.new_zeros(()))
         total = c.eta_perceptual * perceptual + c.eta_l1 * l1 + c.eta_adv * adversarial

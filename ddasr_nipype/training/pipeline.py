@@ -209,7 +209,8 @@ def _prepare_hr_only(hr_files, preset):
     voxel = preset.data.hr_voxel_size
     hr = SliceSet([s for f in hr_files for s in prepare_hr_stacks(f, preset.data, voxel_size=voxel)])
     summary = {"hr_files": [str(f) for f in hr_files], "lr_files": [], "hr_voxel_size": voxel,
-               "lr_voxel_size": voxel * preset.data.scale, "hr_slices": len(hr), "lr_slices": 0}
+               "lr_voxel_size": voxel * preset.data.scale, "hr_slices": len(hr), "lr_slices": 0,
+               "hr_brain_only": sorted({s.name.split("_")[0] for s in hr.stacks if s.brain_only})}
     return hr, None, summary
 
 
