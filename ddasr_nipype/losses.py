@@ -204,7 +204,12 @@ def relativistic_g_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) ->
 
 @dataclass(frozen=True)
 class SRNLossConfig(ModelConfig):
-    """Weights of Eq. 13 (eta_1 perceptual, eta_2 L1, eta_3 adversarial) and the perceptual layers."""
+    """Weights of Eq. 13 (eta_1 perceptual, eta_2 L1, eta_3 adversarial) and the perceptual layers.
+
+    ``backbone`` names the feature network of the perceptual term: ``vgg19`` (the paper's; ``layers`` are
+    torchvision indices) or ``deepbet`` (:class:`~ddasr_nipype.models.deepbet_arch.DeepbetFeatures`, a
+    network pretrained on brain MRI; ``layers`` among 0, 1, 2). The trainer builds it.
+    """
 
     eta_perceptual: float = 1.0
     eta_l1: float = 1.0
@@ -212,6 +217,7 @@ class SRNLossConfig(ModelConfig):
     layers: tuple[int, ...] = (2, 7, 9, 12, 17)
     layer_weights: tuple[float, ...] = (0.1, 0.1, 1.0, 1.0, 1.0)
     perceptual_criterion: str = "mse"
+    backbone: str = "vgg19"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "layers", tuple(int(i) for i in self.layers))
@@ -225,6 +231,10 @@ class SRNLossConfig(ModelConfig):
         if self.perceptual_criterion not in ("mse", "l1"):
             raise ValueError(f"SRNLossConfig.perceptual_criterion must be 'mse' or 'l1', "
                              f"got {self.perceptual_criterion!r}")
+        if self.backbone not in ("vgg19", "deepbet"):
+            raise ValueError(f"SRNLossConfig.backbone must be 'vgg19' or 'deepbet', got {self.backbone!r}")
+        if self.backbone == "deepbet" and not set(self.layers) <= {0, 1, 2}:
+            raise ValueError(f"SRNLossConfig: the deepbet backbone has layers 0, 1 and 2, got {list(self.layers)}")
 
 
 class SRNLoss(nn.Module):

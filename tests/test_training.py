@@ -1118,3 +1118,20 @@ def test_skull_stripped_volumes_are_found_by_their_volume(tmp_path, hr_files, sm
     brain = prepare_hr_stacks(path, cfg, voxel_size=1.0)[0]
     assert not head.brain_only and brain.brain_only
     assert not prepare_hr_stacks(path, smoke.data, voxel_size=1.0)[0].brain_only  # off by default
+
+
+def test_the_srn_can_take_its_perceptual_term_from_deepbet(tmp_path, smoke, vgg):
+    from ddasr_nipype.losses import SRNLossConfig
+    from ddasr_nipype.training.datasets import PairSet
+
+    rng = np.random.default_rng(0)
+    hr = rng.uniform(size=(2, 32, 32)).astype(np.float32)
+    pairs = PairSet([hr[:, ::2, ::2].copy()], [hr], 2, ["s"], source="area")
+    preset = smoke.replace(srn=smoke.srn.replace(patch_size=32, loss={"backbone": "deepbet", "layers": [0, 1],
+                                                                      "layer_weights": [1.0, 1.0]}))
+    trainer = SRNTrainer(preset, tmp_path / "run", pairs, **_kwargs(vgg))
+    trainer.run(until=1)
+    assert trainer.perceptual_backbone["name"] == "deepbet" and len(trainer.perceptual_backbone["sha256"]) == 64
+    assert trainer.last_losses["g_perceptual"] > 0
+    with pytest.raises(ValueError, match="layers 0, 1 and 2"):
+        SRNLossConfig(backbone="deepbet")  # the VGG indices do not exist there

@@ -97,7 +97,17 @@ class SRNTrainer(StageTrainer):
         self.ema = copy.deepcopy(self.generator).eval().requires_grad_(False)
         self._g = self.maybe_compile(self.generator)
         self._d = self.maybe_compile(self.discriminator)
-        self.loss = SRNLoss(self.vgg, SRNLossConfig.from_dict(dict(cfg.loss))).to(self.device)
+        loss_config = SRNLossConfig.from_dict(dict(cfg.loss))
+        features = self.vgg
+        #: provenance of the perceptual term's feature network (the bundle records it)
+        self.perceptual_backbone = dict(self.backbone or {}, name="vgg19")
+        if loss_config.backbone == "deepbet":
+            from ddasr_nipype.models.deepbet_arch import load_deepbet_features
+
+            features, info = load_deepbet_features()
+            features = features.to(self.device)
+            self.perceptual_backbone = dict(info, name="deepbet")
+        self.loss = SRNLoss(features, loss_config).to(self.device)
         betas = tuple(cfg.betas)
         self.opt_g = torch.optim.Adam(self.generator.parameters(), lr=cfg.lr, betas=betas)
         self.opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=cfg.lr_d or cfg.lr, betas=betas)

@@ -7,9 +7,9 @@ Each HR scan is prepared as ``ddasr-eval`` does (RAS, odd in-plane sizes cropped
 99.5th percentile, degraded with the same seeded draws for its ``sub-<label>`` key), every bundle runs
 through :func:`ddasr_nipype.inference.super_resolve_image` (the app's normalization and blend), and brain /
 head PSNR and SSIM are scored with :func:`ddasr_nipype.metrics.volume.reference_scores` inside deepbet's
-brain mask (cached in ``--cache-dir``). ``--projection`` adds rows with each output made consistent with
-the LR after the fact (:func:`ddasr_nipype.degradations.consistency_projection`, in the volume's own
-intensity units). Prints mean brain/head PSNR, SSIM and the paired difference to bicubic with the paired
+brain mask (cached in ``--cache-dir``). Each ``--variant`` (default: the network alone everywhere) runs
+with those output settings, ``projection=MODEL:WEIGHT`` making the output consistent with the LR after the
+fact (:func:`ddasr_nipype.degradations.consistency_projection`, in the volume's own intensity units). Prints mean brain/head PSNR, SSIM and the paired difference to bicubic with the paired
 t-test p-value over slices.
 """
 
@@ -27,10 +27,7 @@ def main(argv=None) -> None:
     parser.add_argument("hr", type=Path)
     parser.add_argument("bundles", nargs="+")
     parser.add_argument("--degradation", action="append", default=None)
-    parser.add_argument("--projection", action="append", default=[])
-    parser.add_argument("--projection-weight", type=float, default=1.0)
-    parser.add_argument("--strength", type=float, default=1.0)
-    parser.add_argument("--background", default="model")
+    parser.add_argument("--variant", action="append", default=None)
     parser.add_argument("--slice-step", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cache-dir", type=Path, default=Path("out/cache"))
@@ -72,25 +69,28 @@ def main(argv=None) -> None:
         lr, _ = get_degradation(name, scale, axes=axes)(hr01, rng)
         outputs = {"bicubic": bicubic_upsample(lr, scale, axes=axes, out_shape=[hr.shape[a] for a in axes])}
         for b in bundles:
-            img, _ = super_resolve_image(_lr_image(lr, hr_ras, down), b, planes=plane,
-                                         strength=opts.strength, background=opts.background)
-            sr = np.asarray(to_ras(img)[0].dataobj, dtype=np.float64)
-            label = f"{b.name}:{b.sha256[:8]}"
-            outputs[label] = sr
-            for model in opts.projection:
-                outputs[f"{label}+{model}{opts.projection_weight:g}"] = consistency_projection(
-                    sr, lr, scale, axes=axes, model=model, weight=opts.projection_weight)
+            for variant in opts.variant or ["strength=1,background=model"]:
+                settings = dict(item.split("=") for item in variant.split(",") if item)
+                projection = settings.pop("projection", None)
+                img, _ = super_resolve_image(_lr_image(lr, hr_ras, down), b, planes=plane,
+                                             strength=float(settings["strength"]) if "strength" in settings else None,
+                                             background=settings.get("background"))
+                sr = np.asarray(to_ras(img)[0].dataobj, dtype=np.float64)
+                if projection:
+                    model, weight = projection.split(":")
+                    sr = consistency_projection(sr, lr, scale, axes=axes, model=model, weight=float(weight))
+                outputs[f"{b.name}:{b.sha256[:8]} {variant}".strip()] = sr
         scores = {m: reference_scores(hr01, v, plane=plane, mask=mask, min_fraction=0.1, brain_mask=brain)
                   for m, v in outputs.items()}
         ok = ~np.isnan(scores["bicubic"]["psnr_brain"])
         ok[::1] &= (np.arange(len(ok)) % opts.slice_step == 0)
         base = scores["bicubic"]
         print(f"== {key} {name} ({ok.sum()} slices with brain)")
-        print(f"{'method':40s} {'PSNR brain':>10s} {'d':>6s} {'p':>8s} {'SSIM brain':>10s} {'d':>7s} {'PSNR head':>9s} {'d':>6s}")
+        print(f"{'method':60s} {'PSNR brain':>10s} {'d':>6s} {'p':>8s} {'SSIM brain':>10s} {'d':>7s} {'PSNR head':>9s} {'d':>6s}")
         for m, s in scores.items():
             d = s["psnr_brain"][ok] - base["psnr_brain"][ok]
             p = ttest_rel(s["psnr_brain"][ok], base["psnr_brain"][ok]).pvalue if m != "bicubic" else float("nan")
-            print(f"{m:40s} {s['psnr_brain'][ok].mean():10.3f} {d.mean():+6.3f} {p:8.1e} "
+            print(f"{m:60s} {s['psnr_brain'][ok].mean():10.3f} {d.mean():+6.3f} {p:8.1e} "
                   f"{s['ssim_brain'][ok].mean():10.4f} {(s['ssim_brain'][ok] - base['ssim_brain'][ok]).mean():+7.4f} "
                   f"{s['psnr_mask'][ok].mean():9.3f} {(s['psnr_mask'][ok] - base['psnr_mask'][ok]).mean():+6.3f}",
                   flush=True)

@@ -2,13 +2,14 @@
 exact Table I path.
 
     python scripts/probes/unpaired_variants.py LR_T1W... --model BUNDLE [--model ...]
-        [--strength S] [--background input|model] [--projection kspace|area ...] [--projection-weight W]
-        [--metric niqe --metric brisque]
+        [--variant strength=S,background=input|model,projection=kspace:W ...]
+        [--metric niqe --metric brisque] [--slice-step K]
 
 Each scan is super-resolved with :func:`ddasr_nipype.inference.super_resolve_image` (the app's path),
-bicubic is the same x2 grid, ``--projection`` adds rows made consistent with the LR after the fact
-(:func:`ddasr_nipype.degradations.consistency_projection`, in the scan's own intensity units); every
-volume is normalized and scored per sagittal slice as Table I does. Prints per-scan means and the mean
+bicubic is the same x2 grid; each ``--variant`` (default: the bundle's own output settings) runs with
+those output settings, ``projection=MODEL:WEIGHT`` making the output consistent with the LR after the
+fact (:func:`ddasr_nipype.degradations.consistency_projection`, in the scan's own intensity units); every
+volume is normalized and scored per sagittal slice as Table I does (every ``--slice-step``-th slice). Prints per-scan means and the mean
 over all slices, with the paired difference to bicubic.
 """
 
@@ -24,10 +25,8 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("scans", nargs="+", type=Path)
     parser.add_argument("--model", action="append", required=True)
-    parser.add_argument("--strength", type=float, default=None)
-    parser.add_argument("--background", default=None)
-    parser.add_argument("--projection", action="append", default=[])
-    parser.add_argument("--projection-weight", type=float, default=1.0)
+    parser.add_argument("--variant", action="append", default=None)
+    parser.add_argument("--slice-step", type=int, default=1)
     parser.add_argument("--metric", action="append", default=None)
     parser.add_argument("--threads", type=int, default=None)
     opts = parser.parse_args(argv)
@@ -55,17 +54,22 @@ def main(argv=None) -> None:
         up_mask = _upsample_mask(mask, factors)
         volumes = {"bicubic": bicubic_upsample_volume(lr, factors)}
         for b in bundles:
-            out, _ = super_resolve_image(img, b, planes="sagittal", strength=opts.strength, background=opts.background)
-            sr = np.asarray(to_ras(out)[0].dataobj, dtype=np.float64)
-            label = f"{b.name}:{b.sha256[:8]}"
-            volumes[label] = sr
-            for model in opts.projection:
-                volumes[f"{label}+{model}{opts.projection_weight:g}"] = consistency_projection(
-                    sr, lr, 2, axes=(1, 2), model=model, weight=opts.projection_weight)
+            for variant in opts.variant or [""]:
+                settings = dict(item.split("=") for item in variant.split(",") if item)
+                projection = settings.pop("projection", None)
+                out, _ = super_resolve_image(img, b, planes="sagittal",
+                                             strength=float(settings["strength"]) if "strength" in settings else None,
+                                             background=settings.get("background"))
+                sr = np.asarray(to_ras(out)[0].dataobj, dtype=np.float64)
+                if projection:
+                    model, weight = projection.split(":")
+                    sr = consistency_projection(sr, lr, 2, axes=(1, 2), model=model, weight=float(weight))
+                volumes[f"{b.name}:{b.sha256[:8]} {variant}".strip()] = sr
         line = [path.name.split("_")[0]]
         for method, vol in volumes.items():
-            scores = no_reference_scores(normalize_volume(vol, up_mask), plane="sagittal", mask=up_mask,
-                                         metrics=metrics, min_fraction=0.1)
+            sub = (slice(None, None, opts.slice_step),)
+            scores = no_reference_scores(normalize_volume(vol, up_mask)[sub], plane="sagittal",
+                                         mask=up_mask[sub], metrics=metrics, min_fraction=0.1)
             for m in metrics:
                 totals.setdefault(method, {}).setdefault(m, []).append(scores[m])
             line.append(f"{method} " + " ".join(f"{m} {np.nanmean(scores[m]):.3f}" for m in metrics))
