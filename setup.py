@@ -51,7 +51,6 @@ setup(
         "scikit-image>=0.21",
         "matplotlib>=3.7",
         "deepbet>=1.0.2",
-        "brisque==0.2.0",
         "opencv-python-headless>=4.5",
         "tensorboard>=2.12",
     ],
