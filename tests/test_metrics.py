@@ -39,13 +39,21 @@ BRISQUE_TOL_TYPICAL = 4.0
 BRISQUE_TOL_WORST = 18.5
 
 # Scores that the brisque 0.2.0 package (with libsvm; numpy 2.3.5) gave before ddasr_nipype.metrics.brisque
-# replaced it. The replacement reproduces them bit for bit on the machine they were measured on; the
-# tolerance allows for last-bit differences of other CPUs' vectorized math.
+# replaced it. The replacement reproduces them bit for bit with numpy 2.3.5 and 2.4.6 (the tolerance allows
+# for last-bit differences of other CPUs' vectorized math). BRISQUE itself, the package included, depends
+# on numpy's floating-point details where MSCN coefficients are near zero (flat areas, where their sign
+# picks the left or right side of the fit): with numpy 1.26.4 both the package and the replacement move
+# by 0.33 on I19 (large flat areas) and 0.002 on the MR slices, hence a looser tolerance there.
+BRISQUE_PACKAGE_NUMPY = ("2.3.5", "2.4.6")
 BRISQUE_PACKAGE_SCORES = {"mr_slice": 47.49654196406229, "blurred": 58.99146247581811,
                           "odd_crop": 42.148280515081154}
 BRISQUE_PACKAGE_CALIBRATION = {"I03.png": 94.94355918869266, "I04.png": 0.9818373018073032,
                                "I06.png": 1.3722697084621984, "I08.png": 9.01885251675239,
                                "I19.png": 89.81022208282499}
+
+
+def _package_tolerance(other_numpy: float) -> dict[str, float]:
+    return {"rel": 1e-9, "abs": 1e-9} if np.__version__ in BRISQUE_PACKAGE_NUMPY else {"abs": other_numpy}
 
 
 @pytest.fixture(scope="module")
@@ -82,14 +90,14 @@ def test_brisque_close_to_live_matlab_on_calibration_images(calibration):
 
 def test_brisque_keeps_the_brisque_package_scores_on_calibration_images(calibration):
     for name, gray, _, _ in calibration:
-        assert brisque(gray) == pytest.approx(BRISQUE_PACKAGE_CALIBRATION[name], rel=1e-9, abs=1e-9), name
+        assert brisque(gray) == pytest.approx(BRISQUE_PACKAGE_CALIBRATION[name], **_package_tolerance(0.5)), name
 
 
 def test_brisque_keeps_the_brisque_package_scores_on_mr_slices(mr_slice):
     images = {"mr_slice": mr_slice, "blurred": ndimage.gaussian_filter(mr_slice, 2.0),
               "odd_crop": mr_slice[100:133, 60:77]}  # odd sizes: OpenCV's half-size rounding
     for name, image in images.items():
-        assert brisque(to_8bit(image)) == pytest.approx(BRISQUE_PACKAGE_SCORES[name], rel=1e-9), name
+        assert brisque(to_8bit(image)) == pytest.approx(BRISQUE_PACKAGE_SCORES[name], **_package_tolerance(0.05)), name
 
 
 def test_brisque_needs_neither_the_brisque_package_nor_libsvm(lr_file):

@@ -9,8 +9,12 @@ file beside it). The SVR was trained on features computed by that package's code
 are the consistent input: :func:`brisque_features` computes them step for step as the package does,
 and :func:`brisque` evaluates the SVR as libsvm does. This replaces the package itself, whose
 feature scaling fails on numpy >= 2.4 (it converts one-element arrays with ``float()``) and which
-needs a C++ compiler at install time (libsvm has no wheels). Under numpy 2.3 the scores are
-bit-identical to the package's.
+needs a C++ compiler at install time (libsvm has no wheels). The scores are bit-identical to the
+package's with numpy 2.3.5 (the pinned one) and 1.26.4; with numpy 2.4.6, where the package fails,
+they equal its numpy 2.3.5 scores (``scripts/probes/brisque_values.py``). BRISQUE itself depends on
+rounding where MSCN coefficients are near zero (flat areas: their sign picks the side of the
+asymmetric fit), so an image's score may move by a few hundredths (0.3 on an image with large flat
+areas) from one numpy release to another, the package's as well.
 
 On the five calibration images (grayscale made the MATLAB way) the scores are within +0.3, +1.1,
 +0.4, +3.7 and +17.6 points of the original MATLAB BRISQUE (``tests/test_metrics.py`` measures
