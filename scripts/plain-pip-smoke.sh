@@ -24,20 +24,23 @@ REPO=$(cd "$(dirname "$0")/.." && pwd)
 PYTHON=${PYTHON:-python3}
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/ddasr-plain-pip.XXXXXX")
 cleanup() {
-    if [[ ${DDASR_SMOKE_KEEP:-0} == 1 ]]; then echo "plain-pip: kept $TMP" >&2; else rm -rf "$TMP"; fi
+    local start=$SECONDS
+    if [[ ${DDASR_SMOKE_KEEP:-0} == 1 ]]; then echo "plain-pip: kept $TMP" >&2; return; fi
+    rm -rf "$TMP"
+    echo "plain-pip: removed the temporary folder in $((SECONDS - start)) s" >&2
 }
 trap cleanup EXIT
 
 SECONDS=0
 phase_start=0
 phase_cpu=0
-cpu_seconds() {  # user + system CPU seconds of the finished child processes (bash's `times`, line 2)
-    times > "$TMP/times"
+cpu_seconds() {  # user + system CPU seconds of this shell's finished children, from `times` (line 2)
     awk 'NR == 2 { for (i = 1; i <= 2; i++) { split($i, t, /[ms]/); s += t[1] * 60 + t[2] } } END { printf "%.0f", s }' \
         "$TMP/times"
 }
 phase() {  # the wall and CPU time of the previous phase, and the name of the next
     local cpu
+    times > "$TMP/times"  # here, not in a $(...) subshell, which has no children of its own
     cpu=$(cpu_seconds)
     echo "plain-pip: done in $((SECONDS - phase_start)) s (CPU $((cpu - phase_cpu)) s); total $SECONDS s (CPU $cpu s)" >&2
     phase_start=$SECONDS phase_cpu=$cpu
@@ -153,4 +156,4 @@ for metric in NIQE BRISQUE; do
 done
 
 phase "end"
-echo "plain-pip: passed in $SECONDS s (CPU $(cpu_seconds) s)" >&2
+echo "plain-pip: passed in $SECONDS s (CPU $phase_cpu s)" >&2
