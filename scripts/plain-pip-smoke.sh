@@ -53,8 +53,9 @@ echo "plain-pip: == copy the source tree ==" >&2
 # egg-info of the working tree reaches the wheel.
 mkdir "$TMP/src"
 if git -C "$REPO" rev-parse --is-inside-work-tree >/dev/null 2>&1; then
-    (cd "$REPO" && git ls-files -z --cached --others --exclude-standard \
-        | xargs -0 -I{} sh -c 'test -e "{}" && cp --parents -P "{}" "$1"' _ "$TMP/src")
+    (cd "$REPO" && git ls-files -z --cached --others --exclude-standard | while IFS= read -r -d '' file; do
+        if [[ -e $file || -L $file ]]; then cp --parents -P "$file" "$TMP/src"; fi  # not files deleted locally
+    done)
 else
     cp -a "$REPO"/. "$TMP/src"
     rm -rf "$TMP/src/.venv" "$TMP/src/build" "$TMP"/src/*.egg-info
