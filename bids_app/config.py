@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import ddasr_nipype
+from ddasr_nipype.bundle import DEFAULT_MODEL
 
 EXAMPLE_DIR = Path(ddasr_nipype.__file__).resolve().parent / "resources" / "example"
 """The small example BIDS dataset shipped with the package (one IXI T1w, CC BY-SA 3.0)."""
@@ -31,7 +32,7 @@ class Config:
     skip_bids_validation: bool = False
     reports_only: bool = False
     verbose: int = 0
-    model: str = "ixi-t1w-x2"
+    model: str = DEFAULT_MODEL
     device: str = "auto"
     planes: str = "sagittal"
     skip_brain_extraction: bool = False

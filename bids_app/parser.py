@@ -14,6 +14,8 @@ import uuid
 from datetime import datetime
 from pathlib import Path
 
+from ddasr_nipype.bundle import DEFAULT_MODEL
+
 from .config import Config
 
 PLANES = ("sagittal", "coronal", "axial", "all")
@@ -93,7 +95,7 @@ def _build_parser() -> argparse.ArgumentParser:
                         help="more verbose console output (-vv, -vvv: even more)")
 
     g_sr = parser.add_argument_group("Super-resolution options")
-    g_sr.add_argument("--model", default="ixi-t1w-x2",
+    g_sr.add_argument("--model", default=DEFAULT_MODEL,
                       help="model bundle: a bundled model name or the path of a bundle directory "
                       "(default: %(default)s)")
     g_sr.add_argument("--device", choices=DEVICES, default="auto",

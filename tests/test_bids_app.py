@@ -16,6 +16,7 @@ import pytest
 from _bundles import make_tiny_bundle
 
 from ddasr_nipype.bids_app.parser import parse_args
+from ddasr_nipype.bundle import DEFAULT_MODEL
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +69,7 @@ def test_help_states_each_default_once():
     for option, text in helps.items():
         assert text.count("default") <= 1 and "None" not in text, (option, text)
     assert "(default: 8)" in helps["--batch-size"] and "default: sagittal)" in helps["--planes"]
-    assert "default: ixi-t1w-x2" in helps["--model"] and "default: auto" in helps["--device"]
+    assert f"default: {DEFAULT_MODEL}" in helps["--model"] and "default: auto" in helps["--device"]
     assert "(default: all)" in helps["--participant-label"]
 
 
