@@ -41,8 +41,7 @@ Noise level (:func:`estimate_noise`)
     mode, a deterministic robust mode estimator): the level of the homogeneous tissue, which makes up
     most of a head, rather than of its edges. A median absolute deviation over the same voxels (also
     recorded, ``mad_sigma``) reads anatomy as noise: it was 16 % (a 1 mm Siemens MPRAGE averaged to
-    1 x 2 x 2 mm, where the mode matched the 1 mm scan's own level halved, as averaging four voxels
-    should give) to 58 % (a 2 mm IXI scan) above the mode, and would hide disagreements. Limits: one
+    1 x 2 x 2 mm) to 58 % (a 2 mm IXI scan) above the mode, and would hide disagreements. Limits: one
     level for the whole volume (parallel imaging makes noise vary in space), and noise that was
     smoothed by resampling reads lower than its per-voxel standard deviation (the map then errs
     towards flagging).

@@ -442,7 +442,7 @@ def _consistency_rows(config: EvaluationConfig, scan: Scan, img, lr: np.ndarray,
         summary = summarize_zmap(zmap(lr, redegrade(vol, factors), noise.sigma), mask, img_ras.affine,
                                  mask_name=mask_name, noise_sigma=noise.sigma)
         out.add("table1_consistency", scan.key, "", method, np.array([-1]),
-                {"rms_z": [summary.rms_z], "pct_abs_z_gt3": [100.0 * summary.fraction_above]},
+                {"rms_z": [summary.rms_z], "pct_abs_z_gt3": [round(100.0 * summary.fraction_above, 4)]},
                 CONSISTENCY_METRICS)
 
 
