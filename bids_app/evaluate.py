@@ -24,7 +24,7 @@ _existing_dir = click.Path(exists=True, file_okay=False, path_type=Path)
                    "and the SR output is compared with the HR ground truth (Table II, SR).")
 @click.option("--lr", "lr_dir", type=_existing_dir, default=None,
               help="BIDS dataset of real LR T1w scans: no-reference metrics of LR, bicubic and each model "
-                   "(Table I). Scans present in both --hr and --lr (same entities, matching grids) also "
+                   "(Table I), and how consistent each output is with its scan (Table I, consistency). Scans present in both --hr and --lr (same entities, matching grids) also "
                    "give Table II (DS): synthetic vs real LR.")
 @click.option("--model", "models", multiple=True, metavar="NAME_OR_PATH",
               help="Model bundle (bundled name or directory); repeat for several.")
@@ -94,7 +94,7 @@ def main(hr_dir, lr_dir, models, baselines, degradations, plane, scale, particip
         raise click.ClickException(str(err)) from None
     finally:
         package_logger.removeHandler(handler)
-    for name in ("table1", "table2_sr", "table2_ds"):
+    for name in ("table1", "table1_consistency", "table2_sr", "table2_ds"):
         path = out_dir / f"{name}.md"
         if path.is_file():
             click.echo(path.read_text())

@@ -116,6 +116,10 @@ def _build_parser() -> argparse.ArgumentParser:
                       "recommendation)")
     g_sr.add_argument("--skip-brain-extraction", action="store_true",
                       help="do not compute a brain mask (no deepbet run)")
+    g_sr.add_argument("--no-consistency", dest="consistency", action="store_false",
+                      help="do not compute the data-consistency z-maps (where the output disagrees with the "
+                      "input beyond its noise: the output re-degraded to the input grid by area averaging and, "
+                      "when the model has one, by its DSN; computed by default)")
     g_sr.add_argument("--quality-metrics", action="store_true",
                       help="add NIQE and BRISQUE of the input and of the output to the report "
                       "(about 10 s of CPU per image)")
@@ -268,5 +272,6 @@ def parse_args(args=None) -> Config:
         tile_size=opts.tile_size,
         strength=opts.strength,
         background=opts.background,
+        consistency=opts.consistency,
         run_uuid=run_uuid,
     )

@@ -1,7 +1,12 @@
 """Evaluation engine: tables like the paper's Tables I and II, with t-tests, CSV/markdown and panels.
 
 - **Table I** (no reference, real LR scans of ``lr_dir``): NIQE and BRISQUE of the real LR scan,
-  of bicubic up-sampling and of each model's SR output, per 2D slice of ``plane``.
+  of bicubic up-sampling and of each model's SR output, per 2D slice of ``plane``. Beside it, **Table I
+  (consistency)**: how faithful each output is to its scan where NIQE/BRISQUE say how natural it looks,
+  one value per volume (:mod:`ddasr_nipype.consistency`: the output averaged back over each input voxel,
+  minus the input, over the input's noise level): RMS z and the percentage of voxels with
+  ``|z| > 3``, inside the head mask, or inside the LR scan's deepbet brain mask with
+  ``brain_mask="deepbet"``.
 - **Table II, SR** (``hr_dir``): each HR scan is degraded with each named degradation
   (:mod:`ddasr_nipype.degradations`, in the two in-plane axes of ``plane``, seeded per scan and
   degradation, parameters saved), up-sampled again by bicubic interpolation and by each model,
@@ -14,8 +19,8 @@ independent two-sided t-test (``scipy.stats.ttest_ind``, equal variances) of eve
 against the best *other* method of its table (by mean; lower is better for NIQE/BRISQUE, higher
 for PSNR/SSIM). Intensity normalization and slice selection: :mod:`ddasr_nipype.metrics.volume`.
 
-Outputs in ``out_dir``: ``table1.{csv,md}``, ``table2_sr.{csv,md}``, ``table2_ds.{csv,md}`` (when
-they have rows), ``slices.csv`` (every per-slice value), ``degradation_params.json`` (when Table II
+Outputs in ``out_dir``: ``table1.{csv,md}``, ``table1_consistency.{csv,md}``, ``table2_sr.{csv,md}``,
+``table2_ds.{csv,md}`` (when they have rows), ``slices.csv`` (every per-slice value), ``degradation_params.json`` (when Table II
 (SR) runs), ``evaluation.json`` (configuration and provenance) and ``panels/*.png`` (unless
 ``n_panels`` is 0).
 """
@@ -61,10 +66,14 @@ def lower_is_better(metric: str) -> bool:
         return True
     if metric.startswith(("psnr", "ssim")):
         return False
+    if metric in CONSISTENCY_METRICS:  # disagreement with the scan: the less the better
+        return True
     raise ValueError(f"unknown metric {metric!r}")
 
 REAL_LR = "real LR"
 BICUBIC = "bicubic"
+#: Table I (consistency), per volume: RMS z and the percentage of voxels with |z| > 3 in the mask
+CONSISTENCY_METRICS = ("rms_z", "pct_abs_z_gt3")
 #: ``none``: PSNR/SSIM in the head (Otsu foreground) mask only; ``deepbet``: also inside the HR's brain
 BRAIN_MASKS = ("none", "deepbet")
 
@@ -406,12 +415,35 @@ def _table1(config: EvaluationConfig, scans: list[Scan], models: _Models, out: _
                                          min_fraction=config.min_brain_fraction,
                                          niqe_block_size=config.niqe_block_size)
             out.add("table1", scan.key, "", method, scores["slice"], scores, metrics)
+        _consistency_rows(config, scan, img, lr, mask, volumes, out)
         for index in _panel_slices(select_slices(mask, config.plane, config.min_brain_fraction), config.n_panels):
             images = [(m, take_slice(v, config.plane, index)) for m, v in normalized.items()]
             images[0] = (REAL_LR, _nearest_view(images[0][1], config.scale))
             path = config.out_dir / "panels" / f"{scan.key}_table1_{config.plane}-{index}.png"
             _save_panel(path, images, f"{scan.key}: real LR, {config.plane} slice {index}")
             out.panels.append(path)
+
+
+def _consistency_rows(config: EvaluationConfig, scan: Scan, img, lr: np.ndarray, head: np.ndarray,
+                      volumes: dict[str, tuple[np.ndarray, np.ndarray]], out: _Collector) -> None:
+    """Table I (consistency): each output's physics z-map against the real LR scan, one value per volume."""
+    from .consistency import estimate_noise, redegrade, summarize_zmap, zmap
+    from .data.io import to_ras
+
+    factors = _plane_factors(config.plane, config.scale)
+    img_ras = to_ras(img)[0]
+    mask, mask_name = head, "head"
+    if config.brain_mask == "deepbet":
+        mask, mask_name = _brain_mask(img_ras), "brain"
+    noise = estimate_noise(lr, head)
+    for method, (vol, _) in volumes.items():
+        if method == REAL_LR:
+            continue
+        summary = summarize_zmap(zmap(lr, redegrade(vol, factors), noise.sigma), mask, img_ras.affine,
+                                 mask_name=mask_name, noise_sigma=noise.sigma)
+        out.add("table1_consistency", scan.key, "", method, np.array([-1]),
+                {"rms_z": [summary.rms_z], "pct_abs_z_gt3": [round(100.0 * summary.fraction_above, 4)]},
+                CONSISTENCY_METRICS)
 
 
 def _seed_sequence(seed: int, *labels: str) -> list[int]:
@@ -555,6 +587,10 @@ def run_evaluation(config: EvaluationConfig) -> dict[str, Any]:
 
     tables = {
         "table1": (collector.rows("table1"), "", "Table I: no-reference quality of real LR scans and their SR"),
+        "table1_consistency": (collector.rows("table1_consistency"), "",
+                               "Table I (consistency): disagreement of each output with its scan, in noise levels "
+                               f"(z), inside the {'brain (deepbet)' if config.brain_mask == 'deepbet' else 'head'}"
+                               " mask, one value per volume; pure noise gives 0.27 % of |z| > 3"),
         "table2_sr": (collector.rows("table2_sr", "degradation"), "degradation",
                       "Table II (SR): SR of synthetic LR vs HR ground truth, per 2D slice"),
         "table2_sr_3d": (collector.rows("table2_sr_3d", "degradation"), "degradation",
@@ -563,7 +599,7 @@ def run_evaluation(config: EvaluationConfig) -> dict[str, Any]:
     }
     for name, (rows, group, title) in tables.items():
         _write_table(out_dir, name, rows, group=group, title=title,
-                     unit="volumes" if name.endswith("_3d") else "slices")
+                     unit="volumes" if name.endswith(("_3d", "_consistency")) else "slices")
     with open(out_dir / "slices.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=["table", "scan", "group", "method", "slice", "metric", "value"])
         writer.writeheader()

@@ -5,8 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def make_tiny_bundle(out_dir: Path, *, with_dsn: bool = False, seed: int = 0) -> Path:
-    """Write a bundle named ``tiny-test`` with an untrained, seeded, very small generator."""
+def make_tiny_bundle(out_dir: Path, *, with_dsn: bool = False, seed: int = 0,
+                     preprocessing: dict | None = None) -> Path:
+    """Write a bundle named ``tiny-test`` with an untrained, seeded, very small generator
+    (``preprocessing``: extra manifest entries, e.g. ``lr_voxel_size``)."""
     import torch
 
     from ddasr_nipype.bundle import save_bundle
@@ -30,7 +32,7 @@ def make_tiny_bundle(out_dir: Path, *, with_dsn: bool = False, seed: int = 0) ->
         name="tiny-test",
         generator_state=state,
         generator_config=config,
-        preprocessing={"plane": "sagittal", "scale": 2},
+        preprocessing={"plane": "sagittal", "scale": 2, **(preprocessing or {})},
         backbone={"source": "random", "seed": seed},
         training={"note": "untrained test fixture (random weights)"},
         **kwargs,

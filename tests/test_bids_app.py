@@ -60,6 +60,21 @@ def test_default_parse_imports_no_torch(bids_copy, tmp_path, tiny_bundle):
     assert out.stdout.strip() == "False"
 
 
+def test_no_consistency_flag(bids_copy, tmp_path, tiny_bundle):
+    from ddasr_nipype.workflows.base import init_ddasr_wf
+
+    config = parse_args(_args(bids_copy, tmp_path / "o", "--skip-bids-validation", model=tiny_bundle))
+    assert config.consistency is True
+    names = init_ddasr_wf(config=config).list_node_names()
+    assert any(n.endswith("data_consistency") for n in names) and any("ds_zmap_0" in n for n in names)
+    config = parse_args(_args(bids_copy, tmp_path / "o", "--no-consistency", "--skip-bids-validation",
+                              model=tiny_bundle))
+    assert config.consistency is False
+    names = init_ddasr_wf(config=config).list_node_names()
+    assert not [n for n in names if "consistency" in n or "zmap" in n]
+    assert any(n.endswith("crops_report_0") for n in names)  # the zoomed crops stay
+
+
 def test_help_states_each_default_once():
     from ddasr_nipype.bids_app.parser import _build_parser
 
@@ -265,7 +280,25 @@ def test_app_end_to_end_with_a_bad_subject(lr_bids, lr_file, tmp_path, tiny_bund
     assert description["DatasetType"] == "derivative"
     assert description["GeneratedBy"][0]["Name"] == "ddasr-nipype"
 
+    # the consistency z-maps: derivatives pybids indexes, on the input grid and (res-sr) on the output's
+    zmaps = {f.entities.get("res"): f for f in layout.derivatives.get_pipeline("ddasr-nipype").get(
+        subject="IXI603", desc="consistency", suffix="statmap", extension=".nii.gz")}
+    assert set(zmaps) == {None, "sr"}
+    assert nib.load(zmaps[None].path).shape == src.shape and np.allclose(nib.load(zmaps[None].path).affine,
+                                                                         src.affine)
+    assert nib.load(zmaps["sr"].path).shape == sr.shape
+    zmeta = json.loads(Path(zmaps[None].path.replace(".nii.gz", ".json")).read_text())
+    assert zmeta["Statistic"] == "z" and zmeta["Mask"] == "brain" and zmeta["Threshold"] == 3.0
+    assert zmeta["Sources"] == ["bids:raw:sub-IXI603/anat/sub-IXI603_T1w.nii.gz",
+                                "bids::sub-IXI603/anat/sub-IXI603_desc-ddasr_T1w.nii.gz"]
+    assert zmeta["RMSZ"] > 0 and 0 <= zmeta["FractionAboveThreshold"] <= 1 and zmeta["NoiseSigma"] > 0
+    assert zmeta["LargestCluster"] is None or len(zmeta["LargestCluster"]["PeakMm"]) == 3
+    assert "sr" in json.loads(Path(zmaps["sr"].path.replace(".nii.gz", ".json")).read_text())["Resolution"]
+    assert not layout.get(desc="consistencyDSN", scope="derivatives")  # the tiny bundle has no DSN
+
     report = (deriv / "sub-IXI603.html").read_text()
+    assert "Where the output disagrees with the data" in report and "RMS z in the brain" in report
+    assert "has no down-sampling network" in report and "Zoomed crops at native scale" in report
     assert "sub-IXI603_desc-sr_T1w.svg" in report and "tiny-test" in report
     assert "super-resolved" in report  # the methods boilerplate
     assert (deriv / "sub-IXI603" / "figures" / "sub-IXI603_desc-sr_T1w.svg").is_file()

@@ -82,11 +82,32 @@ def test_table1_real_lr_vs_bicubic(tmp_path, small_lr_bids):
     assert float(rows["bicubic"]["mean"]) < float(rows["real LR"]["mean"]) - 1
     assert float(rows["bicubic"]["p_value"]) < 0.05 and rows["bicubic"]["best_other"] == "real LR"
     slices = _read_csv(tmp_path / "out" / "slices.csv")
+    per_volume = [r for r in slices if r["table"] == "table1_consistency"]  # slice -1: one per volume
+    slices = [r for r in slices if r["table"] == "table1"]
     assert len(slices) == 16 and {r["metric"] for r in slices} == {"niqe"}
+    assert len(per_volume) == 2 and {r["slice"] for r in per_volume} == {"-1"}
     assert "| real LR |" in (tmp_path / "out" / "table1.md").read_text()
     assert len(list((tmp_path / "out" / "panels").glob("*.png"))) == 1
     assert not (tmp_path / "out" / "degradation_params.json").exists()  # no Table II (SR) without HR scans
     assert [Path(p).name for p in results["panels"]] == [p.name for p in (tmp_path / "out" / "panels").glob("*.png")]
+    # beside it, the consistency of each output with its scan, one value per volume (not the real LR's own)
+    consistency = {(r["method"], r["metric"]): r for r in _read_csv(tmp_path / "out" / "table1_consistency.csv")}
+    assert set(consistency) == {("bicubic", "rms_z"), ("bicubic", "pct_abs_z_gt3")}
+    assert int(consistency[("bicubic", "rms_z")]["n"]) == 1
+    assert 0.2 < float(consistency[("bicubic", "rms_z")]["mean"]) < 2.0
+    assert 0 <= float(consistency[("bicubic", "pct_abs_z_gt3")]["mean"]) < 10
+    assert "n volumes" in (tmp_path / "out" / "table1_consistency.md").read_text()
+
+
+def test_table1_consistency_per_model(tmp_path, small_lr_bids):
+    from _bundles import make_tiny_bundle
+
+    bundle = make_tiny_bundle(tmp_path / "bundle")  # random weights: an output unrelated to the scan
+    config = EvaluationConfig(out_dir=tmp_path / "out", lr_dir=small_lr_bids, models=(str(bundle),), n_panels=0,
+                              no_reference_metrics=("niqe",))
+    rows = {(r["method"], r["metric"]): r for r in run_evaluation(config)["table1_consistency"]}
+    assert rows[("tiny-test", "rms_z")]["mean"] > 5 * rows[("bicubic", "rms_z")]["mean"]
+    assert rows[("tiny-test", "pct_abs_z_gt3")]["mean"] > rows[("bicubic", "pct_abs_z_gt3")]["mean"]
 
 
 def test_table2_sr_with_bicubic_baseline_is_replayable(tmp_path, trio_bids):

@@ -338,10 +338,19 @@ def test_data_sink_keeps_every_entity_of_the_t1w(name, expected, tmp_path):
                                in_file=str(source), desc="brain", suffix="mask", compress=True
                                ).run(cwd=str(tmp_path))
     assert Path(mask.outputs.out_file).name == expected.replace("desc-ddasr_T1w", "desc-brain_mask")
+    # the consistency z-maps: the same entities, desc-consistency[DSN]_statmap, res-sr on the output grid
+    zmap = DerivativesDataSink(base_directory=str(tmp_path / "out"), source_file=str(source),
+                               in_file=str(source), desc="consistency", suffix="statmap", resolution="sr",
+                               compress=True, meta_dict={"Resolution": {"sr": "the output grid"}}
+                               ).run(cwd=str(tmp_path))
+    assert Path(zmap.outputs.out_file).name == expected.replace("desc-ddasr_T1w", "res-sr_desc-consistency_statmap")
+    assert json.loads(Path(zmap.outputs.out_meta).read_text())["Resolution"] == {"sr": "the output grid"}
+    assert derivative_path(source, desc="consistencyDSN", suffix="statmap") == (
+        f"sub-01/anat/{expected.replace('desc-ddasr_T1w', 'desc-consistencyDSN_statmap')}")
 
 
 @pytest.mark.parametrize("module", ["conform", "brain_extraction", "super_resolve", "dsn",
-                                    "reports", "bids"])
+                                    "reports", "bids", "consistency"])
 def test_docstring_examples(module):
     import importlib
 

@@ -12,15 +12,17 @@ from niworkflows.engine.workflows import LiterateWorkflow as Workflow
 from ddasr_nipype import __version__
 from ddasr_nipype.errors import InputDatasetError
 from ddasr_nipype.interfaces.bids import (
+    CONSISTENCY_DESC,
     OUT_PATH_BASE,
+    SR_RESOLUTION,
     CommitDerivatives,
     DerivativesDataSink,
     SidecarMetadata,
     derivative_path,
 )
-from ddasr_nipype.interfaces.reports import SRSummary
+from ddasr_nipype.interfaces.reports import ConsistencyReport, SRSummary, ZoomedCrops
 
-from .sr import init_sr_wf
+from .sr import bundle_has_dsn, init_sr_wf
 
 T1W_EXTENSIONS = [".nii", ".nii.gz"]
 
@@ -50,7 +52,7 @@ def init_ddasr_wf(*, config, layout=None, name: str = "ddasr_wf"):
     config : :class:`ddasr_nipype.bids_app.config.Config`
         The frozen run configuration (bids_dir, output_dir, work_dir, participant_label,
         session_label, bids_filters, model, planes, device, skip_brain_extraction,
-        omp_nthreads, batch_size, tile_size, strength, background, run_uuid).
+        omp_nthreads, batch_size, tile_size, strength, background, consistency, run_uuid).
     layout : :class:`bids.layout.BIDSLayout`, optional
         An index of ``config.bids_dir`` (built here when not given).
     name : :obj:`str`
@@ -147,6 +149,8 @@ def init_single_subject_wf(*, subject_id: str, t1w_files: list[str], config, nam
     ...                             config=config)
     >>> "ds_t1w_0" in wf.list_node_names(), "ds_mask_0" in wf.list_node_names()
     (True, False)
+    >>> sorted(n for n in wf.list_node_names() if n.startswith("ds_zmap"))
+    ['ds_zmap_0', 'ds_zmap_dsn_0', 'ds_zmap_dsn_sr_0', 'ds_zmap_sr_0']
     """
     outputs: dict[str, list[str]] = {}
     for t1w in t1w_files:
@@ -168,20 +172,17 @@ input BIDS dataset.
 """
     staging = str(staging_dir_for(config))
     bids_dir = str(Path(config.bids_dir).absolute())
-    n_sinks = 4 if config.skip_brain_extraction else 6
-    merge = pe.Node(niu.Merge(n_sinks * len(t1w_files), ravel_inputs=True), name="merge_outputs")
-    commit = pe.Node(
-        CommitDerivatives(staging_dir=staging, output_dir=str(config.output_dir)),
-        name="commit_derivatives", run_without_submitting=True,
-    )
-    workflow.connect(merge, "out", commit, "in_files")
+    consistency = getattr(config, "consistency", True)
+    with_dsn = consistency and bundle_has_dsn(str(config.model))
+    #: (node, output field) of every staged derivative, all committed together
+    staged: list[tuple[object, str]] = []
     for idx, t1w in enumerate(t1w_files):
         sr_wf = init_sr_wf(
             model=str(config.model), planes=config.planes, device=config.device,
             skip_brain_extraction=config.skip_brain_extraction,
             omp_nthreads=config.omp_nthreads, batch_size=config.batch_size,
             tile_size=config.tile_size, strength=config.strength, background=config.background,
-            name=f"t1w_{idx}_wf",
+            consistency=consistency, name=f"t1w_{idx}_wf",
         )
         sr_wf.inputs.inputnode.t1w = t1w
         # the description is the same for every run: keep it once
@@ -208,7 +209,14 @@ input BIDS dataset.
             _before_after(), name=f"sr_report_{idx}", mem_gb=1.0,
         )
         ds_sr_report = _sink("ds_report_sr", desc="sr", datatype="figures", suffix="T1w")
-        base = idx * n_sinks
+        crops = pe.Node(ZoomedCrops(), name=f"crops_report_{idx}", mem_gb=1.0)
+        ds_crops = _sink("ds_report_crops", desc="crops", datatype="figures", suffix="T1w")
+        workflow.connect([
+            (sr_wf, crops, [("outputnode.t1w_ref", "in_file"), ("outputnode.sr_t1w", "sr_file")]),
+            (crops, ds_crops, [("out_report", "in_file")]),
+        ])
+        staged += [(ds_t1w, "out_file"), (ds_t1w, "out_meta"), (ds_summary, "out_file"),
+                   (ds_sr_report, "out_file"), (ds_crops, "out_file")]
         workflow.connect([
             (sr_wf, t1w_meta, [("outputnode.sr_metadata", "info"),
                                ("outputnode.sr_t1w", "in_file")]),
@@ -219,13 +227,13 @@ input BIDS dataset.
             (sr_wf, sr_report, [("outputnode.t1w_ref", "before"),
                                 ("outputnode.sr_t1w", "after")]),
             (sr_report, ds_sr_report, [("out_report", "in_file")]),
-            (ds_t1w, merge, [("out_file", f"in{base + 1}"), ("out_meta", f"in{base + 2}")]),
-            (ds_summary, merge, [("out_file", f"in{base + 3}")]),
-            (ds_sr_report, merge, [("out_file", f"in{base + 4}")]),
         ])
         if config.quality_metrics:
             _add_quality_metrics(workflow, sr_wf, summary, idx,
                                  with_mask=not config.skip_brain_extraction)
+        if consistency:
+            staged += _add_consistency(workflow, sr_wf, crops, _sink, t1w, bids_dir, idx, with_dsn=with_dsn,
+                                       with_mask=not config.skip_brain_extraction)
         if config.skip_brain_extraction:
             continue
         mask_meta = pe.Node(
@@ -240,9 +248,52 @@ input BIDS dataset.
             (mask_meta, ds_mask, [("metadata", "meta_dict")]),
             (sr_wf, summary, [("outputnode.mask_info", "mask_info")]),
             (sr_wf, sr_report, [("outputnode.brain_mask", "wm_seg")]),
-            (ds_mask, merge, [("out_file", f"in{base + 5}"), ("out_meta", f"in{base + 6}")]),
+            (sr_wf, crops, [("outputnode.brain_mask", "mask_file")]),
         ])
+        staged += [(ds_mask, "out_file"), (ds_mask, "out_meta")]
+    merge = pe.Node(niu.Merge(len(staged), ravel_inputs=True), name="merge_outputs")
+    commit = pe.Node(
+        CommitDerivatives(staging_dir=staging, output_dir=str(config.output_dir)),
+        name="commit_derivatives", run_without_submitting=True,
+    )
+    workflow.connect(merge, "out", commit, "in_files")
+    for number, (node, field) in enumerate(staged, 1):
+        workflow.connect(node, field, merge, f"in{number}")
     return workflow
+
+
+def _add_consistency(workflow, sr_wf, crops, sink, t1w: str, bids_dir: str, idx: int, *, with_dsn: bool,
+                     with_mask: bool) -> list[tuple[object, str]]:
+    """Sink the consistency z-maps (``desc-consistency[DSN]_statmap``, on the input grid and, with
+    ``res-sr``, on the super-resolved one) with their sidecars, and add the report section; returns the
+    staged files."""
+    staged = []
+    methods = ("physics", "dsn") if with_dsn else ("physics",)
+    for method in methods:
+        for grid in ("input", "sr"):
+            field = ("zmap" if method == "physics" else "dsn_zmap") + ("_sr" if grid == "sr" else "")
+            suffix = ("" if method == "physics" else "_dsn") + ("_sr" if grid == "sr" else "")
+            meta = pe.Node(SidecarMetadata(kind="zmap", method=method, grid=grid, source_file=t1w,
+                                           bids_dir=bids_dir), name=f"zmap{suffix}_meta_{idx}")
+            ds = sink(f"ds_zmap{suffix}", desc=CONSISTENCY_DESC[method], suffix="statmap", compress=True,
+                      **({"resolution": SR_RESOLUTION} if grid == "sr" else {}))
+            workflow.connect([
+                (sr_wf, meta, [("outputnode.consistency", "info"), (f"outputnode.{field}", "in_file")]),
+                (sr_wf, ds, [(f"outputnode.{field}", "in_file")]),
+                (meta, ds, [("metadata", "meta_dict")]),
+            ])
+            staged += [(ds, "out_file"), (ds, "out_meta")]
+    report = pe.Node(ConsistencyReport(), name=f"consistency_report_{idx}", mem_gb=1.0)
+    ds_report = sink("ds_report_consistency", desc="consistency", datatype="figures", suffix="T1w")
+    workflow.connect([
+        (sr_wf, report, [("outputnode.sr_t1w", "sr_file"), ("outputnode.zmap_sr", "zmap_sr_file"),
+                         ("outputnode.consistency", "metadata")]),
+        (sr_wf, crops, [("outputnode.consistency", "metadata")]),
+        (report, ds_report, [("out_report", "in_file")]),
+    ])
+    if with_mask:
+        workflow.connect(sr_wf, "outputnode.brain_mask", report, "mask_file")
+    return staged + [(ds_report, "out_file")]
 
 
 def _add_quality_metrics(workflow, sr_wf, summary, idx: int, *, with_mask: bool) -> None:

@@ -8,7 +8,26 @@ from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 from niworkflows.engine.workflows import LiterateWorkflow as Workflow
 
-from ddasr_nipype.interfaces import BrainExtraction, Conform, GridMetadata, Reslice, SuperResolve
+from ddasr_nipype.interfaces import (
+    BrainExtraction,
+    Conform,
+    DataConsistency,
+    GridMetadata,
+    Reslice,
+    SuperResolve,
+)
+
+
+def bundle_has_dsn(model) -> bool:
+    """Whether the bundle ``model`` holds a DSN (read when the workflow is built; a bundle that cannot be
+    read here has none, and fails when its node runs)."""
+    from ddasr_nipype.bundle import load_bundle
+    from ddasr_nipype.errors import ModelBundleError
+
+    try:
+        return load_bundle(model, verify=False).has_dsn
+    except ModelBundleError:
+        return False
 
 
 def _output_text(model, strength: float | None, background: str | None) -> str:
@@ -45,6 +64,7 @@ def init_sr_wf(
     tile_size: int | None = None,
     strength: float | None = None,
     background: str | None = None,
+    consistency: bool = True,
     name: str = "sr_wf",
 ):
     """Super-resolve one T1w image with a DDASR model.
@@ -84,6 +104,10 @@ def init_sr_wf(
     background : :obj:`str`, optional
         ``input`` keeps the bicubic interpolation of the input in the air around the head, ``model``
         uses the network's output everywhere. Default: the model bundle's recommendation.
+    consistency : :obj:`bool`
+        Compute the data-consistency z-maps (:class:`~ddasr_nipype.interfaces.DataConsistency`): the
+        output re-degraded to the input grid by area averaging (and by the bundle's DSN when it has
+        one), minus the input, over the input's noise level.
     name : :obj:`str`
         Name of the workflow.
 
@@ -105,13 +129,22 @@ def init_sr_wf(
         Brain mask on the super-resolved grid (uint8).
     mask_info
         Dictionary: brain-extraction backend and mask volume.
+    zmap, zmap_sr
+        The physics consistency z-map on the input grid, and its copy on the super-resolved grid.
+    dsn_zmap, dsn_zmap_sr
+        The same with the bundle's DSN (undefined for a bundle without one).
+    consistency
+        Dictionary: the noise level and each map's summary figures (RMS z, fraction of |z| > 3,
+        largest cluster) in the brain mask (the head mask with ``skip_brain_extraction``).
 
     Examples
     --------
     >>> wf = init_sr_wf(model="ixi-t1w-x2", planes="all", omp_nthreads=2)
     >>> sorted(wf.list_node_names())  # doctest: +NORMALIZE_WHITESPACE
-    ['brain_extraction', 'conform', 'grid_metadata', 'inputnode', 'outputnode', 'reslice_mask',
-     'restore_orientation', 'super_resolve']
+    ['brain_extraction', 'conform', 'data_consistency', 'grid_metadata', 'inputnode', 'outputnode',
+     'reslice_mask', 'restore_orientation', 'super_resolve']
+    >>> "data_consistency" in init_sr_wf(model="ixi-t1w-x2", consistency=False).list_node_names()
+    False
     """
     workflow = Workflow(name=name)
     plane_text = (
@@ -124,17 +157,24 @@ def init_sr_wf(
         " A brain mask was computed on the input with *deepbet* [@deepbet] and resliced onto the "
         "super-resolved grid."
     )
+    dsn_text = " and, separately, by the model's down-sampling network (DSN)" if bundle_has_dsn(model) else ""
+    consistency_text = "" if not consistency else f"""
+The consistency of the output with the acquired data was mapped: the output was re-degraded to the input
+grid by averaging the output voxels within each input voxel{dsn_text}, the input was subtracted, and the
+difference was divided by the input's noise level (the mode of the local standard deviation of a
+Laplacian-difference residual within the head), giving a z-map on the input grid."""
     workflow.__desc__ = f"""\
 Each T1-weighted (T1w) image was validated (3D, finite, non-empty, sane voxel sizes) and reoriented to
 RAS without interpolation. It was then super-resolved with the DDASR super-resolution network [@ddasr]
 (model `{Path(str(model)).name}`) {plane_text}.{_output_text(model, strength, background)} Intensities were
 normalized with a percentile rule before the network and mapped back afterwards; the output keeps the
-input's field of view and orientation.{bet_text}
+input's field of view and orientation.{bet_text}{consistency_text}
 """
     inputnode = pe.Node(niu.IdentityInterface(fields=["t1w"]), name="inputnode")
     outputnode = pe.Node(
         niu.IdentityInterface(
-            fields=["t1w_ref", "sr_t1w", "sr_metadata", "brain_mask", "mask_info", "model_sha256"]
+            fields=["t1w_ref", "sr_t1w", "sr_metadata", "brain_mask", "mask_info", "model_sha256",
+                    "zmap", "zmap_sr", "dsn_zmap", "dsn_zmap_sr", "consistency"]
         ),
         name="outputnode",
     )
@@ -164,6 +204,19 @@ input's field of view and orientation.{bet_text}
         (grid_metadata, outputnode, [("metadata", "sr_metadata")]),
         (super_resolve, outputnode, [("model_sha256", "model_sha256")]),
     ])
+    data_consistency = None
+    if consistency:
+        data_consistency = pe.Node(
+            DataConsistency(model=model, device=device, num_threads=omp_nthreads),
+            name="data_consistency", n_procs=omp_nthreads, mem_gb=1.5,
+        )
+        workflow.connect([
+            (inputnode, data_consistency, [("t1w", "in_file")]),
+            (restore_orientation, data_consistency, [("out_file", "sr_file")]),
+            (data_consistency, outputnode, [("out_zmap", "zmap"), ("out_zmap_sr", "zmap_sr"),
+                                            ("out_dsn_zmap", "dsn_zmap"), ("out_dsn_zmap_sr", "dsn_zmap_sr"),
+                                            ("metadata", "consistency")]),
+        ])
     if skip_brain_extraction:
         return workflow
 
@@ -181,4 +234,7 @@ input's field of view and orientation.{bet_text}
         (reslice_mask, outputnode, [("out_file", "brain_mask")]),
         (brain_extraction, outputnode, [("info", "mask_info")]),
     ])
+    if data_consistency is not None:
+        # the mask on the input's own grid (reoriented only): no reslicing back and forth
+        workflow.connect(brain_extraction, "out_mask", data_consistency, "mask_file")
     return workflow

@@ -3,17 +3,21 @@ the model layer (torch is imported only when a node runs)."""
 
 from .brain_extraction import BrainExtraction
 from .conform import Conform, Reorient, Reslice
+from .consistency import DataConsistency
 from .dsn import DSNDegrade
-from .reports import SRSummary
+from .reports import ConsistencyReport, SRSummary, ZoomedCrops
 from .super_resolve import GridMetadata, SuperResolve
 
 __all__ = [
     "BrainExtraction",
     "Conform",
+    "ConsistencyReport",
+    "DataConsistency",
     "DSNDegrade",
     "GridMetadata",
     "Reorient",
     "Reslice",
     "SRSummary",
     "SuperResolve",
+    "ZoomedCrops",
 ]

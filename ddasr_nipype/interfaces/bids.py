@@ -42,10 +42,20 @@ ANAT_PATTERNS = (
     "sub-{subject}[/ses-{session}]/{datatype<anat>|anat}/sub-{subject}" + _T1W_ENTITIES
     + "[_space-{space}][_res-{resolution}][_label-{label}]_desc-{desc}_{suffix<mask>|mask}"
     "{extension<.nii|.nii.gz|.json>|.nii.gz}",
+    "sub-{subject}[/ses-{session}]/{datatype<anat>|anat}/sub-{subject}" + _T1W_ENTITIES
+    + "[_space-{space}][_res-{resolution}]_desc-{desc}_{suffix<statmap>|statmap}"
+    "{extension<.nii|.nii.gz|.json>|.nii.gz}",
     "sub-{subject}/{datatype<figures>}/sub-{subject}" + _T1W_ENTITIES
     + "[_space-{space}][_desc-{desc}]_{suffix<T1w|mask>}{extension<.html|.svg>|.svg}",
 )
-"""Path patterns of this app's derivatives (super-resolved T1w, brain mask, report figures)."""
+"""Path patterns of this app's derivatives (super-resolved T1w, brain mask, consistency z-maps, report
+figures)."""
+
+#: ``desc`` labels of the consistency z-maps (``_statmap``): physics re-degradation, and the DSN's
+CONSISTENCY_DESC = {"physics": "consistency", "dsn": "consistencyDSN"}
+#: ``res`` label of the copies of the z-maps on the super-resolved grid (the maps themselves are on the
+#: input's grid, which keeps no ``res`` entity, as the raw scan has none)
+SR_RESOLUTION = "sr"
 
 
 class DerivativesDataSink(_DerivativesDataSink):
@@ -64,6 +74,20 @@ class DerivativesDataSink(_DerivativesDataSink):
     ]
     _config_entities = frozenset(e["name"] for e in _config_entities_dict)
     _file_patterns = ANAT_PATTERNS + tuple(_DerivativesDataSink._file_patterns)
+
+    def _run_interface(self, runtime):
+        # niworkflows writes "Resolution": "Unknown" for a res entity outside TemplateFlow's spaces, over
+        # the description given in meta_dict (BIDS: a res entity needs its Resolution described)
+        given = self.inputs.meta_dict.get("Resolution") if isdefined(self.inputs.meta_dict) else None
+        runtime = super()._run_interface(runtime)
+        out_meta = self._results.get("out_meta")
+        if given is not None and out_meta and Path(out_meta).is_file():
+            import json
+
+            meta = json.loads(Path(out_meta).read_text())
+            meta["Resolution"] = given
+            Path(out_meta).write_text(json.dumps(meta, sort_keys=True, indent=2))
+        return runtime
 
 
 def derivative_path(source_file: str | Path, **entities: str) -> str:
@@ -117,6 +141,49 @@ def t1w_sidecar(metadata: dict[str, Any], source_file: str, bids_dir: str) -> di
     }
 
 
+def zmap_sidecar(metadata: dict[str, Any], source_file: str, bids_dir: str, *, method: str = "physics",
+                 grid: str = "input") -> dict[str, Any]:
+    """JSON sidecar of a consistency z-map from DataConsistency's metadata: what it is, the noise level,
+    and the summary figures (RMS z, fraction above the threshold, largest cluster in world mm)."""
+    summary = metadata[method]
+    noise = metadata["noise"]
+    sr_name = derivative_path(source_file, desc=OUT_PATH_BASE, suffix="T1w")
+    if method == "dsn":
+        dsn = metadata.get("dsn_model") or {}
+        how = (f"degraded by the down-sampling network (DSN) of model {dsn.get('model_name')!r} (sha256 "
+               f"{dsn.get('dsn_sha256')}), then averaged over any other up-sampled axis")
+    else:
+        how = f"averaged over the output voxels each input voxel covers ({summary['redegradation']} model)"
+    cluster = summary.get("largest_cluster")
+    out = {
+        "Description": "Data-consistency z-map: the super-resolved T1w re-degraded to the input grid, minus "
+                       "the input, divided by the input's noise level. |z| > Threshold: the output "
+                       "contradicts the acquired data there; z > 0: the output is brighter than the data allow",
+        "Sources": [bids_uri(source_file, bids_dir), f"bids::{sr_name}"],
+        "Statistic": "z",
+        "ReDegradation": how,
+        "NoiseSigma": round(float(noise["sigma"]), 6),
+        "NoiseEstimator": noise["method"],
+        "Mask": summary["mask"],
+        "MaskVoxels": summary["mask_voxels"],
+        "Threshold": summary["threshold"],
+        "RMSZ": summary["rms_z"],
+        "MedianZ": summary["median_z"],
+        "FractionAboveThreshold": summary["fraction_above"],
+        "NumberOfClusters": summary["n_clusters"],
+        "LargestCluster": None if cluster is None else {
+            "Voxels": cluster["voxels"], "VolumeMm3": cluster["volume_mm3"], "PeakZ": cluster["peak_z"],
+            "PeakMm": cluster["peak_mm"], "CentreOfMassMm": cluster["centre_mm"],
+            "CoordinateSystem": "the input's world (scanner) coordinates, mm",
+        },
+        **({"Notes": list(summary["notes"])} if summary.get("notes") else {}),
+    }
+    if grid == "sr":
+        out["Resolution"] = {SR_RESOLUTION: f"the grid of {Path(sr_name).name}: every voxel takes the value of "
+                                            "the input voxel that contains it"}
+    return out
+
+
 def mask_sidecar(mask_info: dict[str, Any], source_file: str, bids_dir: str) -> dict[str, Any]:
     """JSON sidecar of the brain mask (resliced onto the super-resolved grid)."""
     method = {"deepbet": "deepbet (Fisch et al., 2024)", "mask": "user-supplied mask"}
@@ -131,8 +198,10 @@ def mask_sidecar(mask_info: dict[str, Any], source_file: str, bids_dir: str) -> 
 
 
 class _SidecarInputSpec(BaseInterfaceInputSpec):
-    kind = traits.Enum("t1w", "mask", mandatory=True, desc="which derivative the sidecar is for")
-    info = traits.Dict(mandatory=True, desc="metadata from SuperResolve or BrainExtraction")
+    kind = traits.Enum("t1w", "mask", "zmap", mandatory=True, desc="which derivative the sidecar is for")
+    info = traits.Dict(mandatory=True, desc="metadata from SuperResolve, BrainExtraction or DataConsistency")
+    method = traits.Enum("physics", "dsn", usedefault=True, desc="zmap: which re-degradation")
+    grid = traits.Enum("input", "sr", usedefault=True, desc="zmap: on the input grid or the super-resolved one")
     source_file = File(exists=False, mandatory=True, desc="the raw T1w from the BIDS dataset")
     bids_dir = Directory(exists=False, mandatory=True, desc="root of the input BIDS dataset")
     in_file = File(exists=True, desc="the derivative itself: its voxel size is recorded")
@@ -155,8 +224,12 @@ class SidecarMetadata(SimpleInterface):
     def _run_interface(self, runtime):
         import nibabel as nib
 
-        build = t1w_sidecar if self.inputs.kind == "t1w" else mask_sidecar
-        metadata = build(self.inputs.info, self.inputs.source_file, self.inputs.bids_dir)
+        if self.inputs.kind == "zmap":
+            metadata = zmap_sidecar(self.inputs.info, self.inputs.source_file, self.inputs.bids_dir,
+                                    method=self.inputs.method, grid=self.inputs.grid)
+        else:
+            build = t1w_sidecar if self.inputs.kind == "t1w" else mask_sidecar
+            metadata = build(self.inputs.info, self.inputs.source_file, self.inputs.bids_dir)
         if isdefined(self.inputs.in_file):  # zooms in the written file's own axis order
             zooms = nib.load(self.inputs.in_file).header.get_zooms()[:3]
             metadata["VoxelSize"] = [round(float(z), 6) for z in zooms]

@@ -16,7 +16,11 @@ from nipype.interfaces.base import (
     isdefined,
     traits,
 )
-__all__ = ["SRSummary", "summary_html"]
+__all__ = ["SRSummary", "summary_html", "ConsistencyReport", "consistency_html", "ZoomedCrops", "crops_html"]
+
+#: colour scale of the z-map overlays (|z| beyond it saturates) and the |z| below which nothing is drawn
+Z_LIMIT = 6.0
+Z_SHOWN = 2.0
 
 
 def _fmt_vec(values, unit: str = "") -> str:
@@ -101,5 +105,314 @@ class SRSummary(SimpleInterface):
             metrics_before=_opt(self.inputs.metrics_before),
             metrics_after=_opt(self.inputs.metrics_after),
         ))
+        self._results["out_report"] = out_report
+        return runtime
+
+
+# --------------------------------------------------------------------------------------------
+# Data consistency and zoomed crops
+
+
+def _png_data_uri(fig_or_array, *, cmap: str = "gray", vmin=None, vmax=None) -> str:
+    """A matplotlib figure, or a 2D array written pixel for pixel, as a base64 PNG data URI."""
+    import base64
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    if hasattr(fig_or_array, "savefig"):
+        fig_or_array.savefig(buffer, format="png", dpi=fig_or_array.dpi)
+        plt.close(fig_or_array)
+    else:
+        plt.imsave(buffer, fig_or_array, cmap=cmap, vmin=vmin, vmax=vmax, format="png", origin="upper")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _window(data, mask):
+    import numpy as np
+
+    values = data[mask] if mask is not None and mask.any() else data[data > 0]
+    if values.size == 0:
+        values = data.ravel()
+    low, high = (float(v) for v in np.percentile(values, [0.5, 99.5]))
+    return low, high if high > low else low + 1.0
+
+
+def _ras(path):
+    import numpy as np
+
+    from ..data.io import load_volume, to_ras
+
+    img_ras, _ = to_ras(load_volume(path))
+    return img_ras, np.asarray(img_ras.dataobj, dtype=np.float32)
+
+
+def _slice_view(vol, axis: int, index: int):
+    """The 2D slice of a RAS volume across ``axis``, transposed for ``imshow(origin="lower")``."""
+    import numpy as np
+
+    return np.take(vol, int(index), axis=axis).T
+
+
+_VIEW_NAMES = ("sagittal", "coronal", "axial")
+
+
+def _figures_rows(summary: dict, label: str) -> list[tuple[str, str]]:
+    esc = html.escape
+    rows = [(f"{label}: RMS z in the {esc(summary['mask'])}",
+             f"{summary['rms_z']:.2f} (median {summary['median_z']:+.2f}; {summary['mask_voxels']} voxels)"),
+            (f"{label}: |z| &gt; {summary['threshold']:g}",
+             f"{100 * summary['fraction_above']:.2f} % of the {esc(summary['mask'])} voxels "
+             f"({summary['n_clusters']} cluster{'s' if summary['n_clusters'] != 1 else ''}; 0.27 % expected "
+             "from noise alone)")]
+    cluster = summary.get("largest_cluster")
+    if cluster:
+        rows.append((f"{label}: largest cluster",
+                     f"{cluster['voxels']} voxels ({cluster['volume_mm3']:g} mm&sup3;), peak z "
+                     f"{cluster['peak_z']:+.1f} at ({', '.join(f'{v:.1f}' for v in cluster['peak_mm'])}) mm, "
+                     f"centre ({', '.join(f'{v:.1f}' for v in cluster['centre_mm'])}) mm (scanner coordinates)"))
+    for note in summary.get("notes") or ():
+        rows.append((f'<span style="color: #b35900">{label}: note</span>', esc(str(note))))
+    return rows
+
+
+def consistency_html(sr_file, zmap_sr_file, metadata: dict, *, mask_file=None, n_slices: int = 6) -> str:
+    """The report section of the consistency map: the physics z-map over the super-resolved T1w on
+    ``n_slices`` sagittal, coronal and axial slices through the brain (and the three through the peak of
+    the largest cluster, circled), then the figures of every map in ``metadata`` (DataConsistency's)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    from nibabel.affines import apply_affine, voxel_sizes
+
+    from ..metrics.volume import foreground_mask
+
+    sr_ras, sr = _ras(sr_file)
+    _, z = _ras(zmap_sr_file)
+    if z.shape != sr.shape:
+        raise ValueError(f"z-map grid {z.shape} differs from the super-resolved image's {sr.shape}")
+    if mask_file:
+        _, mask_data = _ras(mask_file)
+        mask = mask_data > 0 if mask_data.shape == sr.shape else foreground_mask(sr)
+    else:
+        mask = foreground_mask(sr)
+    low, high = _window(sr, mask)
+    zooms = voxel_sizes(sr_ras.affine)
+    inside = np.argwhere(mask) if mask.any() else np.argwhere(np.ones_like(mask))
+    lo, hi = inside.min(0), inside.max(0)
+    physics = metadata["physics"]
+    cluster = physics.get("largest_cluster")
+    peak = None
+    if cluster:
+        peak = np.clip(np.round(apply_affine(np.linalg.inv(sr_ras.affine), cluster["peak_mm"])).astype(int), 0,
+                       np.array(sr.shape) - 1)
+    n_rows = 3 + (peak is not None)
+    fig, axes = plt.subplots(n_rows, n_slices, figsize=(2.0 * n_slices, 2.1 * n_rows + 0.4), squeeze=False,
+                             facecolor="black")
+    cmap = plt.get_cmap("RdBu_r")
+    shown = None
+    for row in range(n_rows):
+        for col in range(n_slices):
+            ax = axes[row, col]
+            ax.set_facecolor("black")
+            ax.axis("off")
+            if row < 3:
+                axis = row
+                index = int(round(lo[axis] + (hi[axis] - lo[axis]) * (0.15 + 0.7 * col / max(n_slices - 1, 1))))
+                title = f"{_VIEW_NAMES[axis]} {index}"
+            elif col < 3:
+                axis, index = col, int(peak[col])
+                title = f"largest cluster, {_VIEW_NAMES[axis]}"
+            else:
+                continue
+            h_axis, v_axis = (a for a in range(3) if a != axis)
+            ax.imshow(_slice_view(sr, axis, index), cmap="gray", vmin=low, vmax=high, origin="lower",
+                      interpolation="nearest", aspect=zooms[v_axis] / zooms[h_axis])
+            zs = _slice_view(z, axis, index)
+            hidden = (np.abs(zs) < Z_SHOWN) | ~_slice_view(mask, axis, index)
+            shown = ax.imshow(np.ma.masked_where(hidden, zs), cmap=cmap, vmin=-Z_LIMIT, vmax=Z_LIMIT,
+                              origin="lower", interpolation="nearest", aspect=zooms[v_axis] / zooms[h_axis])
+            ax.contour(_slice_view(mask, axis, index).astype(float), [0.5], colors="#e5c100", linewidths=0.4)
+            if row == 3:
+                ax.add_patch(plt.Circle((peak[h_axis], peak[v_axis]), radius=8 / min(zooms), fill=False,
+                                        color="#00ff66", linewidth=1.2))
+            ax.set_title(title, color="white", fontsize=7)
+    fig.subplots_adjust(left=0.01, right=0.9, bottom=0.02, top=0.95, wspace=0.02, hspace=0.15)
+    if shown is not None:
+        bar = fig.colorbar(shown, cax=fig.add_axes([0.92, 0.25, 0.015, 0.5]))
+        bar.set_label("z (output - data) / noise", color="white", fontsize=8)
+        bar.ax.tick_params(colors="white", labelsize=7)
+    uri = _png_data_uri(fig)
+    rows = [("Noise level of the input", f"{metadata['noise']['sigma']:.4g} (input intensity units; "
+             f"{html.escape(metadata['noise']['method'])})")]
+    rows += _figures_rows(physics, "Physics (area average)")
+    if metadata.get("dsn"):
+        rows += _figures_rows(metadata["dsn"], "DSN")
+    for note in metadata.get("notes") or ():
+        rows.append(("Note", html.escape(str(note))))
+    items = "\n".join(f"\t\t<li><strong>{k}:</strong> {v}</li>" for k, v in rows)
+    return (
+        '<h3 class="elem-title">Where the output disagrees with the data</h3>\n'
+        '\t<p class="elem-desc">The super-resolved T1w was averaged back over each input voxel, the input was '
+        "subtracted and the difference divided by the input's noise level: z. Shown where |z| &ge; "
+        f"{Z_SHOWN:g} inside the {html.escape(physics['mask'])} mask (yellow outline; red: the output is "
+        f"brighter than the data allow, blue: darker), over the output. |z| &gt; {physics['threshold']:g} "
+        "means a disagreement that noise cannot explain: detail the network invented or removed, or a "
+        "misalignment.</p>\n"
+        f'\t<img src="{uri}" style="width: 100%; max-width: {200 * n_slices}px" '
+        'alt="consistency z-map over the super-resolved T1w">\n'
+        f'\t<ul class="elem-desc">\n{items}\n\t</ul>\n'
+    )
+
+
+def _crop_box(centre, shape, size: int):
+    """Start/stop of a ``size``-long window on each axis around ``centre``, kept inside ``shape``."""
+    out = []
+    for c, n in zip(centre, shape):
+        length = min(size, n)
+        start = int(min(max(int(c) - length // 2, 0), n - length))
+        out.append(slice(start, start + length))
+    return tuple(out)
+
+
+def crops_html(in_file, sr_file, *, metadata: dict | None = None, mask_file=None, size: int = 64,
+               zoom: int = 3) -> str:
+    """Zoomed crops at native scale: the input (nearest neighbour), its bicubic interpolation and the
+    super-resolved T1w, ``size`` x ``size`` output voxels each, every voxel drawn as ``zoom`` x ``zoom`` screen
+    pixels (no smoothing), in the super-resolved plane. One crop in a hemisphere's cortex, and one at the
+    peak of the largest inconsistency cluster when ``metadata`` (DataConsistency's) has one."""
+    import numpy as np
+    from nibabel.affines import apply_affine, voxel_sizes
+
+    from ..consistency import grid_factors, upsample_nearest
+    from ..degradations import bicubic_upsample_volume
+    from ..metrics.volume import foreground_mask
+
+    lr_ras, lr = _ras(in_file)
+    sr_ras, sr = _ras(sr_file)
+    factors = grid_factors(lr_ras.shape, lr_ras.affine, sr_ras.shape, sr_ras.affine)
+    if max(factors) == 1:
+        raise ValueError("the super-resolved image is on the input's own grid: nothing to zoom into")
+    views = [a for a in range(3) if all(factors[b] > 1 for b in range(3) if b != a)]
+    axis = views[0] if views else int(np.argmin(factors))  # the SR plane (sagittal first)
+    nearest = upsample_nearest(lr, factors)
+    bicubic = bicubic_upsample_volume(lr, factors)
+    if mask_file:
+        _, mask_data = _ras(mask_file)
+        mask = mask_data > 0 if mask_data.shape == sr.shape else foreground_mask(sr)
+    else:
+        mask = foreground_mask(sr)
+    low, high = _window(nearest, mask)
+    h_axis, v_axis = (a for a in range(3) if a != axis)
+    zooms = voxel_sizes(sr_ras.affine)
+    inside = np.argwhere(mask) if mask.any() else np.argwhere(np.ones_like(mask))
+    lo, hi = inside.min(0), inside.max(0)
+    centres = []
+    cortex = (lo + hi) // 2
+    cortex[axis] = int(lo[axis] + 0.3 * (hi[axis] - lo[axis]))  # a hemisphere, off the midline
+    in_slice = np.argwhere(np.take(mask, cortex[axis], axis=axis))
+    if in_slice.size:  # towards the top of the brain in that slice: cortex
+        top = in_slice[:, 1].max()
+        cortex[h_axis] = int(np.median(in_slice[:, 0]))
+        cortex[v_axis] = int(max(top - size // 2, in_slice[:, 1].min()))
+    centres.append(("hemisphere", cortex))
+    cluster = ((metadata or {}).get("physics") or {}).get("largest_cluster")
+    if cluster:
+        peak = np.clip(np.round(apply_affine(np.linalg.inv(sr_ras.affine), cluster["peak_mm"])).astype(int), 0,
+                       np.array(sr.shape) - 1)
+        centres.append((f"largest inconsistency cluster (peak z {cluster['peak_z']:+.1f})", peak))
+    figures = []
+    for name, centre in centres:
+        box = list(_crop_box(centre, sr.shape, size))
+        box[axis] = slice(int(centre[axis]), int(centre[axis]) + 1)
+        panels = []
+        for label, vol in (("input (nearest)", nearest), ("bicubic", bicubic), ("super-resolved", sr)):
+            crop = np.squeeze(vol[tuple(box)], axis=axis).T[::-1]  # vertical axis up
+            pixels = np.kron(crop, np.ones((zoom, zoom), dtype=np.float32))
+            uri = _png_data_uri(pixels, vmin=low, vmax=high)
+            panels.append(
+                f'<figure style="display: inline-block; margin: 0 6px 6px 0">'
+                f'<img src="{uri}" width="{pixels.shape[1]}" height="{pixels.shape[0]}" '
+                f'style="image-rendering: pixelated" alt="{label}"><figcaption>{label}</figcaption></figure>')
+        where = apply_affine(sr_ras.affine, centre)
+        figures.append(
+            f"\t<p class=\"elem-desc\"><strong>{html.escape(name)}</strong>: {_VIEW_NAMES[axis]} slice "
+            f"{int(centre[axis])}, centred at ({', '.join(f'{v:.1f}' for v in where)}) mm</p>\n\t<div>"
+            + "".join(panels) + "</div>\n")
+    square = abs(zooms[h_axis] - zooms[v_axis]) < 1e-3
+    return (
+        '<h3 class="elem-title">Zoomed crops at native scale</h3>\n'
+        f'\t<p class="elem-desc">{size} x {size} voxels of the super-resolved grid '
+        f"({zooms[h_axis]:.3g} x {zooms[v_axis]:.3g} mm each), every voxel drawn as {zoom} x {zoom} screen pixels "
+        "without smoothing; the same grey scale in the three panels. Input: each input voxel repeated "
+        "(nearest neighbour); bicubic: the bicubic interpolation of the input; super-resolved: the output."
+        + ("" if square else " The voxels are not square: the crops are stretched.") + "</p>\n"
+        + "".join(figures)
+    )
+
+
+class _ConsistencyReportInputSpec(BaseInterfaceInputSpec):
+    sr_file = File(exists=True, mandatory=True, desc="the super-resolved T1w")
+    zmap_sr_file = File(exists=True, mandatory=True, desc="the physics z-map on the super-resolved grid")
+    metadata = traits.Dict(mandatory=True, desc="DataConsistency's metadata")
+    mask_file = File(exists=True, desc="brain mask on the super-resolved grid (outline, slice range)")
+
+
+class ConsistencyReport(SimpleInterface):
+    """The data-consistency section of the report (:func:`consistency_html`).
+
+    >>> ConsistencyReport(metadata={}).inputs.metadata
+    {}
+    """
+
+    input_spec = _ConsistencyReportInputSpec
+    output_spec = _SRSummaryOutputSpec
+
+    def _run_interface(self, runtime):
+        from pathlib import Path
+
+        out_report = str(Path(runtime.cwd) / "report.html")
+        Path(out_report).write_text(consistency_html(
+            self.inputs.sr_file, self.inputs.zmap_sr_file, self.inputs.metadata,
+            mask_file=self.inputs.mask_file if isdefined(self.inputs.mask_file) else None))
+        self._results["out_report"] = out_report
+        return runtime
+
+
+class _ZoomedCropsInputSpec(BaseInterfaceInputSpec):
+    in_file = File(exists=True, mandatory=True, desc="the input T1w")
+    sr_file = File(exists=True, mandatory=True, desc="the super-resolved T1w")
+    metadata = traits.Dict(desc="DataConsistency's metadata (a crop at its largest cluster)")
+    mask_file = File(exists=True, desc="brain mask on the super-resolved grid (where to crop)")
+    size = traits.Int(64, usedefault=True, desc="crop edge in super-resolved voxels")
+    zoom = traits.Int(3, usedefault=True, desc="screen pixels per voxel")
+
+
+class ZoomedCrops(SimpleInterface):
+    """Zoomed before/after crops at native scale for the report (:func:`crops_html`).
+
+    >>> ZoomedCrops(size=48).inputs.zoom
+    3
+    """
+
+    input_spec = _ZoomedCropsInputSpec
+    output_spec = _SRSummaryOutputSpec
+
+    def _run_interface(self, runtime):
+        from pathlib import Path
+
+        def _opt(value):
+            return value if isdefined(value) else None
+
+        out_report = str(Path(runtime.cwd) / "report.html")
+        Path(out_report).write_text(crops_html(
+            self.inputs.in_file, self.inputs.sr_file, metadata=_opt(self.inputs.metadata),
+            mask_file=_opt(self.inputs.mask_file), size=self.inputs.size, zoom=self.inputs.zoom))
         self._results["out_report"] = out_report
         return runtime
