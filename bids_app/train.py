@@ -145,6 +145,9 @@ def _model_source(ctx, param, value):
               help="End the DSN stage after this much wall time (checkpointed) and go on.")
 @click.option("--srn-time-limit", type=click.FloatRange(min=0, min_open=True), default=None, metavar="SECONDS",
               help="End the SRN stage after this much wall time (checkpointed) and still write the bundle.")
+@click.option("--srn-stop-at", type=click.IntRange(min=1), default=None, metavar="N",
+              help="End the SRN stage after iteration N of the preset's schedule (checkpointed; the learning "
+                   "rate follows the whole schedule) and write the bundle: a staged recipe.")
 @click.option("--no-tensorboard", is_flag=True, help="Skip the TensorBoard log (CSV and PNGs are kept).")
 @click.option("--name", default=None, help="Model name recorded in the bundle [default: the --out folder name].")
 def main(**kw) -> None:
@@ -157,7 +160,7 @@ def build_options(*, hr_dir, lr_dir, out_dir, preset, work_dir, device, precisio
                   vgg19_weights, allow_random_vgg19, hr_filter_file, lr_filter_file, hr_participant_label,
                   lr_participant_label, dsn_from, degradation, iterations_dsn, iterations_srn, batch_size,
                   patch_size, num_threads, no_tensorboard, name, dsn_time_limit=None, srn_time_limit=None,
-                  init_generator=None, overwrite=False):
+                  init_generator=None, overwrite=False, srn_stop_at=None):
     """Turn the parsed command line into :class:`~ddasr_nipype.training.pipeline.TrainingOptions`."""
     from ddasr_nipype.errors import TrainingDataError
     from ddasr_nipype.training.config import load_preset
@@ -182,7 +185,7 @@ def build_options(*, hr_dir, lr_dir, out_dir, preset, work_dir, device, precisio
         lr_participant_label=_split_labels(lr_participant_label), dsn_from=dsn_from, degradation=degradation,
         precision=precision, compile=compile_, tensorboard=not no_tensorboard, name=name,
         num_threads=num_threads, dsn_time_limit=dsn_time_limit, srn_time_limit=srn_time_limit,
-        init_generator=init_generator, overwrite=overwrite,
+        srn_stop_at=srn_stop_at, init_generator=init_generator, overwrite=overwrite,
     )
 
 

@@ -702,6 +702,24 @@ def test_time_limits_end_stages_early_and_still_write_the_bundle(tmp_path, hr_bi
     assert state["iteration"] == 1 and state["finished"] is False  # --resume can continue it
 
 
+def test_srn_stop_at_ends_the_stage_on_the_full_schedule(tmp_path, hr_bids, lr_bids):
+    from ddasr_nipype.training.checkpoint import load_checkpoint
+
+    preset = load_preset("smoke").with_overrides(iterations_srn=8)
+    bundle = run_training(_options(hr_bids, lr_bids, tmp_path / "m", preset=preset, srn_stop_at=3,
+                                   hr_participant_label=("trio",)))
+    srn = bundle.manifest["training"]["srn"]
+    assert srn["iterations"] == 3 and srn["planned_iterations"] == 8 and srn["stop_at"] == 3
+    assert "3 of 8 planned (stopped there by --srn-stop-at)" in (bundle.path / "MODEL_CARD.md").read_text()
+    state = load_checkpoint(tmp_path / "m.work" / "checkpoints" / "srn_last.pt", stage="srn")
+    assert state["iteration"] == 3 and state["finished"] is False
+    # a stop at or past the schedule's end is a full run, not a staged one
+    full = run_training(_options(hr_bids, lr_bids, tmp_path / "f", preset=preset, srn_stop_at=8,
+                                 hr_participant_label=("trio",)))
+    assert full.manifest["training"]["srn"]["iterations"] == 8
+    assert full.manifest["training"]["srn"]["stop_at"] is None
+
+
 def test_fine_tuning_starts_from_the_bundle_generator(tmp_path, hr_bids, lr_bids, slices, smoke, vgg):
     from ddasr_nipype.bundle import load_bundle
     from ddasr_nipype.errors import ModelBundleError

@@ -79,7 +79,9 @@ class TrainingOptions:
     classical degradation. ``allow_random_vgg19`` is the explicit opt-in to a seeded random VGG19
     when no weights file is found; it is recorded in the bundle.
     ``dsn_time_limit``/``srn_time_limit`` (seconds) end that stage early, checkpointed; the run goes
-    on and still writes the bundle, which records it. ``init_generator`` (a bundle) starts the SRN
+    on and still writes the bundle, which records it. ``srn_stop_at`` ends the SRN stage after that
+    iteration of the preset's schedule (the learning rate follows the full schedule; a staged recipe
+    such as t1w-x2's stage 1). ``init_generator`` (a bundle) starts the SRN
     from that bundle's generator instead of random weights: fine-tuning, e.g. on another site.
     ``dsn_from`` and ``init_generator`` may also name a bundled model (``ixi-t1w-x2``).
     ``overwrite`` lets :func:`run_training` replace a non-empty ``out_dir``.
@@ -108,6 +110,7 @@ class TrainingOptions:
     num_threads: int | None = None
     dsn_time_limit: float | None = None
     srn_time_limit: float | None = None
+    srn_stop_at: int | None = None
     init_generator: Path | None = None
     overwrite: bool = False
 
@@ -366,8 +369,11 @@ def run_srn_stage(options: TrainingOptions, pairs: PairSet, vgg, backbone, *, un
     elif options.init_generator is not None:
         trainer.init_generator_from(resolve_model_source(options.init_generator))
     _write_json(record_path, fingerprint)
+    if until is None:
+        until = options.srn_stop_at
     if not trainer.finished:
         trainer.run(until=until, time_limit=options.srn_time_limit)
+    trainer.stop_at = options.srn_stop_at if (options.srn_stop_at or trainer.total) < trainer.total else None
     return trainer
 
 
@@ -599,7 +605,8 @@ def write_bundle(options: TrainingOptions, *, srn, summary: dict, n_pairs: int, 
         "srn": {"iterations": srn.iteration, "final_losses": srn.last_losses,
                 "initialized_from": srn.initialized_from,
                 "perceptual_backbone": getattr(srn, "perceptual_backbone", None),
-                "planned_iterations": srn.total, "stopped_early": srn.stopped_early},
+                "planned_iterations": srn.total, "stopped_early": srn.stopped_early,
+                "stop_at": getattr(srn, "stop_at", None)},
         "data": {"hr_files": [Path(f).name for f in summary["hr_files"]],
                  "lr_files": [Path(f).name for f in summary["lr_files"]],
                  "hr_slices": summary["hr_slices"], "lr_slices": summary["lr_slices"],
@@ -633,6 +640,8 @@ def model_card(name: str, preprocessing: dict, backbone: dict, training: dict) -
         text = f"iterations {stage.get('iterations', 'n/a')}"
         if stage.get("stopped_early"):
             text += f" of {stage['planned_iterations']} planned (stopped by the time limit)"
+        elif stage.get("stop_at"):
+            text += f" of {stage['planned_iterations']} planned (stopped there by --srn-stop-at)"
         return text
 
     if backbone.get("source") == "random":
