@@ -88,6 +88,11 @@ def wait_for_slurm_graph(batch_dir: Path, *, poll_s: float = 2.0) -> list[str]:
 
 def build_workflow(config: Config):
     """Check the model (sha256 of every file) and build the nipype workflow for ``config``."""
+    import os
+
+    # nipype asks a server for its latest version when the first interface is built (a network
+    # request in every run, like fMRIPrep the app does without)
+    os.environ.setdefault("NIPYPE_NO_ET", "1")
     from ddasr_nipype.bundle import load_bundle
     from ddasr_nipype.workflows.base import init_ddasr_wf
 
