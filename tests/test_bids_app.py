@@ -83,7 +83,7 @@ def test_help_states_each_default_once():
              for action in parser._actions if action.option_strings and action.help}
     for option, text in helps.items():
         assert text.count("default") <= 1 and "None" not in text, (option, text)
-    assert "(default: 8)" in helps["--batch-size"] and "default: sagittal)" in helps["--planes"]
+    assert "(default: 1 on the CPU" in helps["--batch-size"] and "default: sagittal)" in helps["--planes"]
     assert "default: ixi-t1w-x2" in helps["--model"] and "default: auto" in helps["--device"]
     assert "(default: all)" in helps["--participant-label"]
 
