@@ -54,6 +54,7 @@ setup(
         "brisque==0.2.0",
         "opencv-python-headless>=4.5",
         "tensorboard>=2.12",
+        "tqdm>=4.60",
     ],
     extras_require={"test": ["pytest>=7"]},
     entry_points={
