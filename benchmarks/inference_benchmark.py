@@ -51,6 +51,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 SHARED_LR = REPO.parent / "shared" / "data" / "lr"
 EXAMPLE_T1W = REPO / "ddasr_nipype" / "resources" / "example" / "sub-IXI606" / "anat" / "sub-IXI606_T1w.nii.gz"
+#: OMP_WAIT_POLICY as the user set it (None: unset). This process times the networks with the app's
+#: setting (passive waiting, ``ddasr_nipype.bids_app.run.build_workflow``); the app run gets the user's
+USER_WAIT_POLICY = os.environ.get("OMP_WAIT_POLICY")
 #: the recipe of the shipped generator (the preset its last fine-tune ran with)
 SHIPPED_PRESET = REPO / "ddasr_nipype" / "training" / "presets" / "starter-finetune-nl.yml"
 
@@ -124,9 +127,12 @@ def run_app(t1w: Path, model: str, tmp: Path, nprocs: int, omp_nthreads: int | N
            "-w", str(tmp / "work"), "--model", model, "--nprocs", str(nprocs), "--device", "cpu"]
     if omp_nthreads:
         cmd += ["--omp-nthreads", str(omp_nthreads)]
+    env = dict(os.environ)
+    if USER_WAIT_POLICY is None:  # the app chooses
+        env.pop("OMP_WAIT_POLICY", None)
     usage0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     wall = time.perf_counter() - t0
     usage1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode:
@@ -277,6 +283,7 @@ def main(argv=None) -> int:
     parser.add_argument("--skip-rrdbnet23", action="store_true", help="time x2plus only, not the paper's RRDBNet-23")
     parser.add_argument("--skip-app", action="store_true", help="skip the end-to-end run (per-slice figures only)")
     opts = parser.parse_args(argv)
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch is imported: as in the app
 
     t1w = opts.t1w or SHARED_LR / f"sub-{opts.subject}" / "anat" / f"sub-{opts.subject}_T1w.nii.gz"
     if opts.t1w is None and not t1w.is_file():
@@ -289,7 +296,7 @@ def main(argv=None) -> int:
         tmp = Path(tmp_name)
         model, label = _resolve_model(opts.model, opts.generator_config, tmp)
         print(f"machine: {os.cpu_count()} CPUs, {_load('at the start')}; model: {label} ({model}); "
-              f"input: {t1w.name}", flush=True)
+              f"input: {t1w.name}; networks timed here with OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}", flush=True)
         ref = None
         if opts.ref_slices > 0:
             ref = compare_reference(t1w, model, opts.ref_slices, opts.nprocs, rrdbnet23=not opts.skip_rrdbnet23)
