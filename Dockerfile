@@ -125,9 +125,9 @@ sys.exit(0 if digest.startswith(dest.rsplit('-', 1)[1][:8]) else 'VGG19 checksum
 COPY --from=builder /opt/venv /opt/venv
 
 # templateflow's offline skeleton in the image: importing niworkflows must not need a writable $HOME
-# (podman --read-only, Apptainer --no-home). libgomp1 above: libsvm (BRISQUE) links against it.
+# (podman --read-only, Apptainer --no-home). The BRISQUE model is package data: check that it loads.
 RUN mkdir -p "$TEMPLATEFLOW_HOME" \
-    && python3 -c "import templateflow.api, libsvm.svmutil, brisque" \
+    && python3 -c "import templateflow.api; from ddasr_nipype.metrics.brisque import load_brisque_model; load_brisque_model()" \
     && chmod -R a+rX "$TEMPLATEFLOW_HOME"
 
 ARG VERSION=0.1.0

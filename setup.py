@@ -36,7 +36,9 @@ setup(
         "ddasr_nipype": ["resources/*", "resources/**/*"],
         "ddasr_nipype.training": ["presets/*.yml"],
     },
-    include_package_data=True,
+    # package_data alone lists the data (include_package_data would also take MANIFEST.in's files and
+    # warns about each data folder importable as a namespace package)
+    include_package_data=False,
     install_requires=[
         "torch>=2.1",
         "numpy>=1.24",
@@ -44,6 +46,7 @@ setup(
         "nibabel>=5.0",
         "nipype>=1.8",
         "pybids>=0.16",
+        "bids-validator>=1.14",  # imported directly (bids_app.dataset), not only through pybids
         "templateflow>=23.0",
         "niworkflows>=1.10",
         "click>=8.0",
@@ -51,7 +54,6 @@ setup(
         "scikit-image>=0.21",
         "matplotlib>=3.7",
         "deepbet>=1.0.2",
-        "brisque==0.2.0",
         "opencv-python-headless>=4.5",
         "tensorboard>=2.12",
         "tqdm>=4.60",

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-DEGRADATION_NAMES = ("area", "bicubic", "kspace", "kspace-rician", "realesrgan", "realsr")  # ddasr_nipype.degradations.DEGRADATIONS
+DEGRADATION_NAMES = ("area", "bicubic", "kspace", "kspace-rician", "mri", "realesrgan", "realsr")  # ddasr_nipype.degradations.DEGRADATIONS
 PLANES = ("sagittal", "coronal", "axial")
 NO_REFERENCE_METRICS = ("niqe", "brisque", "niqe_head", "brisque_head")  # ddasr_nipype.metrics.volume
 

@@ -130,7 +130,7 @@ def _model_source(ctx, param, value):
               help="LR subjects to use (one or more; 'sub-' optional).")
 @click.option("--dsn-from", default=None, callback=_model_source, metavar="BUNDLE|CHECKPOINT",
               help="Skip stage 1: use the DSN of this bundle (directory or bundled model name) or DSN checkpoint.")
-@click.option("--degradation", type=click.Choice(["bicubic", "kspace", "area", "realsr", "realesrgan"]), default=None,
+@click.option("--degradation", type=click.Choice(["bicubic", "kspace", "area", "realsr", "realesrgan", "mri"]), default=None,
               help="Skip the DSN: make the pairs with this classical degradation.")
 @click.option("--iterations-dsn", type=click.IntRange(min=1), default=None, help="Override the preset.")
 @click.option("--iterations-srn", type=click.IntRange(min=1), default=None, help="Override the preset.")

@@ -31,6 +31,10 @@ Degradations (names for :func:`get_degradation`):
   (``jpeg_range``), never by default for MRI; the final sinc filter is not used
   (:func:`real_esrgan_degradation`).
 - ``rician``: Rician (magnitude MR) noise on the same grid (:func:`rician_noise`).
+- ``mri``: a random acquisition of the same field of view at a lower resolution
+  (:class:`MRIAcquisitionDegradation`): k-space truncation with a random apodization window, a
+  resolution a little below the grid's and partial Fourier, or block averaging, blur or bicubic
+  down-sampling. No noise (training adds noise to each crop, ``srn.lr_noise``); not clipped at 1.
 """
 
 from __future__ import annotations
@@ -51,6 +55,8 @@ __all__ = [
     "KSpaceDegradation",
     "AreaDegradation",
     "KSpaceRicianDegradation",
+    "MRIAcquisitionDegradation",
+    "MRIAcquisitionParams",
     "RealSRDegradation",
     "RealESRGANDegradation",
     "RicianNoise",
@@ -59,10 +65,15 @@ __all__ = [
     "RoundParams",
     "bicubic_downsample",
     "area_downsample",
+    "area_downsample_unclipped",
     "bicubic_upsample",
     "bicubic_upsample_volume",
     "kspace_truncation",
     "kspace_resample",
+    "kspace_acquisition",
+    "tukey_window",
+    "consistency_projection",
+    "PROJECTIONS",
     "anisotropic_gaussian_kernel",
     "blur",
     "realsr_degradation",
@@ -216,6 +227,11 @@ def area_downsample(x: np.ndarray, scale: int = 2, *, axes: tuple[int, ...] = (-
     LR grid is the padded one. Evaluations crop such lengths first
     (:func:`ddasr_nipype.evaluation.crop_to_scale`). Clipped to [0, 1].
     """
+    return np.clip(area_downsample_unclipped(x, scale, axes=axes), 0.0, 1.0)
+
+
+def area_downsample_unclipped(x: np.ndarray, scale: int = 2, *, axes: tuple[int, ...] = (-2, -1)) -> np.ndarray:
+    """:func:`area_downsample` without the clipping to [0, 1]."""
     x = _check_image(x)
     scale = _check_scale(scale)
     axes = _check_axes(x, axes)
@@ -229,7 +245,7 @@ def area_downsample(x: np.ndarray, scale: int = 2, *, axes: tuple[int, ...] = (-
             out = np.pad(out, pad, mode="edge")
         shape = out.shape[:axis] + (m, scale) + out.shape[axis + 1:]
         out = out.reshape(shape).mean(axis=axis + 1)
-    return np.clip(out, 0.0, 1.0)
+    return out
 
 
 def kspace_truncation(x: np.ndarray, scale: int = 2, *, axes: tuple[int, ...] = (-2, -1)) -> np.ndarray:
@@ -260,6 +276,12 @@ def kspace_resample(x: np.ndarray, sizes, *, axes: tuple[int, ...] = (-2, -1)) -
     sizes = [int(m) for m in sizes]
     if len(sizes) != len(axes) or any(not 1 <= m <= x.shape[a] for m, a in zip(sizes, axes)):
         raise ValueError(f"sizes {sizes} must give one size in 1..n for each of the axes {axes} of {x.shape}")
+    return np.abs(np.fft.ifftn(_cropped_spectrum(x, sizes, axes), axes=axes))
+
+
+def _cropped_spectrum(x: np.ndarray, sizes, axes: tuple[int, ...]) -> np.ndarray:
+    """The central ``m`` frequencies of ``x`` along each of ``axes`` (FFT order), phase-shifted onto the
+    field-of-view preserving grid and scaled by ``m / n`` to keep the intensities."""
     spectrum = np.fft.fftn(x, axes=axes)
     for axis, m in zip(axes, sizes):
         n = x.shape[axis]
@@ -271,7 +293,111 @@ def kspace_resample(x: np.ndarray, sizes, *, axes: tuple[int, ...] = (-2, -1)) -
         start = n // 2 - m // 2
         centred = np.take(centred, np.arange(start, start + m), axis=axis)
         spectrum = np.fft.ifftshift(centred, axes=axis) * (m / n)
+    return spectrum
+
+
+def tukey_window(m: int, alpha: float, cutoff: float = 1.0) -> np.ndarray:
+    """Apodization of ``m`` k-space samples in FFT order (DC first), as MR reconstructions filter.
+
+    ``u = |k| / (m / 2)`` is the frequency relative to the band edge; samples with ``u > cutoff`` are
+    zero (a resolution ``1 / cutoff`` times coarser than the grid, zero-filled as scanners interpolate);
+    within the cutoff, the window is 1 up to ``(1 - alpha) * cutoff`` and falls as a raised cosine to 0
+    at the cutoff (``alpha = 0``: rectangular, a plain truncation; ``alpha = 1``: Hann).
+    """
+    alpha = float(alpha)
+    cutoff = float(cutoff)
+    if not 0.0 <= alpha <= 1.0 or not 0.0 < cutoff <= 1.0:
+        raise ValueError(f"need 0 <= alpha <= 1 and 0 < cutoff <= 1, got alpha={alpha}, cutoff={cutoff}")
+    u = np.abs(np.fft.fftfreq(m) * m) / (m / 2.0)
+    w = (u <= cutoff + 1e-9).astype(np.float64)
+    if alpha > 0:
+        start = (1.0 - alpha) * cutoff
+        taper = (u > start) & (u <= cutoff + 1e-9)
+        w[taper] = 0.5 * (1.0 + np.cos(np.pi * (u[taper] - start) / (alpha * cutoff)))
+    return w
+
+
+def kspace_acquisition(x: np.ndarray, scale: int = 2, *, axes: tuple[int, ...] = (-2, -1),
+                       alpha: float = 0.0, cutoff: float = 1.0, partial_fourier: float = 1.0,
+                       partial_axis: int = 0) -> np.ndarray:
+    """A lower-resolution MR acquisition of the field of view: :func:`kspace_truncation` to the LR grid,
+    then the apodization :func:`tukey_window` ``(alpha, cutoff)`` along every axis, and partial Fourier
+    along ``axes[partial_axis]``: only ``partial_fourier`` (0.5-1) of the LR k-space lines are acquired,
+    the missing ones on one side of the centre zero-filled. Returns the magnitude image (zero-filled
+    partial Fourier blurs along that axis; nothing is clipped).
+    """
+    x = _check_image(x)
+    scale = _check_scale(scale)
+    axes = _check_axes(x, axes)
+    if not 0.5 <= float(partial_fourier) <= 1.0:
+        raise ValueError(f"partial_fourier must be in [0.5, 1], got {partial_fourier!r}")
+    if not 0 <= int(partial_axis) < len(axes):
+        raise ValueError(f"partial_axis must index one of the {len(axes)} axes, got {partial_axis!r}")
+    sizes = [math.ceil(x.shape[a] / scale) for a in axes]
+    spectrum = _cropped_spectrum(x, sizes, axes)
+    for axis, m in zip(axes, sizes):
+        spectrum = spectrum * tukey_window(m, alpha, cutoff).reshape([-1 if a == axis else 1 for a in range(x.ndim)])
+    if partial_fourier < 1.0:
+        axis, m = axes[int(partial_axis)], sizes[int(partial_axis)]
+        k = np.fft.fftfreq(m) * m  # signed line index, DC = 0
+        keep = (k >= -(float(partial_fourier) - 0.5) * m - 1e-9).astype(np.float64)
+        spectrum = spectrum * keep.reshape([-1 if a == axis else 1 for a in range(x.ndim)])
     return np.abs(np.fft.ifftn(spectrum, axes=axes))
+
+
+#: physics models of :func:`consistency_projection`
+PROJECTIONS = ("kspace", "area")
+
+
+def consistency_projection(x: np.ndarray, lr: np.ndarray, scale: int = 2, *, axes: tuple[int, ...] = (-2, -1),
+                           model: str = "kspace", weight: float = 1.0) -> np.ndarray:
+    """Make an up-sampled image ``x`` agree with the acquired ``lr`` under a physics model of the
+    down-sampling: ``x + weight * U(lr - D(x))`` with ``D(U(r)) = r``, so ``weight = 1`` gives
+    ``D(x') = lr`` exactly (a projection onto the images the acquisition allows) and changes nothing
+    that the acquisition cannot see.
+
+    ``model="kspace"``: ``D`` keeps the central ``m`` frequencies (:func:`kspace_truncation` without the
+    magnitude), ``U`` zero-fills: ``x``'s low frequencies become ``lr``'s, its high ones stay.
+    ``model="area"``: ``D`` is the block mean (:func:`area_downsample`), ``U`` repeats each LR sample
+    over its block. ``x`` must be on the ``scale`` times finer field-of-view preserving grid of ``lr``
+    along ``axes`` (``x.shape[a] == scale * lr.shape[a]``). Not clipped.
+    """
+    x = _check_image(x)
+    lr = _check_image(lr)
+    scale = _check_scale(scale)
+    axes = _check_axes(x, axes)
+    model = _check_choice("model", model, PROJECTIONS)
+    weight = _check_nonnegative("weight", weight)
+    if lr.ndim != x.ndim or any(x.shape[a] != scale * lr.shape[a] if a in axes else x.shape[a] != lr.shape[a]
+                                for a in range(x.ndim)):
+        raise ValueError(f"x {x.shape} must be lr {lr.shape} up-sampled x{scale} along the axes {axes}")
+    if weight == 0:
+        return x
+    if model == "area":
+        residual = lr - area_downsample_unclipped(x, scale, axes=axes)
+        for a in axes:
+            residual = np.repeat(residual, scale, axis=a)
+        return x + weight * residual
+    spectrum = np.fft.fftn(x, axes=axes)
+    low = np.fft.fftn(lr, axes=axes)
+    for axis in axes:
+        n, m = x.shape[axis], lr.shape[axis]
+        shape = [-1 if a == axis else 1 for a in range(x.ndim)]
+        ramp = np.exp(2j * np.pi * np.fft.fftfreq(n) * (0.5 * n / m - 0.5)).reshape(shape)
+        spectrum = np.fft.fftshift(spectrum * ramp, axes=axis)
+        low = np.fft.fftshift(low, axes=axis) * (n / m)
+    index = [slice(None)] * x.ndim
+    for axis in axes:
+        n, m = x.shape[axis], lr.shape[axis]
+        index[axis] = slice(n // 2 - m // 2, n // 2 - m // 2 + m)
+    index = tuple(index)
+    spectrum[index] += weight * (low - spectrum[index])
+    for axis in axes:
+        n, m = x.shape[axis], lr.shape[axis]
+        shape = [-1 if a == axis else 1 for a in range(x.ndim)]
+        ramp = np.exp(2j * np.pi * np.fft.fftfreq(n) * (0.5 * n / m - 0.5)).reshape(shape)
+        spectrum = np.fft.ifftshift(spectrum, axes=axis) / ramp
+    return np.real(np.fft.ifftn(spectrum, axes=axes))
 
 
 def anisotropic_gaussian_kernel(sigma_x: float, sigma_y: float, theta: float = 0.0, *,
@@ -481,6 +607,9 @@ class Degradation(ABC):
     """A random degradation: ``draw(rng) -> params``, ``apply(x, params)``; ``__call__`` does both."""
 
     name: ClassVar[str]
+    #: whether training pairs clip the HR slice to [0, 1] before degrading it (the classical
+    #: degradations assume [0, 1] images)
+    clips_input: ClassVar[bool] = True
 
     def __init__(self, *, axes: tuple[int, ...] = (-2, -1)):
         self.axes = tuple(axes)
@@ -673,16 +802,104 @@ class KSpaceRicianDegradation(Degradation):
         return rician_noise(kspace_truncation(x, params.scale, axes=self.axes), params.sigma, seed=params.seed)
 
 
+@dataclass(frozen=True)
+class MRIAcquisitionParams:
+    """Parameters of :class:`MRIAcquisitionDegradation`: ``mode`` and what it uses."""
+
+    scale: int
+    mode: str  # "kspace" | "bicubic" | "area" | "blur"
+    alpha: float = 0.0
+    cutoff: float = 1.0
+    partial_fourier: float = 1.0
+    partial_axis: int = 0
+    blur_sigma: tuple[float, float] = (0.0, 0.0)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class MRIAcquisitionDegradation(Degradation):
+    """A random lower-resolution acquisition of the same field of view, the physics of how a 2 mm scan
+    differs from a 1 mm one (no noise: training draws that per crop, ``srn.lr_noise``):
+
+    - ``kspace`` (probability ``p_kspace``): :func:`kspace_acquisition` with a Tukey apodization
+      ``alpha`` from ``alpha_range`` (0 with probability 0.4: a plain truncation), a resolution cutoff
+      from ``cutoff_range`` (1 with probability 0.6), and partial Fourier with a fraction from
+      ``partial_fourier_range`` along a random in-plane axis with probability ``p_partial_fourier``;
+    - ``area`` (``p_area``): the mean of each block (partial-volume averaging);
+    - ``blur`` (``p_blur``): a Gaussian blur of ``blur_range`` HR pixels per axis (slice profile,
+      reconstruction filters) followed by block averaging;
+    - ``bicubic`` (the rest): MATLAB's anti-aliased bicubic down-sampling.
+
+    Outputs are non-negative and not clipped at 1 (a bright voxel stays bright).
+    """
+
+    name = "mri"
+    clips_input = False
+
+    def __init__(self, scale: int = 2, *, p_kspace: float = 0.5, p_area: float = 0.15, p_blur: float = 0.15,
+                 alpha_range: tuple[float, float] = (0.0, 0.6), cutoff_range: tuple[float, float] = (0.8, 1.0),
+                 p_partial_fourier: float = 0.3, partial_fourier_range: tuple[float, float] = (0.6, 0.85),
+                 blur_range: tuple[float, float] = (0.4, 1.2), axes: tuple[int, ...] = (-2, -1)):
+        super().__init__(axes=axes)
+        self.scale = _check_scale(scale)
+        self.p = tuple(_check_probability(n, v) for n, v in
+                       (("p_kspace", p_kspace), ("p_area", p_area), ("p_blur", p_blur)))
+        if sum(self.p) > 1 + 1e-9:
+            raise ValueError(f"p_kspace + p_area + p_blur must be at most 1, got {sum(self.p)}")
+        self.alpha_range = _check_range("alpha_range", alpha_range, high=1.0)
+        self.cutoff_range = _check_range("cutoff_range", cutoff_range, low=1e-3, high=1.0)
+        self.p_partial_fourier = _check_probability("p_partial_fourier", p_partial_fourier)
+        self.partial_fourier_range = _check_range("partial_fourier_range", partial_fourier_range, low=0.5, high=1.0)
+        self.blur_range = _check_range("blur_range", blur_range, low=1e-3)
+
+    def draw(self, rng: np.random.Generator) -> MRIAcquisitionParams:
+        u = float(rng.uniform())
+        p_kspace, p_area, p_blur = self.p
+        if u < p_kspace:
+            alpha = 0.0 if rng.uniform() < 0.4 else float(rng.uniform(*self.alpha_range))
+            cutoff = 1.0 if rng.uniform() < 0.6 else float(rng.uniform(*self.cutoff_range))
+            partial = (float(rng.uniform(*self.partial_fourier_range)) if rng.uniform() < self.p_partial_fourier
+                       else 1.0)
+            return MRIAcquisitionParams(self.scale, "kspace", alpha=alpha, cutoff=cutoff, partial_fourier=partial,
+                                        partial_axis=int(rng.integers(2)))
+        if u < p_kspace + p_area:
+            return MRIAcquisitionParams(self.scale, "area")
+        if u < p_kspace + p_area + p_blur:
+            sigma = tuple(float(v) for v in rng.uniform(*self.blur_range, size=2))
+            return MRIAcquisitionParams(self.scale, "blur", blur_sigma=sigma)
+        return MRIAcquisitionParams(self.scale, "bicubic")
+
+    def apply(self, x: np.ndarray, params: MRIAcquisitionParams) -> np.ndarray:
+        x = _check_image(x)
+        axes = _check_axes(x, self.axes, exactly=2)
+        mode = _check_choice("mode", params.mode, ("kspace", "bicubic", "area", "blur"))
+        top = max(float(x.max()), 1.0)
+        if mode == "kspace":
+            return kspace_acquisition(x, params.scale, axes=axes, alpha=params.alpha, cutoff=params.cutoff,
+                                      partial_fourier=params.partial_fourier, partial_axis=params.partial_axis)
+        if mode == "blur":
+            from scipy.ndimage import gaussian_filter
+
+            sigma = [0.0] * x.ndim
+            sigma[axes[0]], sigma[axes[1]] = params.blur_sigma
+            x = gaussian_filter(x, sigma, mode="reflect")
+            mode = "area"
+        # bicubic and area clip to [0, 1]; scale into that range and back so bright voxels stay
+        out = (bicubic_downsample if mode == "bicubic" else area_downsample)(x / top, params.scale, axes=axes)
+        return out * top
+
+
 #: Down-sampling degradations by name (``rician`` keeps the grid and is not listed here).
 DEGRADATIONS: dict[str, type[Degradation]] = {
     cls.name: cls for cls in (BicubicDegradation, KSpaceDegradation, AreaDegradation, RealSRDegradation,
-                              RealESRGANDegradation, KSpaceRicianDegradation)
+                              RealESRGANDegradation, KSpaceRicianDegradation, MRIAcquisitionDegradation)
 }
 
 
 def get_degradation(name: str, scale: int = 2, *, axes: tuple[int, ...] = (-2, -1), **kwargs) -> Degradation:
     """Build the down-sampling degradation ``name`` (``bicubic``, ``kspace``, ``area``, ``kspace-rician``,
-    ``realsr``, ``realesrgan``)."""
+    ``realsr``, ``realesrgan``, ``mri``)."""
     if name not in DEGRADATIONS:
         raise ValueError(f"unknown degradation {name!r}; choose from {sorted(DEGRADATIONS)}")
     return DEGRADATIONS[name](scale, axes=axes, **kwargs)

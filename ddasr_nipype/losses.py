@@ -204,7 +204,12 @@ def relativistic_g_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) ->
 
 @dataclass(frozen=True)
 class SRNLossConfig(ModelConfig):
-    """Weights of Eq. 13 (eta_1 perceptual, eta_2 L1, eta_3 adversarial) and the perceptual layers."""
+    """Weights of Eq. 13 (eta_1 perceptual, eta_2 L1, eta_3 adversarial) and the perceptual layers.
+
+    ``backbone`` names the feature network of the perceptual term: ``vgg19`` (the paper's; ``layers`` are
+    torchvision indices) or ``deepbet`` (:class:`~ddasr_nipype.models.deepbet_arch.DeepbetFeatures`, a
+    network pretrained on brain MRI; ``layers`` among 0, 1, 2). The trainer builds it.
+    """
 
     eta_perceptual: float = 1.0
     eta_l1: float = 1.0
@@ -212,6 +217,7 @@ class SRNLossConfig(ModelConfig):
     layers: tuple[int, ...] = (2, 7, 9, 12, 17)
     layer_weights: tuple[float, ...] = (0.1, 0.1, 1.0, 1.0, 1.0)
     perceptual_criterion: str = "mse"
+    backbone: str = "vgg19"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "layers", tuple(int(i) for i in self.layers))
@@ -225,6 +231,10 @@ class SRNLossConfig(ModelConfig):
         if self.perceptual_criterion not in ("mse", "l1"):
             raise ValueError(f"SRNLossConfig.perceptual_criterion must be 'mse' or 'l1', "
                              f"got {self.perceptual_criterion!r}")
+        if self.backbone not in ("vgg19", "deepbet"):
+            raise ValueError(f"SRNLossConfig.backbone must be 'vgg19' or 'deepbet', got {self.backbone!r}")
+        if self.backbone == "deepbet" and not set(self.layers) <= {0, 1, 2}:
+            raise ValueError(f"SRNLossConfig: the deepbet backbone has layers 0, 1 and 2, got {list(self.layers)}")
 
 
 class SRNLoss(nn.Module):
@@ -243,12 +253,21 @@ class SRNLoss(nn.Module):
         self.perceptual = PerceptualLoss(vgg, config.layers, config.layer_weights, config.perceptual_criterion)
 
     def forward(self, sr: torch.Tensor, hr: torch.Tensor, real_logits: torch.Tensor | None = None,
-                fake_logits: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                fake_logits: torch.Tensor | None = None, weight: torch.Tensor | None = None
+                ) -> dict[str, torch.Tensor]:
+        """``weight`` (``[B, 1, H, W]`` in [0, 1], optional): where the output is learned. Outside it the
+        L1 term does not count and the perceptual term sees the HR itself (``sr`` there is replaced by
+        ``hr``), so nothing pulls the output there either way. A perceptual weight ``eta_perceptual = 0``
+        skips the feature network."""
         if (real_logits is None) != (fake_logits is None):
             raise ValueError("SRNLoss: pass both real_logits and fake_logits, or neither")
         c = self.config
-        perceptual = self.perceptual(sr, hr)["total"]
-        l1 = F.l1_loss(sr, hr)
+        if weight is not None:
+            l1 = ((sr - hr).abs() * weight).sum() / weight.sum().clamp(min=1.0)
+            sr = sr * weight + hr * (1.0 - weight)
+        else:
+            l1 = F.l1_loss(sr, hr)
+        perceptual = self.perceptual(sr, hr)["total"] if c.eta_perceptual > 0 else sr.new_zeros(())
         adversarial = (relativistic_g_loss(real_logits, fake_logits) if real_logits is not None
                        else sr.new_zeros(()))
         total = c.eta_perceptual * perceptual + c.eta_l1 * l1 + c.eta_adv * adversarial

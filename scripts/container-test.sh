@@ -152,11 +152,11 @@ done
 omp=$(podman run --rm --network none --entrypoint printenv "$IMAGE" OMP_NUM_THREADS)
 [[ $omp == 1 ]] || fail "OMP_NUM_THREADS=$omp"
 podman run --rm --network none "$IMAGE" --version
-# Read-only root and no writable home (Apptainer --no-home): the imports of a run, BRISQUE's libsvm
-# (needs libgomp) and templateflow's cache must all work.
+# Read-only root and no writable home (Apptainer --no-home): the imports of a run, templateflow's cache
+# and BRISQUE's model (package data) must all work.
 podman run --rm --network none --read-only --entrypoint python "$IMAGE" -c \
-    "import niworkflows.reports.core, templateflow.api, libsvm.svmutil, brisque; from ddasr_nipype.metrics import brisque as b" \
-    || fail "imports on a read-only image (templateflow cache, libsvm/libgomp)"
+    "import niworkflows.reports.core, templateflow.api; from ddasr_nipype.metrics.brisque import load_brisque_model; load_brisque_model()" \
+    || fail "imports on a read-only image (templateflow cache, BRISQUE model)"
 # No host configuration may reach the final image.
 if podman run --rm --network none --entrypoint sh "$IMAGE" -c \
     'ls /run/secrets/pip_cert /wheels /etc/pip.conf /etc/xdg/pip 2>/dev/null | grep .'; then

@@ -13,7 +13,7 @@ gets a share of the budget through ``ddasr-train --dsn-time-limit/--srn-time-lim
 ends with usable bundles even when the GPU is slower than planned. Held-out split, never trained on:
 HR sub-trio; LR sub-IXI546, 565, 577, 603, 606 (as in scripts/train_starter.sh).
 
-The evaluation here is the selection step (NIQE only; BRISQUE needs numpy < 2.4): the shipped
+The evaluation here is the selection step (NIQE only): the shipped
 numbers come from ``scripts/evaluate_starter.sh`` on the packed bundle.
 
 Variants (``--variant``; default: the first four):

@@ -51,7 +51,7 @@ def test_output_on_lr_grid(name, scale, hr_slice):
     assert out.shape == lr_shape(odd.shape, scale) == (-(-95 // scale), -(-94 // scale))
     assert out.dtype == np.float64 and np.all(np.isfinite(out))
     assert out.min() >= 0  # a magnitude image; k-space truncation keeps its Gibbs overshoot
-    assert out.max() <= (1.15 if name.startswith("kspace") else 1.0)
+    assert out.max() <= (1.15 if name.startswith("kspace") or name == "mri" else 1.0)
     assert abs(out.mean() - odd.mean()) < 0.08  # intensities are kept
 
 
@@ -263,3 +263,80 @@ def test_kspace_resample_is_the_coarser_acquisition_of_the_same_field_of_view():
         kspace_resample(x, (25, 10))
     with pytest.raises(ValueError, match="sizes"):
         kspace_resample(x, (10,))
+
+
+def test_mri_acquisitions_draw_every_mode_and_replay(hr_slice):
+    from ddasr_nipype.degradations import MRIAcquisitionDegradation
+
+    deg = MRIAcquisitionDegradation(2)
+    rng = np.random.default_rng(0)
+    draws = [deg.draw(rng) for _ in range(200)]
+    modes = [d.mode for d in draws]
+    assert {"kspace", "area", "blur", "bicubic"} == set(modes)
+    assert 0.4 < modes.count("kspace") / 200 < 0.6
+    kspace = [d for d in draws if d.mode == "kspace"]
+    assert any(d.partial_fourier < 1 for d in kspace) and any(d.alpha > 0 for d in kspace)
+    assert any(d.cutoff < 1 for d in kspace) and any(d.alpha == 0 and d.cutoff == 1 for d in kspace)
+    for params in draws[:8]:  # replayed from its parameters alone
+        again = deg.apply(hr_slice, type(params)(**params.to_dict()))
+        np.testing.assert_array_equal(deg.apply(hr_slice, params), again)
+    bright = hr_slice * 1.4  # not clipped at 1: a bright voxel stays bright
+    assert max(deg.apply(bright, d).max() for d in draws[:8]) > 1.05
+    with pytest.raises(ValueError, match="at most 1"):
+        MRIAcquisitionDegradation(2, p_kspace=0.8, p_area=0.3)
+
+
+def test_kspace_acquisition_windows_reduce_resolution_and_partial_fourier_blurs_one_axis(hr_slice):
+    from ddasr_nipype.degradations import kspace_acquisition, tukey_window
+
+    np.testing.assert_allclose(kspace_acquisition(hr_slice, 2), kspace_truncation(hr_slice, 2), atol=1e-12)
+    w = tukey_window(16, 0.5)
+    assert w[0] == 1 and w.max() == 1 and w.min() >= 0 and w[8] == 0  # DC kept, band edge zero
+    np.testing.assert_array_equal(tukey_window(16, 0.0), np.ones(16))
+    assert tukey_window(16, 0.0, cutoff=0.5)[5] == 0 and tukey_window(16, 0.0, cutoff=0.5)[4] == 1
+
+    def detail(img, axis):
+        return float(np.abs(np.diff(img, axis=axis)).mean())
+
+    plain = kspace_acquisition(hr_slice, 2)
+    windowed = kspace_acquisition(hr_slice, 2, alpha=0.8)
+    coarse = kspace_acquisition(hr_slice, 2, cutoff=0.7)
+    for axis in (0, 1):
+        assert detail(windowed, axis) < 0.95 * detail(plain, axis)
+        assert detail(coarse, axis) < 0.95 * detail(plain, axis)
+    partial = kspace_acquisition(hr_slice, 2, partial_fourier=0.6, partial_axis=1)
+    # zero-filled partial Fourier blurs most along its axis (the magnitude blurs the other a little too)
+    loss = [1 - detail(partial, axis) / detail(plain, axis) for axis in (0, 1)]
+    assert loss[1] > 0.05 and loss[1] > loss[0]
+    other = kspace_acquisition(hr_slice, 2, partial_fourier=0.6, partial_axis=0)
+    assert 1 - detail(other, 0) / detail(plain, 0) > 1 - detail(other, 1) / detail(plain, 1)
+    assert abs(partial.mean() - plain.mean()) < 0.02
+    with pytest.raises(ValueError, match="partial_fourier"):
+        kspace_acquisition(hr_slice, 2, partial_fourier=0.3)
+
+
+def test_consistency_projection_makes_the_output_agree_with_the_acquisition(hr_slice):
+    from ddasr_nipype.degradations import area_downsample_unclipped, consistency_projection
+
+    hr = hr_slice[:64, :60]
+    up = bicubic_upsample
+    lr_area = area_downsample_unclipped(hr, 2)
+    guess = up(lr_area, 2) + 0.05 * np.random.default_rng(0).normal(size=hr.shape)
+    projected = consistency_projection(guess, lr_area, 2, model="area")
+    np.testing.assert_allclose(area_downsample_unclipped(projected, 2), lr_area, atol=1e-12)
+    np.testing.assert_allclose(consistency_projection(hr, lr_area, 2, model="area"), hr, atol=1e-12)
+    half = consistency_projection(guess, lr_area, 2, model="area", weight=0.5)
+    np.testing.assert_allclose(half, (guess + projected) / 2, atol=1e-12)
+    np.testing.assert_array_equal(consistency_projection(guess, lr_area, 2, weight=0), guess)
+    # k-space: the truncation of the HR projects onto (almost exactly) the HR, and a projected
+    # interpolation is closer to the HR than the interpolation was
+    lr_k = kspace_truncation(hr, 2)
+    assert np.abs(consistency_projection(hr, lr_k, 2) - hr).mean() < 0.01
+    blurry = up(lr_k, 2)
+    fixed = consistency_projection(blurry, lr_k, 2)
+    assert np.abs(fixed - hr).mean() < np.abs(blurry - hr).mean()
+    assert np.abs(kspace_truncation(fixed, 2) - lr_k).mean() < 0.003
+    with pytest.raises(ValueError, match="up-sampled x2"):
+        consistency_projection(hr[:, :58], lr_k, 2)
+    with pytest.raises(ValueError, match="model must be one of"):
+        consistency_projection(hr, lr_k, 2, model="sinc")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import subprocess
+import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -13,6 +15,7 @@ from scipy import ndimage
 from ddasr_nipype.metrics.volume import _head_crop  # noqa: E402
 from ddasr_nipype.metrics import (
     brisque,
+    brisque_features,
     foreground_mask,
     imresize,
     niqe,
@@ -29,11 +32,28 @@ from ddasr_nipype.metrics import (
 
 IQA_DIR = Path(__file__).resolve().parents[2] / "shared" / "iqa"
 
-# Measured deviation of the wrapped LIVE BRISQUE from the MATLAB original on the calibration set
+# Measured deviation of our BRISQUE (the brisque package's features and LIVE model) from the MATLAB original on the calibration set
 # (+0.30, +1.09, +0.38, +3.66, +17.55 for I03, I04, I06, I08, I19): I19, with large flat areas,
 # is the outlier, the other four are within 4 points.
 BRISQUE_TOL_TYPICAL = 4.0
 BRISQUE_TOL_WORST = 18.5
+
+# Scores that the brisque 0.2.0 package (with libsvm; numpy 2.3.5) gave before ddasr_nipype.metrics.brisque
+# replaced it. The replacement reproduces them bit for bit with numpy 2.3.5 and 2.4.6 (the tolerance allows
+# for last-bit differences of other CPUs' vectorized math). BRISQUE itself, the package included, depends
+# on numpy's floating-point details where MSCN coefficients are near zero (flat areas, where their sign
+# picks the left or right side of the fit): with numpy 1.26.4 both the package and the replacement move
+# by 0.33 on I19 (large flat areas) and 0.002 on the MR slices, hence a looser tolerance there.
+BRISQUE_PACKAGE_NUMPY = ("2.3.5", "2.4.6")
+BRISQUE_PACKAGE_SCORES = {"mr_slice": 47.49654196406229, "blurred": 58.99146247581811,
+                          "odd_crop": 42.148280515081154}
+BRISQUE_PACKAGE_CALIBRATION = {"I03.png": 94.94355918869266, "I04.png": 0.9818373018073032,
+                               "I06.png": 1.3722697084621984, "I08.png": 9.01885251675239,
+                               "I19.png": 89.81022208282499}
+
+
+def _package_tolerance(other_numpy: float) -> dict[str, float]:
+    return {"rel": 1e-9, "abs": 1e-9} if np.__version__ in BRISQUE_PACKAGE_NUMPY else {"abs": other_numpy}
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +86,54 @@ def test_brisque_close_to_live_matlab_on_calibration_images(calibration):
     deviations = [brisque(gray) - ref for _, gray, _, ref in calibration]
     assert max(abs(d) for d in deviations) <= BRISQUE_TOL_WORST
     assert sorted(abs(d) for d in deviations)[3] <= BRISQUE_TOL_TYPICAL  # four of five
+
+
+def test_brisque_keeps_the_brisque_package_scores_on_calibration_images(calibration):
+    for name, gray, _, _ in calibration:
+        assert brisque(gray) == pytest.approx(BRISQUE_PACKAGE_CALIBRATION[name], **_package_tolerance(0.5)), name
+
+
+def test_brisque_keeps_the_brisque_package_scores_on_mr_slices(mr_slice):
+    images = {"mr_slice": mr_slice, "blurred": ndimage.gaussian_filter(mr_slice, 2.0),
+              "odd_crop": mr_slice[100:133, 60:77]}  # odd sizes: OpenCV's half-size rounding
+    for name, image in images.items():
+        assert brisque(to_8bit(image)) == pytest.approx(BRISQUE_PACKAGE_SCORES[name], **_package_tolerance(0.05)), name
+
+
+def test_brisque_needs_neither_the_brisque_package_nor_libsvm(lr_file):
+    # the brisque package fails on numpy >= 2.4 and libsvm has no wheels: neither may be imported
+    code = (
+        "import sys\n"
+        "for name in ('brisque', 'libsvm', 'libsvm.svmutil'): sys.modules[name] = None\n"
+        "import numpy as np, nibabel as nib\n"
+        "from ddasr_nipype.metrics import brisque, to_8bit\n"
+        f"data = nib.load({str(lr_file)!r}).get_fdata()\n"
+        "print(brisque(to_8bit(data[:, :, data.shape[2] // 2] / data.max())))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert 0 < float(out.stdout) < 100
+
+
+def test_brisque_model_and_feature_scaling():
+    from ddasr_nipype.metrics.brisque import load_brisque_model
+
+    model = load_brisque_model()
+    assert model.support_vectors.shape == (770, 36) and model.coefficients.shape == (770,)
+    assert (model.gamma, model.rho) == (0.05, -155.845)
+    np.testing.assert_allclose(model.scale(model.feature_min), -1.0)
+    np.testing.assert_allclose(model.scale(model.feature_max), 1.0, atol=1e-12)
+    # far from every support vector the RBF kernels vanish: the output is -rho
+    assert model.predict(np.full(36, 1e3)) == pytest.approx(155.845)
+
+
+def test_brisque_features_shape_and_input_checks(mr_slice):
+    features = brisque_features(to_8bit(mr_slice).astype(np.uint8))
+    assert features.shape == (36,) and np.all(np.isfinite(features))
+    # the MSCN shape parameter of a natural-looking image and of its half-size image (scales 1 and 2)
+    assert 0.2 < features[0] < 10 and 0.2 < features[18] < 10
+    with pytest.raises(ValueError, match="uint8"):
+        brisque_features(to_8bit(mr_slice))
 
 
 def test_rgb2gray_matlab_uses_matlab_weights_and_rounds():

@@ -612,3 +612,28 @@ def test_residual_dsn_starts_as_the_linear_degradation_and_learns():
     last = [m for m in dsn.cnn_decoder.modules() if isinstance(m, torch.nn.Conv2d)][-1]
     assert last.weight.grad.abs().sum() > 0
     assert DSNConfig.from_dict(cfg.to_dict()).residual is True and DSNConfig().residual is False
+
+
+def test_deepbet_features_are_deepbets_3d_stem_on_a_depth_constant_volume():
+    import torch.nn.functional as F
+
+    from ddasr_nipype.models import load_deepbet_features
+    from ddasr_nipype.models.deepbet_arch import deepbet_weights_path
+
+    features, info = load_deepbet_features()
+    assert info["source"] == "deepbet" and info["license"] == "MIT" and len(info["sha256"]) == 64
+    x = torch.rand(2, 1, 48, 40, requires_grad=True)
+    out = features(x, layers=(0, 1, 2))
+    assert [tuple(v.shape) for v in out.values()] == [(2, 16, 24, 20), (2, 16, 12, 10), (2, 32, 6, 5)]
+    assert not any(p.requires_grad for p in features.parameters())
+    sum(v.mean() for v in out.values()).backward()
+    assert x.grad is not None and float(x.grad.abs().sum()) > 0  # gradients reach the image
+    # the 2D stem is the 3D stem's response to the slice repeated along depth (away from the ends)
+    stem3d = torch.jit.load(str(deepbet_weights_path())).state_dict()["init.0.weight"]
+    mapped = 0.449 + 0.226 * (x.detach() - 0.4) / 0.25
+    volume = mapped[:, :, None].repeat(1, 1, 16, 1, 1)
+    conv3d = F.conv3d(volume, stem3d, stride=2, padding=3)[:, :, 4]
+    conv2d = F.conv2d(mapped, features.stem, stride=2, padding=3)
+    torch.testing.assert_close(conv2d, conv3d, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="layers must be among"):
+        features(x, layers=(3,))

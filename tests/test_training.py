@@ -503,11 +503,17 @@ def test_ema_decay_warms_up_so_short_runs_forget_the_random_init():
 def test_lr_noise_settings_are_validated():
     from ddasr_nipype.training.config import SRNStageConfig, lr_noise_settings
 
-    assert lr_noise_settings({}) == (0.0, 0.0, 0.0, 0.0, 0.0)
-    assert lr_noise_settings({"probability": 0.5, "sigma": [0.0, 0.03]}) == (0.5, 0.0, 0.03, 0.0, 0.0)
+    assert lr_noise_settings({}) == (0.0, 0.0, 0.0, 0.0, 0.0, "gaussian", 1, 1)
+    assert lr_noise_settings({"probability": 0.5, "sigma": [0.0, 0.03]}) == (0.5, 0.0, 0.03, 0.0, 0.0, "gaussian", 1, 1)
     assert lr_noise_settings({"sigma": [0.0, 0.03], "correlation": [0.2, 1.0]}).correlation_high == 1.0
+    rician = lr_noise_settings({"kind": "rician", "sigma": [0.0, 0.03], "coils": [1, 4]})
+    assert (rician.kind, rician.coils_low, rician.coils_high) == ("rician", 1, 4)
     for bad, match in (({"sigma": [0.03, 0.01]}, "low <= high"), ({"probability": 1.5, "sigma": [0, 0.1]}, r"\[0, 1\]"),
-                       ({"sigma": 0.1}, r"\[low, high\]"), ({"kind": "rician", "sigma": [0, 0.1]}, "unknown keys"),
+                       ({"sigma": 0.1}, r"\[low, high\]"), ({"kind": "poisson", "sigma": [0, 0.1]}, "kind must be"),
+                       ({"kind": "rician", "sigma": [0, 0.1], "coils": [0, 2]}, "coils must satisfy"),
+                       ({"sigma": [0, 0.1], "coils": [1, 2]}, "needs kind: rician"),
+                       ({"kind": "rician", "sigma": [0, 0.1], "coils": [1.5, 2]}, "whole numbers"),
+                       ({"sigma": [0, 0.1], "level": 1}, "unknown keys"),
                        ({"sigma": [0, 0.1], "correlation": [-1, 1]}, "correlation must satisfy")):
         with pytest.raises(ValueError, match=match):
             SRNStageConfig(lr_noise=bad)
@@ -1015,3 +1021,117 @@ def test_sigterm_while_preparing_data_exits_75_and_keeps_no_half_written_cache(t
     data = tmp_path / "m.work" / "data"
     assert not (data / "data.json").exists()  # the cache is not marked complete
     assert not list(data.glob(".*")) and not (tmp_path / "m").exists()
+
+
+def test_rician_lr_noise_is_magnitude_noise_of_the_drawn_level():
+    from ddasr_nipype.training.datasets import PairSet
+
+    sigma = 0.04
+    air = np.zeros((32, 1, 24, 24), dtype=np.float32)
+    bright = np.full((32, 1, 24, 24), 0.8, dtype=np.float32)
+    for coils in (1, 3):
+        noisy_air = air.copy()
+        added = PairSet.add_lr_noise(noisy_air, np.random.default_rng(0), 1.0, sigma, sigma, 0.0, 0.0, "rician",
+                                     coils, coils, return_sigma=True)
+        np.testing.assert_allclose(added, sigma)
+        # the air gets the chi noise floor (2 x coils degrees of freedom): Rayleigh's sigma*sqrt(pi/2)
+        # for one coil, higher for more
+        from scipy.stats import chi
+
+        floor = float(noisy_air.mean())
+        expected = sigma * chi.mean(2 * coils)
+        assert abs(floor - expected) < 0.1 * expected and noisy_air.min() >= 0
+    noisy = bright.copy()
+    PairSet.add_lr_noise(noisy, np.random.default_rng(0), 1.0, sigma, sigma, 0.0, 0.0, "rician", 1, 1)
+    assert abs(float((noisy - bright).std()) - sigma) < 0.1 * sigma  # Gaussian-like where the signal is high
+    assert abs(float((noisy - bright).mean())) < 0.2 * sigma
+    again = bright.copy()
+    PairSet.add_lr_noise(again, np.random.default_rng(0), 1.0, sigma, sigma, 0.0, 0.0, "rician", 1, 1)
+    assert np.array_equal(noisy, again)  # replayable
+
+
+def test_intensity_scaling_and_brain_only_weights_in_the_srn_step(tmp_path, smoke, vgg):
+    from ddasr_nipype.training.datasets import PairSet
+
+    rng = np.random.default_rng(0)
+    hr = np.zeros((4, 32, 32), dtype=np.float32)
+    hr[:, 4:28, 4:28] = rng.uniform(0.3, 1.0, size=(4, 24, 24))  # a "brain" floating in black
+    lr = hr.reshape(4, 16, 2, 16, 2).mean(axis=(2, 4))
+    pairs = PairSet([lr, lr.copy()], [hr, hr.copy()], 2, ["brain", "head"], source="area", brain_only=[True, False])
+    assert pairs.is_brain_only([0, 3, 4, 7]).tolist() == [True, True, False, False]
+    preset = smoke.replace(data=smoke.data.replace(brain_margin=2),
+                           srn=smoke.srn.replace(intensity_scale=(2.0, 3.0), patch_size=32))
+    trainer = SRNTrainer(preset, tmp_path / "run", pairs, **_kwargs(vgg))
+    trainer.run(until=1)
+    batch = trainer._last_batch
+    ratio = batch["hr"][:, 0, 4:28, 4:28].mean(axis=(1, 2)) / hr[0, 4:28, 4:28].mean()
+    assert np.all((ratio > 1.6) & (ratio < 3.4))  # every crop scaled by a factor of the range
+    hr_t = torch.from_numpy(batch["hr"])
+    index = np.array([0, 5])  # a brain-only crop and a whole-head one
+    weight = trainer._loss_weight(hr_t, index)
+    assert weight[1].min() == 1  # whole heads count everywhere
+    inside = weight[0, 0].numpy()
+    assert inside[:6].sum() == 0 and inside[:, :6].sum() == 0  # the black and 2 pixels of the edge
+    assert inside[6:26, 6:26].all()
+    assert trainer._loss_weight(hr_t, np.array([4, 5])) is None
+    with pytest.raises(ValueError, match="intensity_scale"):
+        smoke.srn.replace(intensity_scale=(0.0, 1.0))
+
+
+def test_the_loss_weight_leaves_the_output_outside_it_free():
+    from ddasr_nipype.losses import SRNLoss, SRNLossConfig
+    from ddasr_nipype.models.vgg_arch import VGG19Features
+
+    torch.manual_seed(0)
+    hr = torch.rand(2, 1, 16, 16)
+    sr = hr.clone().requires_grad_(True)
+    weight = torch.zeros_like(hr)
+    weight[..., 4:12, 4:12] = 1
+    with torch.no_grad():
+        sr[..., :4, :] += 0.5  # wrong only where the weight is 0
+    loss = SRNLoss(VGG19Features(), SRNLossConfig(layers=(2,), layer_weights=(1.0,)))
+    terms = loss(sr, hr, weight=weight)
+    assert float(terms["l1"]) == 0 and float(terms["perceptual"]) == 0
+    terms["total"].backward()
+    assert float(sr.grad.abs().sum()) == 0
+    assert float(loss(sr, hr)["l1"]) > 0
+    no_perceptual = SRNLoss(VGG19Features(), SRNLossConfig(eta_perceptual=0.0))
+    assert float(no_perceptual(sr, hr)["perceptual"]) == 0  # the feature network is skipped
+
+
+def test_skull_stripped_volumes_are_found_by_their_volume(tmp_path, hr_files, smoke):
+    import nibabel as nib
+
+    from ddasr_nipype.training.datasets import prepare_hr_stacks
+
+    img = nib.load(str(hr_files["trio"]))
+    data = np.asarray(img.dataobj, dtype=np.float32)
+    # the committed crop of a head holds about 0.6 L; a 40 mm cube of it, 64 mL, stands for a brain
+    cfg = smoke.data.replace(brain_only_below_ml=300)
+    head = prepare_hr_stacks(hr_files["trio"], cfg, voxel_size=1.0)[0]
+    stripped = np.zeros_like(data)
+    c = [n // 2 for n in data.shape]
+    stripped[c[0] - 20:c[0] + 20, c[1] - 20:c[1] + 20, c[2] - 20:c[2] + 20] = data[
+        c[0] - 20:c[0] + 20, c[1] - 20:c[1] + 20, c[2] - 20:c[2] + 20]
+    path = tmp_path / "sub-brain_T1w.nii.gz"
+    nib.save(nib.Nifti1Image(stripped, img.affine), str(path))
+    brain = prepare_hr_stacks(path, cfg, voxel_size=1.0)[0]
+    assert not head.brain_only and brain.brain_only
+    assert not prepare_hr_stacks(path, smoke.data, voxel_size=1.0)[0].brain_only  # off by default
+
+
+def test_the_srn_can_take_its_perceptual_term_from_deepbet(tmp_path, smoke, vgg):
+    from ddasr_nipype.losses import SRNLossConfig
+    from ddasr_nipype.training.datasets import PairSet
+
+    rng = np.random.default_rng(0)
+    hr = rng.uniform(size=(2, 32, 32)).astype(np.float32)
+    pairs = PairSet([hr[:, ::2, ::2].copy()], [hr], 2, ["s"], source="area")
+    preset = smoke.replace(srn=smoke.srn.replace(patch_size=32, loss={"backbone": "deepbet", "layers": [0, 1],
+                                                                      "layer_weights": [1.0, 1.0]}))
+    trainer = SRNTrainer(preset, tmp_path / "run", pairs, **_kwargs(vgg))
+    trainer.run(until=1)
+    assert trainer.perceptual_backbone["name"] == "deepbet" and len(trainer.perceptual_backbone["sha256"]) == 64
+    assert trainer.last_losses["g_perceptual"] > 0
+    with pytest.raises(ValueError, match="layers 0, 1 and 2"):
+        SRNLossConfig(backbone="deepbet")  # the VGG indices do not exist there

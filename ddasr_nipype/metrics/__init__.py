@@ -5,7 +5,7 @@ No-reference metrics take a 2D grayscale image on the 8-bit scale ``[0, 255]``; 
 normalization, mean ± std over slices) live in :mod:`ddasr_nipype.metrics.volume`.
 """
 
-from .brisque import brisque
+from .brisque import brisque, brisque_features
 from .imresize import imresize
 from .niqe import niqe, rgb2gray_matlab, to_8bit
 from .reference import psnr, ssim
@@ -25,6 +25,7 @@ from .volume import (
 __all__ = [
     "PLANES",
     "brisque",
+    "brisque_features",
     "foreground_mask",
     "imresize",
     "niqe",

@@ -105,6 +105,13 @@ class DataConfig(_Config):
         Further planes whose slices of the (isotropically resampled) HR volumes join the HR set, e.g.
         ``[coronal, axial]`` for three times as many distinct HR slices of the same subjects. The LR
         data are still sliced in ``plane`` only, and so is inference.
+    brain_only_below_ml
+        An HR volume whose foreground (above ``foreground_threshold``) is smaller than this many
+        millilitres is a skull-stripped brain (a head with skull and scalp is 2.5-4.5 L, a brain
+        1-2 L): the SRN's loss counts only inside it, ``brain_margin`` pixels in from its edge, so the
+        generator never learns that brains end in black. 0 (default): every volume counts everywhere.
+    brain_margin
+        How far inside a brain-only slice's edge (HR pixels) the loss starts counting.
     """
 
     plane: str = "sagittal"
@@ -115,6 +122,8 @@ class DataConfig(_Config):
     min_brain_fraction: float = 0.15
     min_patch_fraction: float = 0.1
     hr_extra_planes: tuple[str, ...] = ()
+    brain_only_below_ml: float = 0.0
+    brain_margin: int = 3
 
     def __post_init__(self):
         if self.plane not in PLANES:
@@ -131,6 +140,9 @@ class DataConfig(_Config):
             raise ValueError(f"DataConfig: percentiles must satisfy 0 <= lo < hi <= 100, got {self.percentiles}")
         if self.hr_voxel_size is not None:
             _positive("DataConfig", hr_voxel_size=self.hr_voxel_size)
+        if not self.brain_only_below_ml >= 0 or int(self.brain_margin) != self.brain_margin or self.brain_margin < 0:
+            raise ValueError("DataConfig: brain_only_below_ml must be >= 0 and brain_margin a whole number >= 0, "
+                             f"got {self.brain_only_below_ml!r} and {self.brain_margin!r}")
 
 
 @dataclass(frozen=True)
@@ -221,6 +233,15 @@ class SRNStageConfig(_Config):
     correlate at about 0.25), and a generator that has only seen white noise sharpens such noise into a
     fine chequered texture.
 
+    ``lr_noise.kind: rician`` (default ``gaussian``) makes that noise the magnitude noise of MR images,
+    Rician for one coil, non-central chi for ``lr_noise.coils: [low, high]`` coils combined by sum of
+    squares (:meth:`PairSet.add_lr_noise`).
+
+    ``intensity_scale`` (default ``[1, 1]``: off; not in the paper) multiplies each training pair, LR
+    and HR alike, by a factor drawn uniformly from that range: inference normalizes each scan by its own
+    percentiles, which place the anatomy of two scans (or of a noisy and a clean one) at different
+    intensities, and the generator should not depend on where.
+
     ``augment`` (off by default; not in the paper) applies one of the eight flips and transposes of the
     square (the dihedral group, as in EDSR/ESRGAN training) to each (LR, HR) crop, the same to both.
     The field-of-view preserving grids stay aligned under all eight, and a few HR subjects give eight
@@ -244,9 +265,17 @@ class SRNStageConfig(_Config):
     loss: dict = field(default_factory=dict)
     lr_noise: dict = field(default_factory=dict)
     augment: bool = False
+    intensity_scale: tuple[float, float] = (1.0, 1.0)
 
     def __post_init__(self):
         lr_noise_settings(self.lr_noise)  # validates
+        try:
+            low, high = (float(v) for v in self.intensity_scale)
+        except (TypeError, ValueError):
+            raise ValueError(f"SRNStageConfig: intensity_scale must be [low, high], got {self.intensity_scale!r}") from None
+        if not 0 < low <= high:
+            raise ValueError(f"SRNStageConfig: intensity_scale must satisfy 0 < low <= high, got {[low, high]}")
+        object.__setattr__(self, "intensity_scale", (low, high))
         if not isinstance(self.augment, bool):
             raise ValueError(f"SRNStageConfig: augment must be true or false, got {self.augment!r}")
         _positive("SRNStageConfig", iterations=self.iterations, batch_size=self.batch_size,
@@ -266,15 +295,18 @@ class LRNoise(NamedTuple):
     sigma_high: float = 0.0
     correlation_low: float = 0.0
     correlation_high: float = 0.0
+    kind: str = "gaussian"
+    coils_low: int = 1
+    coils_high: int = 1
 
 
 def lr_noise_settings(spec: dict) -> LRNoise:
     """The :class:`LRNoise` of an ``srn.lr_noise`` mapping (``{}``: no noise)."""
     spec = dict(spec or {})
-    unknown = set(spec) - {"probability", "sigma", "correlation"}
+    unknown = set(spec) - {"probability", "sigma", "correlation", "kind", "coils"}
     if unknown:
-        raise ValueError(f"srn.lr_noise: unknown keys {sorted(unknown)}; expected 'probability', 'sigma' "
-                         "and 'correlation'")
+        raise ValueError(f"srn.lr_noise: unknown keys {sorted(unknown)}; expected 'probability', 'sigma', "
+                         "'correlation', 'kind' and 'coils'")
     if not spec:
         return LRNoise()
     probability = float(spec.get("probability", 1.0))
@@ -289,7 +321,18 @@ def lr_noise_settings(spec: dict) -> LRNoise:
         ranges[key] = (low, high)
     if not 0.0 <= probability <= 1.0:
         raise ValueError(f"srn.lr_noise.probability must be in [0, 1], got {probability}")
-    return LRNoise(probability, *ranges["sigma"], *ranges["correlation"])
+    kind = spec.get("kind", "gaussian")
+    if kind not in ("gaussian", "rician"):
+        raise ValueError(f"srn.lr_noise.kind must be 'gaussian' or 'rician', got {kind!r}")
+    try:
+        coils = [int(v) for v in spec.get("coils", [1, 1])]
+        if len(coils) != 2 or any(float(v) != int(v) for v in spec.get("coils", [1, 1])):
+            raise ValueError
+    except (TypeError, ValueError):
+        raise ValueError(f"srn.lr_noise.coils must be [low, high] whole numbers, got {spec.get('coils')!r}") from None
+    if not 1 <= coils[0] <= coils[1] or (kind == "gaussian" and coils != [1, 1]):
+        raise ValueError(f"srn.lr_noise.coils must satisfy 1 <= low <= high (and needs kind: rician), got {coils}")
+    return LRNoise(probability, *ranges["sigma"], *ranges["correlation"], kind, *coils)
 
 
 @dataclass(frozen=True)

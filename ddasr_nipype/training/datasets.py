@@ -57,6 +57,8 @@ class SliceStack:
     slices: np.ndarray
     voxel_size: float
     normalization: dict = field(default_factory=dict)
+    #: a skull-stripped brain (``DataConfig.brain_only_below_ml``): the SRN learns only inside it
+    brain_only: bool = False
 
 
 def _atomic_savez(path: Path, arrays: dict[str, np.ndarray]) -> None:
@@ -134,8 +136,8 @@ class SliceSet:
     def save(self, path: str | Path) -> Path:
         path = Path(path)
         arrays = {f"stack_{k:04d}": s.slices.astype(np.float32, copy=False) for k, s in enumerate(self.stacks)}
-        meta = [{"name": s.name, "voxel_size": s.voxel_size, "normalization": s.normalization}
-                for s in self.stacks]
+        meta = [{"name": s.name, "voxel_size": s.voxel_size, "normalization": s.normalization,
+                 "brain_only": s.brain_only} for s in self.stacks]
         arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
         _atomic_savez(path, arrays)
         return path
@@ -145,8 +147,8 @@ class SliceSet:
         try:
             with np.load(path) as archive:
                 meta = json.loads(bytes(archive["meta"]).decode())
-                stacks = [SliceStack(m["name"], archive[f"stack_{k:04d}"], m["voxel_size"], m["normalization"])
-                          for k, m in enumerate(meta)]
+                stacks = [SliceStack(m["name"], archive[f"stack_{k:04d}"], m["voxel_size"], m["normalization"],
+                                     bool(m.get("brain_only", False))) for k, m in enumerate(meta)]
         except (OSError, KeyError, ValueError) as err:
             raise TrainingDataError(f"{path}: cannot read slice archive: {err}") from err
         return cls(stacks)
@@ -156,7 +158,8 @@ class PairSet:
     """Aligned (LR, HR) slice pairs: ``lr[k]`` is ``[N, h, w]``, ``hr[k]`` is ``[N, s*h, s*w]``."""
 
     def __init__(self, lr: Sequence[np.ndarray], hr: Sequence[np.ndarray], scale: int,
-                 names: Sequence[str] | None = None, source: str = "dsn", provenance: dict | None = None):
+                 names: Sequence[str] | None = None, source: str = "dsn", provenance: dict | None = None,
+                 brain_only: Sequence[bool] | None = None):
         if len(lr) != len(hr) or not lr:
             raise TrainingDataError("a pair set needs as many LR as HR stacks, and at least one")
         for a, b in zip(lr, hr):
@@ -165,6 +168,10 @@ class PairSet:
         self.lr, self.hr, self.scale = list(lr), list(hr), int(scale)
         self.names = list(names) if names is not None else [f"stack_{k}" for k in range(len(lr))]
         self.source = source
+        #: per stack: pairs of a skull-stripped brain, whose loss counts only inside the brain
+        self.brain_only = [bool(b) for b in brain_only] if brain_only is not None else [False] * len(self.lr)
+        if len(self.brain_only) != len(self.lr):
+            raise TrainingDataError("brain_only needs one flag per stack")
         # what made these pairs (``run_synthesis_stage``: the DSN's weights digest, the synthesis
         # settings, the seed, the HR/LR slices); saved with them, None when unknown
         self.provenance = provenance
@@ -173,6 +180,14 @@ class PairSet:
 
     def __len__(self) -> int:
         return int(self._offsets[-1])
+
+    def stack_of(self, index) -> np.ndarray:
+        """The stack number of each pair index (an array of indices, or one)."""
+        return np.searchsorted(self._offsets, index, side="right") - 1
+
+    def is_brain_only(self, index) -> np.ndarray:
+        """Whether each pair index (as :meth:`sample_pairs` returns them) comes from a brain-only stack."""
+        return np.asarray(self.brain_only, dtype=bool)[self.stack_of(np.asarray(index))]
 
     def pair(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         k = int(np.searchsorted(self._offsets, index, side="right") - 1)
@@ -252,7 +267,8 @@ class PairSet:
 
     @staticmethod
     def add_lr_noise(lr: np.ndarray, rng: np.random.Generator, probability: float, sigma_low: float,
-                     sigma_high: float, correlation_low: float = 0.0, correlation_high: float = 0.0, *,
+                     sigma_high: float, correlation_low: float = 0.0, correlation_high: float = 0.0,
+                     kind: str = "gaussian", coils_low: int = 1, coils_high: int = 1, *,
                      return_sigma: bool = False):
         """Zero-mean Gaussian noise on each LR patch of ``lr`` ``[B, 1, p, p]`` (in place), with
         probability ``probability`` and a standard deviation drawn from ``U(sigma_low, sigma_high)``.
@@ -260,6 +276,12 @@ class PairSet:
         With ``correlation_high > 0`` the noise field is first blurred by a Gaussian of width drawn from
         ``U(correlation_low, correlation_high)`` LR pixels (then scaled back to the drawn deviation):
         spatially correlated noise, as in resampled scans.
+
+        ``kind="rician"`` makes it the noise of a magnitude image: the patch (a magnitude image without
+        noise) becomes ``sqrt((x + n_1)^2 + n_2^2 + ... + n_2L^2)`` with ``2L`` independent fields of that
+        deviation (each blurred alike), ``L`` coils drawn from ``coils_low..coils_high``: Rician for one
+        coil, the non-central chi of a sum-of-squares combination for several. Signal well above the noise
+        gets zero-mean noise of the drawn deviation; the air gets the chi noise floor.
 
         Returns ``lr``, or with ``return_sigma`` the level of the noise added to each patch (0 where
         none) as the noise-level estimator (:func:`~ddasr_nipype.models.estimate_noise_sigma`) reads
@@ -269,6 +291,11 @@ class PairSet:
         added = np.zeros(lr.shape[0])
         if probability <= 0 or sigma_high <= 0:
             return added if return_sigma else lr
+        if kind == "rician":
+            return _add_magnitude_noise(lr, rng, probability, sigma_low, sigma_high, correlation_low,
+                                        correlation_high, coils_low, coils_high, added, return_sigma)
+        if kind != "gaussian":
+            raise ValueError(f"noise kind must be 'gaussian' or 'rician', got {kind!r}")
         for b in range(lr.shape[0]):
             if rng.uniform() < probability:
                 sigma = rng.uniform(sigma_low, sigma_high)
@@ -290,7 +317,7 @@ class PairSet:
         for k, (a, b) in enumerate(zip(self.lr, self.hr)):
             arrays[f"lr_{k:04d}"] = a.astype(np.float32, copy=False)
             arrays[f"hr_{k:04d}"] = b.astype(np.float32, copy=False)
-        meta = {"scale": self.scale, "names": self.names, "source": self.source}
+        meta = {"scale": self.scale, "names": self.names, "source": self.source, "brain_only": self.brain_only}
         if self.provenance is not None:
             meta["provenance"] = self.provenance
         arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
@@ -307,7 +334,34 @@ class PairSet:
                 hr = [archive[f"hr_{k:04d}"] for k in range(n)]
         except (OSError, KeyError, ValueError) as err:
             raise TrainingDataError(f"{path}: cannot read pair archive: {err}") from err
-        return cls(lr, hr, meta["scale"], meta["names"], meta.get("source", "dsn"), meta.get("provenance"))
+        return cls(lr, hr, meta["scale"], meta["names"], meta.get("source", "dsn"), meta.get("provenance"),
+                   meta.get("brain_only"))
+
+
+def _add_magnitude_noise(lr, rng, probability, sigma_low, sigma_high, correlation_low, correlation_high,
+                         coils_low, coils_high, added, return_sigma):
+    """The ``kind="rician"`` branch of :meth:`PairSet.add_lr_noise` (in place)."""
+    from scipy.ndimage import gaussian_filter
+
+    coils_low, coils_high = int(coils_low), int(coils_high)
+    if not 1 <= coils_low <= coils_high:
+        raise ValueError(f"coils must satisfy 1 <= low <= high, got {[coils_low, coils_high]}")
+    for b in range(lr.shape[0]):
+        if rng.uniform() >= probability:
+            continue
+        sigma = rng.uniform(sigma_low, sigma_high)
+        coils = int(rng.integers(coils_low, coils_high + 1))
+        width = rng.uniform(correlation_low, correlation_high) if correlation_high > 0 else 0.0
+        fields = rng.normal(0.0, sigma, size=(2 * coils,) + lr[b, 0].shape)
+        reading = 1.0
+        if width > 0:
+            norm, reading = correlated_noise_gains(width)
+            fields = gaussian_filter(fields, (0, width, width), mode="wrap") / norm
+        clean = np.maximum(lr[b, 0].astype(np.float64), 0.0)
+        magnitude = np.sqrt((clean + fields[0]) ** 2 + (fields[1:] ** 2).sum(axis=0))
+        lr[b, 0] = magnitude.astype(lr.dtype, copy=False)
+        added[b] = sigma * reading
+    return added if return_sigma else lr
 
 
 def correlated_noise_gains(width: float) -> tuple[float, float]:
@@ -408,6 +462,12 @@ def _prepare_stacks(path: str | Path, cfg: DataConfig, planes: Sequence[str], vo
     norm = fit_normalization(data, percentiles=tuple(cfg.percentiles), path=path)
     data = np.asarray(norm.apply(data), dtype=np.float32)
     name = Path(path).name.split(".")[0]
+    brain_only = False
+    if cfg.brain_only_below_ml:
+        from nibabel.affines import voxel_sizes
+
+        volume_ml = float((data > cfg.foreground_threshold).sum() * np.prod(voxel_sizes(img.affine)) / 1000.0)
+        brain_only = volume_ml < cfg.brain_only_below_ml
     stacks = []
     for k, plane in enumerate(planes):
         slices = np.ascontiguousarray(extract_slices(data, plane))
@@ -417,6 +477,7 @@ def _prepare_stacks(path: str | Path, cfg: DataConfig, planes: Sequence[str], vo
             slices=slices[keep],
             voxel_size=float(voxel_size if voxel_size is not None else native),
             normalization=norm.to_dict() if hasattr(norm, "to_dict") else {},
+            brain_only=brain_only,
         ))
     return stacks
 
@@ -489,5 +550,6 @@ def prepare_datasets(hr_files: Sequence[Path], lr_files: Sequence[Path], cfg: Da
         "lr_voxel_size": lr_voxel,
         "hr_slices": len(hr),
         "lr_slices": len(lr),
+        "hr_brain_only": sorted({s.name.split("_")[0] for s in hr.stacks if s.brain_only}),
     }
     return hr, lr, summary

@@ -209,7 +209,8 @@ def _prepare_hr_only(hr_files, preset):
     voxel = preset.data.hr_voxel_size
     hr = SliceSet([s for f in hr_files for s in prepare_hr_stacks(f, preset.data, voxel_size=voxel)])
     summary = {"hr_files": [str(f) for f in hr_files], "lr_files": [], "hr_voxel_size": voxel,
-               "lr_voxel_size": voxel * preset.data.scale, "hr_slices": len(hr), "lr_slices": 0}
+               "lr_voxel_size": voxel * preset.data.scale, "hr_slices": len(hr), "lr_slices": 0,
+               "hr_brain_only": sorted({s.name.split("_")[0] for s in hr.stacks if s.brain_only})}
     return hr, None, summary
 
 
@@ -597,6 +598,7 @@ def write_bundle(options: TrainingOptions, *, srn, summary: dict, n_pairs: int, 
         "dsn": dsn_info,
         "srn": {"iterations": srn.iteration, "final_losses": srn.last_losses,
                 "initialized_from": srn.initialized_from,
+                "perceptual_backbone": getattr(srn, "perceptual_backbone", None),
                 "planned_iterations": srn.total, "stopped_early": srn.stopped_early},
         "data": {"hr_files": [Path(f).name for f in summary["hr_files"]],
                  "lr_files": [Path(f).name for f in summary["lr_files"]],
@@ -663,6 +665,9 @@ def model_card(name: str, preprocessing: dict, backbone: dict, training: dict) -
         *([f"- SRN generator fine-tuned from `{training['srn']['initialized_from']['name']}` (generator sha256 "
            f"{training['srn']['initialized_from']['sha256'][:12]})"] if training["srn"].get("initialized_from") else []),
         f"- Perceptual backbone: {vgg}",
+        *([f"- SRN perceptual term: deepbet's brain-MRI features (sha256 "
+           f"{training['srn']['perceptual_backbone'].get('sha256', '?')[:12]}, MIT licence)"]
+          if (training["srn"].get("perceptual_backbone") or {}).get("name") == "deepbet" else []),
         *([f"- Recommended output settings: strength {training['output']['settings']['strength']:g}, background "
            f"{training['output']['settings']['background']}, {training['output']['note']}"]
           if training.get("output") else []),

@@ -97,7 +97,17 @@ class SRNTrainer(StageTrainer):
         self.ema = copy.deepcopy(self.generator).eval().requires_grad_(False)
         self._g = self.maybe_compile(self.generator)
         self._d = self.maybe_compile(self.discriminator)
-        self.loss = SRNLoss(self.vgg, SRNLossConfig.from_dict(dict(cfg.loss))).to(self.device)
+        loss_config = SRNLossConfig.from_dict(dict(cfg.loss))
+        features = self.vgg
+        #: provenance of the perceptual term's feature network (the bundle records it)
+        self.perceptual_backbone = dict(self.backbone or {}, name="vgg19")
+        if loss_config.backbone == "deepbet":
+            from ddasr_nipype.models.deepbet_arch import load_deepbet_features
+
+            features, info = load_deepbet_features()
+            features = features.to(self.device)
+            self.perceptual_backbone = dict(info, name="deepbet")
+        self.loss = SRNLoss(features, loss_config).to(self.device)
         betas = tuple(cfg.betas)
         self.opt_g = torch.optim.Adam(self.generator.parameters(), lr=cfg.lr, betas=betas)
         self.opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=cfg.lr_d or cfg.lr, betas=betas)
@@ -141,12 +151,17 @@ class SRNTrainer(StageTrainer):
                                                       min_fraction=data.min_patch_fraction, return_index=True)
         if cfg.augment:
             self.pairs.augment(lr_np, hr_np, self.rng)
+        if cfg.intensity_scale != (1.0, 1.0):
+            factor = self.rng.uniform(*cfg.intensity_scale, size=(len(lr_np), 1, 1, 1)).astype(np.float32)
+            lr_np *= factor
+            hr_np *= factor
         added = self.pairs.add_lr_noise(lr_np, self.rng, *self._lr_noise, return_sigma=True)
         extra = ()
         if self.generator_config.noise_level_input:
             sigma_np = np.sqrt(self.pairs.lr_noise_sigma()[index] ** 2 + added**2).astype(np.float32)
             extra = (torch.from_numpy(sigma_np).to(self.device),)
         lr, hr = self.to_tensor(lr_np), self.to_tensor(hr_np)
+        weight = self._loss_weight(hr, index)
         adversarial = self.iteration >= cfg.pixel_warmup_iterations
         self.generator.train()
         self.discriminator.train()
@@ -155,13 +170,15 @@ class SRNTrainer(StageTrainer):
         self.discriminator.requires_grad_(False)
         with self.autocast():
             sr = self._g(lr, *extra)
+            # outside a brain-only slice's brain the discriminator sees the HR in both images
+            sr_d = sr if weight is None else sr * weight + hr * (1.0 - weight)
             if adversarial:
                 real_logits = self._d(hr).detach()
-                fake_logits = self._d(sr)
+                fake_logits = self._d(sr_d)
         if adversarial:
-            g_terms = self.loss(sr.float(), hr, real_logits.float(), fake_logits.float())
+            g_terms = self.loss(sr.float(), hr, real_logits.float(), fake_logits.float(), weight=weight)
         else:
-            g_terms = self.loss(sr.float(), hr)
+            g_terms = self.loss(sr.float(), hr, weight=weight)
         self.opt_g.zero_grad(set_to_none=True)
         self.backward_step(g_terms["total"], self.opt_g, self.generator.parameters())
 
@@ -171,7 +188,7 @@ class SRNTrainer(StageTrainer):
         if adversarial:
             with self.autocast():
                 real_logits = self._d(hr)
-                fake_logits = self._d(sr.detach())
+                fake_logits = self._d(sr_d.detach())
             d_loss = self.loss.discriminator(real_logits.float(), fake_logits.float())["total"]
             self.opt_d.zero_grad(set_to_none=True)
             self.backward_step(d_loss, self.opt_d, self.discriminator.parameters())
@@ -183,6 +200,23 @@ class SRNTrainer(StageTrainer):
         out = {f"g_{k}": v.detach() for k, v in g_terms.items()}
         out["d_total"] = d_loss.detach()
         return out
+
+    def _loss_weight(self, hr, index):
+        """Where the loss counts, ``[B, 1, H, W]``, or None (everywhere): inside the brain of crops from
+        brain-only (skull-stripped) stacks, ``data.brain_margin`` pixels in from its edge; 1 elsewhere."""
+        import torch
+        import torch.nn.functional as F
+
+        brain_only = self.pairs.is_brain_only(index)
+        if not brain_only.any():
+            return None
+        data = self.preset.data
+        inside = (hr > 0.5 * data.foreground_threshold).float()
+        if data.brain_margin:
+            k = 2 * data.brain_margin + 1
+            inside = -F.max_pool2d(-inside, k, stride=1, padding=data.brain_margin)  # erosion
+        flags = torch.as_tensor(brain_only, device=hr.device).view(-1, 1, 1, 1)
+        return torch.where(flags, inside, torch.ones_like(inside))
 
     def _update_ema(self) -> None:
         import torch

@@ -17,7 +17,7 @@ from ddasr_nipype.training.datasets import PairSet, SliceSet, center_crop_to_mul
 __all__ = ["synthesize_pairs", "degrade_pairs", "combine_pairs", "denoise_targets", "match_intensity",
            "noise_sigma", "CLASSICAL_DEGRADATIONS"]
 
-CLASSICAL_DEGRADATIONS = ("bicubic", "kspace", "area", "realsr", "realesrgan")
+CLASSICAL_DEGRADATIONS = ("bicubic", "kspace", "area", "realsr", "realesrgan", "mri")
 
 
 def synthesize_pairs(dsn, hr: SliceSet, lr: SliceSet, *, scale: int, rng: np.random.Generator,
@@ -52,7 +52,7 @@ def synthesize_pairs(dsn, hr: SliceSet, lr: SliceSet, *, scale: int, rng: np.ran
             lr_out.append(np.concatenate(synthetic).astype(np.float32))
             hr_out.append(hr_slices.astype(np.float32))
             names.append(stack.name)
-    return PairSet(lr_out, hr_out, scale, names, source="dsn")
+    return PairSet(lr_out, hr_out, scale, names, source="dsn", brain_only=[s.brain_only for s in hr.stacks])
 
 
 def _classical_function(name: str, scale: int = 2):
@@ -73,16 +73,17 @@ def degrade_pairs(hr: SliceSet, method: str, *, scale: int, rng: np.random.Gener
                   multiple: int | None = None) -> PairSet:
     """Pairs from a classical degradation: each HR slice degraded with parameters drawn from ``rng``."""
     degrade = _classical_function(method, scale)
+    top = 1.0 if getattr(degrade, "clips_input", True) else None
     multiple = multiple or scale
     lr_out, hr_out, names = [], [], []
     for stack in hr.stacks:
         hr_slices = np.ascontiguousarray(center_crop_to_multiple(stack.slices, multiple)).astype(np.float32)
-        lr_slices = np.stack([np.asarray(degrade(np.clip(sl, 0.0, 1.0), rng)[0], dtype=np.float32)
+        lr_slices = np.stack([np.asarray(degrade(np.clip(sl, 0.0, top), rng)[0], dtype=np.float32)
                               for sl in hr_slices])
         lr_out.append(lr_slices)
         hr_out.append(hr_slices)
         names.append(stack.name)
-    return PairSet(lr_out, hr_out, scale, names, source=method)
+    return PairSet(lr_out, hr_out, scale, names, source=method, brain_only=[s.brain_only for s in hr.stacks])
 
 
 def combine_pairs(first: PairSet, *others: PairSet) -> PairSet:
@@ -96,7 +97,8 @@ def combine_pairs(first: PairSet, *others: PairSet) -> PairSet:
     lr = [a for p in sets for a in p.lr]
     hr = [b for p in sets for b in p.hr]
     names = [f"{n}|{p.source}" for p in sets for n in p.names]
-    return PairSet(lr, hr, first.scale, names, source="|".join(p.source for p in sets))
+    return PairSet(lr, hr, first.scale, names, source="|".join(p.source for p in sets),
+                   brain_only=[b for p in sets for b in p.brain_only])
 
 
 def noise_sigma(image: np.ndarray, foreground: float | None = 0.1) -> float:
@@ -129,7 +131,8 @@ def denoise_targets(pairs: PairSet, strength: float) -> PairSet:
                                            patch_size=5, patch_distance=6).astype(np.float32)
                           if sigma > 0 else sl.astype(np.float32))
         hr_out.append(np.stack(slices))
-    return PairSet(pairs.lr, hr_out, pairs.scale, pairs.names, source=f"{pairs.source}+nlmeans({strength:g})")
+    return PairSet(pairs.lr, hr_out, pairs.scale, pairs.names, source=f"{pairs.source}+nlmeans({strength:g})",
+                   brain_only=pairs.brain_only)
 
 
 def match_intensity(pairs: PairSet, *, levels: int = 201) -> PairSet:
@@ -155,4 +158,5 @@ def match_intensity(pairs: PairSet, *, levels: int = 201) -> PairSet:
             src_q = np.percentile(lr, q) + ramp
             slices.append(np.interp(lr, src_q, np.percentile(ref, q)).astype(np.float32))
         lr_out.append(np.stack(slices))
-    return PairSet(lr_out, pairs.hr, pairs.scale, pairs.names, source=f"{pairs.source}+matched")
+    return PairSet(lr_out, pairs.hr, pairs.scale, pairs.names, source=f"{pairs.source}+matched",
+                   brain_only=pairs.brain_only)
