@@ -18,13 +18,15 @@ example scan; ``--t1w`` takes any file):
   run; "x2plus") and, unless ``--skip-rrdbnet23``, the ESRGAN paper's RRDBNet-23 (body at the LR
   resolution), each as loaded and in the channels-last layout inference uses on the CPU; the
   speed-ups compare like with like (channels-last);
-- peak RSS of super-resolving a 256^3 volume (fresh process, the app's default batch and tiling).
+- peak RSS of super-resolving a 256^3 volume (fresh process, the app's default batch and tiling);
+- ``ddasr --help`` wall time (fresh processes, first and best of three) and ``python -X importtime``
+  of the app's entry module: its total and the slowest top-level imports.
 
 Usage::
 
     python benchmarks/inference_benchmark.py [--model NAME_OR_DIR | --generator-config JSON_OR_FILE]
         [--subject IXI603 | --t1w FILE] [--ref-slices 4] [--nprocs N] [--omp-nthreads N]
-        [--skip-256] [--skip-all-planes] [--skip-rrdbnet23]
+        [--skip-256] [--skip-all-planes] [--skip-rrdbnet23] [--skip-app] [--skip-startup]
 
 Without ``--model`` it uses the bundled ``ixi-t1w-x2`` when it exists, else a **random-weights
 bundle of the shipped size**. ``--generator-config`` times another generator before it is trained: a
@@ -40,6 +42,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import resource
 import shutil
 import subprocess
@@ -239,6 +242,39 @@ def super_resolve_fresh(model: str, threads: int, tile_size: int, planes: str, s
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def time_startup(repeats: int = 3, top: int = 6) -> dict:
+    """``ddasr --help`` in fresh processes (wall and CPU seconds each), and ``python -X importtime`` of
+    the entry module (``ddasr_nipype.bids_app.run``): the cumulative seconds of each top-level import
+    (``site``: the interpreter's own start, the entry module) and the slowest direct imports of the entry
+    module. Importtime figures are wall times: on a loaded machine they grow with the load."""
+    ddasr = str(Path(sys.executable).parent / "ddasr")
+    help_s, help_cpu_s = [], []
+    for _ in range(repeats):
+        usage0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        t0 = time.perf_counter()
+        subprocess.run([ddasr, "--help"], capture_output=True, check=True)
+        help_s.append(time.perf_counter() - t0)
+        usage1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        help_cpu_s.append(usage1.ru_utime - usage0.ru_utime + usage1.ru_stime - usage0.ru_stime)
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-c", "import ddasr_nipype.bids_app.run"],
+                          capture_output=True, text=True, check=True)
+    top_level, children, pending = {}, [], []
+    for line in proc.stderr.splitlines():
+        match = re.match(r"import time:\s+\d+ \|\s+(\d+) \|( *)(\S+)", line)
+        if not match:
+            continue
+        seconds, depth, name = int(match.group(1)) / 1e6, (len(match.group(2)) - 1) // 2, match.group(3)
+        if depth == 1:  # children are printed before their parent
+            pending.append((seconds, name))
+        elif depth == 0:
+            top_level[name] = seconds
+            if name == "ddasr_nipype.bids_app.run":
+                children = pending
+            pending = []
+    return {"help_s": help_s, "help_cpu_s": help_cpu_s, "import_top_level_s": top_level,
+            "entry_children": sorted(children, reverse=True)[:top]}
+
+
 def _split(timings: dict) -> str:
     return ", ".join(f"{step} {seconds:.2f}" for step, seconds in timings.items())
 
@@ -282,6 +318,7 @@ def main(argv=None) -> int:
     parser.add_argument("--skip-all-planes", action="store_true", help="skip the --planes all run")
     parser.add_argument("--skip-rrdbnet23", action="store_true", help="time x2plus only, not the paper's RRDBNet-23")
     parser.add_argument("--skip-app", action="store_true", help="skip the end-to-end run (per-slice figures only)")
+    parser.add_argument("--skip-startup", action="store_true", help="skip the ddasr --help and importtime figures")
     opts = parser.parse_args(argv)
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch is imported: as in the app
 
@@ -338,6 +375,18 @@ def main(argv=None) -> int:
             print(f"\n== 256^3 input (sagittal, default batch, tile {opts.tile_size or 'none'}) ==")
             print(f"{'output':>26}: {big['output_shape']} in {big['seconds']:.1f} s ({big['cpu_s']:.1f} s CPU)")
             print(f"{'peak RSS':>26}: {big['peak_rss_gb']:.2f} GB; {_load('after')}", flush=True)
+    if not opts.skip_startup:
+        startup = time_startup()
+        print("\n== start-up (fresh processes) ==")
+        print(f"{'ddasr --help':>26}: " + ", ".join(
+            f"{wall:.2f} s ({cpu:.2f} s CPU)" for wall, cpu in zip(startup["help_s"], startup["help_cpu_s"]))
+            + f"; best {min(startup['help_s']):.2f} s")
+        print(f"{'-X importtime (s)':>26}: " + ", ".join(
+            f"{name} {seconds:.2f}" for name, seconds in startup["import_top_level_s"].items()
+            if seconds >= 0.01))
+        print(f"{'slowest under the entry':>26}: " + ", ".join(
+            f"{name} {seconds:.2f}" for seconds, name in startup["entry_children"]))
+        print(f"{'':>26}  {_load('after')}", flush=True)
     return 0
 
 
