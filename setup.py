@@ -56,6 +56,7 @@ setup(
         "deepbet>=1.0.2",
         "opencv-python-headless>=4.5",
         "tensorboard>=2.12",
+        "tqdm>=4.60",
     ],
     extras_require={"test": ["pytest>=7"]},
     entry_points={

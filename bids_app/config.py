@@ -37,7 +37,7 @@ class Config:
     planes: str = "sagittal"
     skip_brain_extraction: bool = False
     quality_metrics: bool = False
-    batch_size: int = 8
+    batch_size: int | None = None
     tile_size: int | None = None
     strength: float | None = None
     background: str | None = None

@@ -83,13 +83,16 @@ def main(hr_dir, lr_dir, models, baselines, degradations, plane, scale, particip
         raise click.UsageError(str(err)) from None
     import logging
 
+    from ddasr_nipype.progress import log_above_progress_bars
+
     handler = logging.StreamHandler()  # progress on stderr: a run takes minutes per scan
     handler.setFormatter(logging.Formatter("%(asctime)s | %(message)s", "%H:%M:%S"))
     package_logger = logging.getLogger("ddasr_nipype")
     package_logger.addHandler(handler)
     package_logger.setLevel(logging.INFO)
     try:
-        results = run_evaluation(config)
+        with log_above_progress_bars(package_logger):
+            results = run_evaluation(config)
     except (ValueError, DDASRError) as err:
         raise click.ClickException(str(err)) from None
     finally:

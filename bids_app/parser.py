@@ -104,7 +104,8 @@ def _build_parser() -> argparse.ArgumentParser:
     g_sr.add_argument("--planes", choices=PLANES, default="sagittal",
                       help="plane of the 2D network, or 'all' to fuse three planes (isotropic x2; default: "
                       "%(default)s)")
-    g_sr.add_argument("--batch-size", type=_positive_int, default=8, help="slices per batch (default: %(default)s)")
+    g_sr.add_argument("--batch-size", type=_positive_int,
+                      help="slices per forward pass (default: 1 on the CPU, where it is fastest; 8 on a GPU)")
     g_sr.add_argument("--tile-size", type=_positive_int,
                       help="tile slices larger than this many pixels (bounds memory; default: no tiling)")
     g_sr.add_argument("--strength", type=_unit_float,

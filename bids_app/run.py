@@ -88,6 +88,16 @@ def wait_for_slurm_graph(batch_dir: Path, *, poll_s: float = 2.0) -> list[str]:
 
 def build_workflow(config: Config):
     """Check the model (sha256 of every file) and build the nipype workflow for ``config``."""
+    import os
+
+    # nipype asks a server for its latest version when the first interface is built (a network
+    # request in every run, like fMRIPrep the app does without)
+    os.environ.setdefault("NIPYPE_NO_ET", "1")
+    # torch's OpenMP threads meet after every layer. libgomp's waiting threads spin, which on a machine
+    # other jobs share burns the CPU time the thread they wait for needs: with 2 threads on a busy
+    # 2-core machine one slice took 26 s instead of 3.7 s (docs/performance.md). Set before the nodes
+    # (forked from this process) import torch; a value the user set is kept
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from ddasr_nipype.bundle import load_bundle
     from ddasr_nipype.workflows.base import init_ddasr_wf
 

@@ -218,6 +218,7 @@ def run(options) -> int:
     only what was completely written (every cache file and the bundle are written atomically).
     """
     from ddasr_nipype.errors import DDASRError
+    from ddasr_nipype.progress import log_above_progress_bars
     from ddasr_nipype.training.engine import TrainingInterrupted
     from ddasr_nipype.training.pipeline import run_training
 
@@ -229,7 +230,7 @@ def run(options) -> int:
     package_log = logging.getLogger("ddasr_nipype")
     package_log.addHandler(warnings_out)
     try:
-        with _stop_on_signals():
+        with _stop_on_signals(), log_above_progress_bars(package_log):
             bundle = run_training(options)
     except TrainingInterrupted as stop:
         click.echo(f"ddasr-train: {stop}", err=True)

@@ -51,6 +51,7 @@ from .metrics.volume import (
     summarize,
     take_slice,
 )
+from .progress import progress_bar
 
 __all__ = ["EvaluationConfig", "run_evaluation", "find_scans", "compare_methods", "format_markdown",
            "quality_metrics_file", "crop_to_scale"]
@@ -393,11 +394,23 @@ class _Collector:
         return sorted(rows, key=lambda r: (r.get(group_name, ""), order[r["method"]]))
 
 
-def _table1(config: EvaluationConfig, scans: list[Scan], models: _Models, out: _Collector) -> None:
+def _step(bar, label: str | None = None) -> None:
+    """The progress bar of :func:`run_evaluation` (a terminal only): name the step that starts, or
+    (no ``label``) count the one that ended."""
+    if bar is None:
+        return
+    if label is None:
+        bar.update()
+    else:
+        bar.set_description_str(label)
+
+
+def _table1(config: EvaluationConfig, scans: list[Scan], models: _Models, out: _Collector, bar=None) -> None:
     factors = _plane_factors(config.plane, config.scale)
     metrics = config.no_reference_metrics
     for number, scan in enumerate(scans, 1):
         LOGGER.info("Table I: %s (%d/%d)", scan.key, number, len(scans))
+        _step(bar, f"Table I {scan.key}")
         img, _, lr = _load_ras(scan.path)
         mask = foreground_mask(lr)
         up_mask = _upsample_mask(mask, factors)
@@ -422,6 +435,7 @@ def _table1(config: EvaluationConfig, scans: list[Scan], models: _Models, out: _
             path = config.out_dir / "panels" / f"{scan.key}_table1_{config.plane}-{index}.png"
             _save_panel(path, images, f"{scan.key}: real LR, {config.plane} slice {index}")
             out.panels.append(path)
+        _step(bar)
 
 
 def _consistency_rows(config: EvaluationConfig, scan: Scan, img, lr: np.ndarray, head: np.ndarray,
@@ -468,7 +482,7 @@ def _brain_mask(hr_ras) -> np.ndarray:
 
 
 def _table2_sr(config: EvaluationConfig, scans: list[Scan], models: _Models, out: _Collector,
-               params_log: dict[str, Any]) -> None:
+               params_log: dict[str, Any], bar=None) -> None:
     axes = _inplane_axes(config.plane)
     down = tuple(1.0 if a == PLANES[config.plane] else 1.0 / config.scale for a in range(3))
     metrics = ("psnr", "ssim", "psnr_mask", "ssim_mask")
@@ -487,6 +501,7 @@ def _table2_sr(config: EvaluationConfig, scans: list[Scan], models: _Models, out
         brain = _brain_mask(hr_ras) if config.brain_mask == "deepbet" else None
         panel_slices = _panel_slices(select_slices(mask, config.plane, config.min_brain_fraction), config.n_panels)
         for name in config.degradations:
+            _step(bar, f"Table II (SR) {scan.key} {name}")
             rng = np.random.default_rng(_seed_sequence(config.seed, scan.key, name))
             lr, params = get_degradation(name, config.scale, axes=axes)(hr01, rng)
             params_log.setdefault(scan.key, {})[name] = params.to_dict()
@@ -512,21 +527,24 @@ def _table2_sr(config: EvaluationConfig, scans: list[Scan], models: _Models, out
                 path = config.out_dir / "panels" / f"{scan.key}_table2_{name}_{config.plane}-{index}.png"
                 _save_panel(path, images, f"{scan.key}: HR degraded with {name}, {config.plane} slice {index}")
                 out.panels.append(path)
+            _step(bar)
 
 
 def _table2_ds(config: EvaluationConfig, hr_scans: list[Scan], lr_scans: list[Scan], models: _Models,
-               out: _Collector, notes: list[str]) -> None:
+               out: _Collector, notes: list[str], bar=None) -> None:
     axes = _inplane_axes(config.plane)
     lr_by_key = {s.key: s for s in lr_scans}
     for scan in hr_scans:
         if scan.key not in lr_by_key:
             continue
+        _step(bar, f"Table II (DS) {scan.key}")
         hr_img, _, hr = _load_ras(scan.path)
         lr_img, _, real = _load_ras(lr_by_key[scan.key].path)
         expected = tuple(math.ceil(n / config.scale) if a in axes else n for a, n in enumerate(hr.shape))
         if real.shape != expected:
             notes.append(f"{scan.key}: real LR grid {real.shape} does not match the HR grid down-sampled "
                          f"({expected}); pair skipped (register and resample the pair first)")
+            _step(bar)
             continue
         hr01 = normalize_volume(hr, foreground_mask(hr))
         mask = foreground_mask(real)
@@ -555,6 +573,7 @@ def _table2_ds(config: EvaluationConfig, hr_scans: list[Scan], lr_scans: list[Sc
                                       min_fraction=config.min_brain_fraction, normalize=False)
             out.add("table2_ds", scan.key, "", method, scores["slice"], scores,
                     ("psnr", "ssim", "psnr_mask", "ssim_mask"))
+        _step(bar)
 
 
 def run_evaluation(config: EvaluationConfig) -> dict[str, Any]:
@@ -577,13 +596,22 @@ def run_evaluation(config: EvaluationConfig) -> dict[str, Any]:
     notes: list[str] = []
     hr_scans = find_scans(config.hr_dir, config.participants) if config.hr_dir else []
     lr_scans = find_scans(config.lr_dir, config.participants) if config.lr_dir else []
-    if lr_scans and config.no_reference_metrics:
-        _table1(config, lr_scans, models, collector)
+    table1 = bool(lr_scans and config.no_reference_metrics)
     table2_sr = bool(hr_scans and config.degradations)
-    if table2_sr:
-        _table2_sr(config, hr_scans, models, collector, params_log)
-    if hr_scans and lr_scans:
-        _table2_ds(config, hr_scans, lr_scans, models, collector, notes)
+    pairs = len({s.key for s in hr_scans} & {s.key for s in lr_scans})
+    # a bar over every scan (Table I, Table II DS) and scan x degradation (Table II SR), in a terminal
+    bar = progress_bar(len(lr_scans) * table1 + len(hr_scans) * len(config.degradations) * table2_sr + pairs,
+                       desc="evaluation", unit="step")
+    try:
+        if table1:
+            _table1(config, lr_scans, models, collector, bar)
+        if table2_sr:
+            _table2_sr(config, hr_scans, models, collector, params_log, bar)
+        if pairs:
+            _table2_ds(config, hr_scans, lr_scans, models, collector, notes, bar)
+    finally:
+        if bar is not None:
+            bar.close()
 
     tables = {
         "table1": (collector.rows("table1"), "", "Table I: no-reference quality of real LR scans and their SR"),

@@ -75,6 +75,24 @@ def test_no_consistency_flag(bids_copy, tmp_path, tiny_bundle):
     assert any(n.endswith("crops_report_0") for n in names)  # the zoomed crops stay
 
 
+def test_building_the_workflow_loads_nothing_it_does_not_use(bids_copy, tmp_path, tiny_bundle):
+    """No TemplateFlow index (niworkflows' sink asks for the template names at import: 6-15 s of CPU),
+    no torch in the main process, no version check of nipype over the network; OpenMP threads that
+    wait without spinning."""
+    argv = _args(bids_copy, tmp_path / "o", "--device", "cpu", model=tiny_bundle)
+    code = ("import os, sys; from pathlib import Path; from ddasr_nipype.bids_app.parser import parse_args; "
+            "from ddasr_nipype.bids_app.run import build_workflow; "
+            f"build_workflow(parse_args({argv!r})); "
+            "import templateflow.api as api, templateflow.conf as conf, niworkflows.interfaces.bids as nw; "
+            "names = sorted(p.name[4:] for p in Path(conf.TF_HOME).glob('tpl-*')); "
+            "print('layout' in conf._cache.__dict__, 'templates' in vars(api), nw.STANDARD_SPACES == names, "
+            "bool(names), 'torch' in sys.modules, 'etelemetry' in sys.modules, os.environ['OMP_WAIT_POLICY'])")
+    env = {k: v for k, v in os.environ.items() if k not in ("NIPYPE_NO_ET", "OMP_WAIT_POLICY")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    # torch's threads wait passively in the nodes (forked after this): spinning wastes a shared machine
+    assert out.stdout.strip().splitlines()[-1] == "False False True True False False PASSIVE"
+
+
 def test_help_states_each_default_once():
     from ddasr_nipype.bids_app.parser import _build_parser
 
@@ -83,7 +101,7 @@ def test_help_states_each_default_once():
              for action in parser._actions if action.option_strings and action.help}
     for option, text in helps.items():
         assert text.count("default") <= 1 and "None" not in text, (option, text)
-    assert "(default: 8)" in helps["--batch-size"] and "default: sagittal)" in helps["--planes"]
+    assert "(default: 1 on the CPU" in helps["--batch-size"] and "default: sagittal)" in helps["--planes"]
     assert f"default: {DEFAULT_MODEL}" in helps["--model"] and "default: auto" in helps["--device"]
     assert "(default: all)" in helps["--participant-label"]
 

@@ -358,3 +358,18 @@ def test_an_odd_sized_scan_scores_like_its_even_crop(tmp_path, hr_files):
         torch.set_num_threads(threads)
     assert quick["odd"][0]["psnr_head"] == pytest.approx(quick["even"][0]["psnr_head"], abs=0.5)
     assert abs(quick["odd"][1]["d_head"]) < 0.3
+
+
+def test_progress_bar_in_a_terminal_counts_every_scan_and_degradation(tmp_path, trio_bids, monkeypatch):
+    import io
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    terminal = Terminal()
+    monkeypatch.setattr("sys.stderr", terminal)
+    run_evaluation(EvaluationConfig(out_dir=tmp_path / "out", hr_dir=trio_bids, participants=("trio",),
+                                    degradations=("bicubic", "kspace"), n_panels=0))
+    text = terminal.getvalue()
+    assert "\r" in text and "2/2" in text and "Table II (SR) sub-trio kspace" in text

@@ -60,7 +60,7 @@ def init_sr_wf(
     device: str = "auto",
     skip_brain_extraction: bool = False,
     omp_nthreads: int = 1,
-    batch_size: int = 8,
+    batch_size: int | None = None,
     tile_size: int | None = None,
     strength: float | None = None,
     background: str | None = None,
@@ -96,8 +96,9 @@ def init_sr_wf(
         Do not compute a brain mask (outputs ``brain_mask`` and ``mask_info`` stay undefined).
     omp_nthreads : :obj:`int`
         CPU threads per node (torch).
-    batch_size, tile_size : :obj:`int`
-        Slices per forward pass; tile slices larger than ``tile_size`` pixels (bounded memory).
+    batch_size, tile_size : :obj:`int`, optional
+        Slices per forward pass (default: 1 on the CPU, 8 on a GPU); tile slices larger than
+        ``tile_size`` pixels (bounded memory).
     strength : :obj:`float`, optional
         Weight of the network's output against bicubic interpolation of the input (1: the network
         alone). Default: the model bundle's recommendation.
@@ -182,7 +183,8 @@ input's field of view and orientation.{bet_text}{consistency_text}
     super_resolve = pe.Node(
         SuperResolve(
             model=model, planes=planes, device=device, use_gpu=device == "cuda",
-            num_threads=omp_nthreads, batch_size=batch_size,
+            num_threads=omp_nthreads,
+            **({"batch_size": batch_size} if batch_size else {}),
             **({"tile_size": tile_size} if tile_size else {}),
             **({"strength": strength} if strength is not None else {}),
             **({"background": background} if background is not None else {}),

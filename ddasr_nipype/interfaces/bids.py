@@ -22,7 +22,39 @@ from nipype.interfaces.base import (
     isdefined,
     traits,
 )
-from niworkflows.interfaces.bids import DerivativesDataSink as _DerivativesDataSink
+
+
+def _import_niworkflows_sink():
+    """niworkflows' ``DerivativesDataSink``, imported without indexing TemplateFlow.
+
+    At import, ``niworkflows.interfaces.bids`` sets ``STANDARD_SPACES = templateflow.api.templates()``,
+    which builds a pybids index of TemplateFlow's whole skeleton: 6-15 s of CPU in every run, although
+    this app writes no template space (``space``, the only use of that list, is never set). For that
+    one import, the template names are read from TemplateFlow's ``tpl-*`` folders instead: the same
+    names, without the index.
+    """
+    import sys
+
+    if "niworkflows.interfaces.bids" not in sys.modules:
+        import templateflow.api as tf_api
+        from templateflow import conf as tf_conf
+
+        def folder_templates(**query):
+            if query:  # not what niworkflows asks: the real query
+                return tf_api.__getattr__("templates")(**query)
+            return sorted(p.name[4:] for p in Path(tf_conf.TF_HOME).glob("tpl-*") if p.is_dir())
+
+        tf_api.templates = folder_templates
+        try:
+            import niworkflows.interfaces.bids  # noqa: F401
+        finally:
+            del tf_api.templates
+    from niworkflows.interfaces.bids import DerivativesDataSink
+
+    return DerivativesDataSink
+
+
+_DerivativesDataSink = _import_niworkflows_sink()
 
 OUT_PATH_BASE = "ddasr"
 """Name of the derivatives folder inside the output directory (``<output_dir>/ddasr``)."""

@@ -257,6 +257,7 @@ class StageTrainer:
                     losses = self.train_step()
                     self.iteration += 1
                     it = self.iteration
+                    logger.advance(it)
                     out_of_time = deadline is not None and it < stop_at and time.monotonic() >= deadline
                     if it % cfg.log_every == 0 or it == stop_at or it == first or out_of_time:
                         self.last_losses = {k: float(v) for k, v in losses.items()}

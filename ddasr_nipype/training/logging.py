@@ -8,7 +8,8 @@ Per stage (``dsn`` or ``srn``) in the work directory::
     logs/<stage>_losses.png       the loss curves (redrawn at every image step and at the end)
 
 Progress lines go to stderr: ``[dsn]  120/1500 (8%)  3.41 it/s  13.6 slices/s  eta 6m45s  total=...``.
-On resume the CSV keeps only the rows up to the checkpoint's iteration, so the log has no duplicates.
+In a terminal a progress bar (iterations, rate, time left, the last losses) runs below them; in a log
+file (SLURM, CI) there are only the lines (:mod:`ddasr_nipype.progress`). On resume the CSV keeps only the rows up to the checkpoint's iteration, so the log has no duplicates.
 """
 
 from __future__ import annotations
@@ -91,10 +92,15 @@ class TrainingLogger:
     """Writes the progress line, CSV and TensorBoard scalars of one stage."""
 
     def __init__(self, work_dir: str | Path, stage: str, *, total: int, batch_size: int,
-                 start: int = 0, tensorboard: bool = True, stream=None):
+                 start: int = 0, tensorboard: bool = True, stream=None, progress: bool | None = None):
+        """``progress``: draw a progress bar (``None``: when ``stream`` is a terminal); advance it with
+        :meth:`advance` after every iteration."""
+        from ..progress import progress_bar
+
         self.work_dir = Path(work_dir)
         self.stage, self.total, self.batch_size = stage, total, batch_size
         self.stream = stream if stream is not None else sys.stderr
+        self.bar = progress_bar(total, desc=f"[{stage}]", initial=start, stream=self.stream, enabled=progress)
         self.csv_path = self.work_dir / "logs" / f"{stage}.csv"
         self.plot_path = self.work_dir / "logs" / f"{stage}_losses.png"
         self.csv_path.parent.mkdir(parents=True, exist_ok=True)
@@ -145,12 +151,21 @@ class TrainingLogger:
                     self._writer.add_scalar(f"{self.stage}/{key}", float(value), iteration)
         eta = (self.total - iteration) / rate if rate > 0 else float("nan")
         terms = "  ".join(f"{k}={float(v):.4g}" for k, v in losses.items())
-        print(
-            f"[{self.stage}] {iteration:>7d}/{self.total} ({100 * iteration / self.total:3.0f}%)  "
-            f"{rate:.3g} it/s  {rate * self.batch_size:.3g} slices/s  "
-            f"eta {format_duration(eta) if np.isfinite(eta) else '?'}  lr={lr:.3g}  {terms}",
-            file=self.stream, flush=True,
-        )
+        line = (f"[{self.stage}] {iteration:>7d}/{self.total} ({100 * iteration / self.total:3.0f}%)  "
+                f"{rate:.3g} it/s  {rate * self.batch_size:.3g} slices/s  "
+                f"eta {format_duration(eta) if np.isfinite(eta) else '?'}  lr={lr:.3g}  {terms}")
+        if self.bar is None:
+            print(line, file=self.stream, flush=True)
+            return
+        self.advance(iteration)
+        self.bar.write(line, file=self.stream)  # above the bar: the history of the losses
+        if "total" in losses:
+            self.bar.set_postfix_str(f"total={float(losses['total']):.4g} lr={lr:.3g}", refresh=True)
+
+    def advance(self, iteration: int) -> None:
+        """Move the progress bar (if any) to ``iteration``; cheap enough to call every iteration."""
+        if self.bar is not None and iteration > self.bar.n:
+            self.bar.update(iteration - self.bar.n)
 
     def images(self, iteration: int, columns: Mapping[str, np.ndarray]) -> Path:
         path = save_image_grid(self.work_dir / "images" / f"{self.stage}_{iteration:07d}.png", columns)
@@ -163,6 +178,9 @@ class TrainingLogger:
         return None
 
     def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
         if self._writer is not None:
             self._writer.flush()
             self._writer.close()
