@@ -14,6 +14,8 @@ import uuid
 from datetime import datetime
 from pathlib import Path
 
+from ddasr_nipype.forksafe import MULTIPROC_START_METHOD
+
 from .config import Config
 
 PLANES = ("sagittal", "coronal", "axial", "all")
@@ -237,6 +239,10 @@ def parse_args(args=None) -> Config:
         plugin_args.setdefault("n_procs", nprocs)
         plugin_args.setdefault("raise_insufficient", False)
         plugin_args.setdefault("maxtasksperchild", 1)
+    if plugin == "MultiProc":
+        # workers start from a clean server process, never forked from one where torch ran
+        # (ddasr_nipype.forksafe; a plugin file may choose another start method)
+        plugin_args.setdefault("mp_context", MULTIPROC_START_METHOD)
         if opts.mem is not None:
             plugin_args["memory_gb"] = opts.mem
     run_uuid = f"{datetime.now():%Y%m%d-%H%M%S}_{uuid.uuid4()}"

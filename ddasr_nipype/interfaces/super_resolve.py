@@ -13,6 +13,7 @@ from nipype.interfaces.base import (
 )
 from nipype.utils.filemanip import fname_presuffix
 
+from ..forksafe import in_fresh_thread
 from ..inference import BACKGROUNDS
 
 PLANES = ("sagittal", "coronal", "axial", "all")
@@ -182,6 +183,7 @@ class SuperResolve(SimpleInterface):
     input_spec = _SuperResolveInputSpec
     output_spec = _SuperResolveOutputSpec
 
+    @in_fresh_thread  # torch in a fork of a process that ran torch (ddasr_nipype.forksafe)
     def _run_interface(self, runtime):
         def _opt(value):
             return value if isdefined(value) and value else None
