@@ -39,6 +39,20 @@ def check_output_dir(bids_dir: Path, output_dir: Path, *, what: str = "output di
         )
 
 
+def check_writable(path: Path, *, what: str = "output directory") -> None:
+    """Create ``path`` if needed and prove that a file can be written in it, else :class:`UsageError`
+    (before any work starts: not after hours of it)."""
+    import tempfile
+
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".ddasr-write-test.", dir=path)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise UsageError(f"the {what} {path} is not writable: {err.strerror or err}") from err
+
+
 def normalize_labels(labels, *, prefix: str) -> list[str]:
     """Strip an optional ``sub-``/``ses-`` prefix; every label must be alphanumeric (BIDS)."""
     out = []

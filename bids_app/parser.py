@@ -178,13 +178,14 @@ def _check_cuda() -> None:
 def parse_args(args=None) -> Config:
     """Parse and check the command line; return the run's :class:`Config`.
 
-    Errors (missing dataset, output inside the input, unknown participant, bad filter or plugin
-    file, missing model, ``--device cuda`` without CUDA, ``--reports-only`` for a participant
+    Errors (missing dataset, output inside the input, an output or work folder that cannot be
+    written, unknown participant, bad filter or plugin file, missing model, ``--device cuda`` without CUDA, ``--reports-only`` for a participant
     without outputs) exit with status 2 and a one-line message, before any work starts.
     """
     from .dataset import (
         UsageError,
         check_output_dir,
+        check_writable,
         load_bids_filters,
         normalize_labels,
         participants_with_outputs,
@@ -201,6 +202,9 @@ def parse_args(args=None) -> Config:
         work_dir = opts.work_dir.expanduser().absolute()
         check_output_dir(bids_dir, output_dir)
         check_output_dir(bids_dir, work_dir, what="work directory")
+        check_writable(output_dir)
+        if not opts.reports_only:
+            check_writable(work_dir, what="work directory")
         if not opts.reports_only and not opts.skip_bids_validation:
             from .dataset import validate_bids
 

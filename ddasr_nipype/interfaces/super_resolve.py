@@ -52,8 +52,8 @@ def super_resolve_file(
     what the JSON sidecar records.
     """
     from ..bundle import load_bundle
-    from ..data.io import load_volume
-    from ..inference import super_resolve_image
+    from ..data.io import header_warnings, load_volume
+    from ..inference import LOGGER, super_resolve_image
 
     img = load_volume(in_file)
     bundle = load_bundle(model)
@@ -61,6 +61,10 @@ def super_resolve_file(
         img, bundle, planes=planes, device=device, batch_size=batch_size,
         num_threads=num_threads, tile_size=tile_size, strength=strength, background=background,
     )
+    warnings = header_warnings(img)
+    for message in warnings:
+        LOGGER.warning("%s", message)
+    info["warnings"] = [*info.get("warnings", []), *warnings]
     return out_img, {**info, **grid_info(img, out_img, info["upsampling_factors_ras"])}
 
 
