@@ -26,7 +26,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 from _bundles import make_tiny_bundle
-from nipype.interfaces.base import BaseInterfaceInputSpec, File, SimpleInterface, TraitedSpec
+from _stand_ins import QuickBeforeAfter
 
 pytest.importorskip("torch")
 
@@ -206,34 +206,6 @@ class _DiskFullWriter:
         self._fobj.close()
 
 
-class _QuickBeforeAfterInputSpec(BaseInterfaceInputSpec):
-    before = File(exists=True, mandatory=True, desc="the input")
-    after = File(exists=True, mandatory=True, desc="the super-resolved image")
-    wm_seg = File(exists=True, desc="the brain mask")
-
-
-class _QuickBeforeAfterOutputSpec(TraitedSpec):
-    out_report = File(exists=True, desc="an SVG")
-
-
-class _QuickBeforeAfter(SimpleInterface):
-    """Stands in for the before/after SVG reportlet (30-50 s a participant on the loaded 2-core test
-    machine, not what this table tests); it reads both images as nilearn does (3D, or 4D with one
-    volume)."""
-
-    input_spec = _QuickBeforeAfterInputSpec
-    output_spec = _QuickBeforeAfterOutputSpec
-
-    def _run_interface(self, runtime):
-        from nilearn.image import check_niimg_3d
-
-        for image in (self.inputs.before, self.inputs.after):
-            check_niimg_3d(image)
-        self._results["out_report"] = str(Path(runtime.cwd) / "before_after.svg")
-        Path(self._results["out_report"]).write_text('<svg xmlns="http://www.w3.org/2000/svg"/>')
-        return runtime
-
-
 @pytest.fixture(scope="module")
 def table_run(tmp_path_factory):
     from ddasr_nipype.bids_app.run import main
@@ -267,7 +239,7 @@ def table_run(tmp_path_factory):
     out = root / "out"
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(builtins, "open", faulty_open)
-        patch.setattr("ddasr_nipype.workflows.base._before_after", _QuickBeforeAfter)
+        patch.setattr("ddasr_nipype.workflows.base._before_after", QuickBeforeAfter)
         status = main([str(bids), str(out), "participant", "--model", str(bundle), "--skip-brain-extraction",
                        "-w", str(root / "work"), "--use-plugin", str(plugin), "--mem", f"{MEM_GB}GB",
                        "--strength", "0", "--omp-nthreads", "1"])

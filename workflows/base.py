@@ -11,13 +11,8 @@ from niworkflows.engine.workflows import LiterateWorkflow as Workflow
 
 from ddasr_nipype import __version__
 from ddasr_nipype.errors import InputDatasetError
-from ddasr_nipype.interfaces.bids import (
-    OUT_PATH_BASE,
-    CommitDerivatives,
-    DerivativesDataSink,
-    SidecarMetadata,
-    derivative_path,
-)
+from ddasr_nipype.interfaces.bids import OUT_PATH_BASE, CommitDerivatives, SidecarMetadata
+from ddasr_nipype.interfaces.datasink import DerivativesDataSink, derivative_path
 from ddasr_nipype.interfaces.reports import SRSummary
 
 from .sr import init_sr_wf
