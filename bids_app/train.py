@@ -147,18 +147,22 @@ def _model_source(ctx, param, value):
 @click.option("--name", default=None, help="Model name recorded in the bundle [default: the --out folder name].")
 def main(**kw) -> None:
     """Train DDASR (DSN, synthesis, SRN) and write a model bundle."""
-    from ddasr_nipype.training.signals import StopRequested, block_signals, stop_on_signals
+    import atexit
+
+    from ddasr_nipype.training.signals import StopRequested, block_signals, settle, stop_on_signals
 
     # from the first moment to the exit: SIGTERM/SIGINT exit 75 (never 143 without a message)
     with stop_on_signals(outside_loops="raise"):
         try:
             options = build_options(**kw)
         except StopRequested as stop:
-            block_signals()
+            settle()
             click.echo(f"ddasr-train: {stop.signal_name}: stopped before training started; nothing was "
                        "written (rerun the same command)", err=True)
-            sys.exit(EXIT_INTERRUPTED)
-        code = run(options, final=True)
+            code = EXIT_INTERRUPTED
+        else:
+            code = run(options)
+        atexit.register(block_signals)  # the last registered, the first run: before Python's teardown
     sys.exit(code)
 
 
@@ -195,19 +199,18 @@ def build_options(*, hr_dir, lr_dir, out_dir, preset, work_dir, device, precisio
     )
 
 
-def run(options, *, final: bool = False) -> int:
+def run(options) -> int:
     """Run the training; print typed errors without a traceback; return the exit code.
 
     SIGTERM/SIGINT anywhere in the run exit :data:`EXIT_INTERRUPTED`: in a training loop after a
     checkpoint; elsewhere (preparing data, synthesizing pairs, writing the bundle) at once, keeping
     only what was completely written (every cache file and the bundle are written atomically)
-    (:mod:`ddasr_nipype.training.signals`). With ``final`` (the command line, which exits next) the
-    signals are blocked once the outcome is known, so a late one cannot turn it into a death by
-    signal while Python shuts down.
+    (:mod:`ddasr_nipype.training.signals`). Once the outcome is known, a later signal is only
+    recorded, so the messages that report it are not cut short.
     """
     from ddasr_nipype.errors import DDASRError
     from ddasr_nipype.training.engine import TrainingInterrupted
-    from ddasr_nipype.training.signals import StopRequested, block_signals, stop_on_signals
+    from ddasr_nipype.training.signals import StopRequested, settle, stop_on_signals
 
     import logging
 
@@ -223,8 +226,7 @@ def run(options, *, final: bool = False) -> int:
 
                 bundle = run_training(options)
             finally:
-                if final:
-                    block_signals()
+                settle()
     except TrainingInterrupted as stop:
         click.echo(f"ddasr-train: {stop}", err=True)
         return EXIT_INTERRUPTED

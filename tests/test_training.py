@@ -271,8 +271,11 @@ def test_smoke_cli_writes_a_bundle_that_loads_and_runs(tmp_path, hr_bids, lr_bid
     from ddasr_nipype.bundle import load_bundle
 
     out = tmp_path / "model"
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, set())
     result = CliRunner().invoke(main, _cli_args(hr_bids, lr_bids, out, "--allow-random-vgg19", "--seed", "1"))
     assert result.exit_code == 0, result.output
+    # an in-process caller keeps its signals (a blocked mask would pass to its child processes)
+    assert signal.pthread_sigmask(signal.SIG_BLOCK, set()) == mask
     bundle = load_bundle(out)
     assert (bundle.scale, bundle.plane, bundle.has_dsn) == (2, "sagittal", True)
     assert bundle.normalization["percentiles"] == [0.5, 99.5]

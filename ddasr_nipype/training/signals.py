@@ -8,7 +8,9 @@ SLURM preemption sends SIGTERM; Ctrl-C sends SIGINT. What a signal does depends 
   run), it raises :class:`StopRequested` at once (preparing data, synthesizing pairs, writing the
   bundle: every cache file and the bundle are written atomically), and it stays recorded: should the
   exception be swallowed (a handler that runs inside a ``__del__`` or under a bare ``except``), the
-  next loop iteration or :func:`raise_if_stop_requested` between two steps acts on it;
+  next loop iteration or :func:`raise_if_stop_requested` between two steps acts on it; once the
+  outcome is known (:func:`settle`) it is only recorded, and :func:`block_signals` at exit keeps it
+  from killing the process while Python shuts down;
 - outside the loops, under ``outside_loops="forward"`` (the training nodes, a trainer run from your
   own code), it goes to the handler that was installed before (by default: the process ends).
 
@@ -26,7 +28,7 @@ import threading
 from typing import Iterator
 
 __all__ = ["SIGNALS", "StopRequested", "block_signals", "mark_acted_on", "raise_if_stop_requested",
-           "stop_on_signals", "stop_requested", "training_loop"]
+           "settle", "stop_on_signals", "stop_requested", "training_loop"]
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -43,7 +45,7 @@ class _State:
     """The process's record: the first signal received, and who handles the next ones."""
 
     def __init__(self) -> None:
-        self.lock = threading.Lock()
+        self.lock = threading.RLock()  # reentrant: the handler may run while this thread holds it
         self.requested: str | None = None  # name of the first signal received
         self.acted_on = False  # a loop stopped for it, or StopRequested was raised for it
         self.depth = 0  # nesting of stop_on_signals in the main thread (handlers installed when > 0)
@@ -63,6 +65,9 @@ def _handler(signum: int, frame) -> None:
         if in_loop or _STATE.outside_loops == "raise":
             _STATE.requested = _STATE.requested or name
     if in_loop:
+        return
+    if _STATE.outside_loops == "record":  # settle(): the outcome is known
+        _STATE.requested = _STATE.requested or name
         return
     if _STATE.outside_loops == "raise":
         if first:  # later signals are only recorded: the run is already stopping
@@ -133,6 +138,13 @@ def training_loop() -> Iterator[None]:
                 _STATE.loops -= 1
 
 
+def settle() -> None:
+    """The outcome of the run is known: until the outermost :func:`stop_on_signals` block ends, a
+    signal is only recorded (the messages that report the outcome are not cut short)."""
+    with _STATE.lock:
+        _STATE.outside_loops = "record"
+
+
 def mark_acted_on() -> None:
     """Record that the signal of :func:`stop_requested` was acted on (a loop checkpointed and stopped)."""
     _STATE.acted_on = True
@@ -152,7 +164,10 @@ def raise_if_stop_requested() -> None:
 
 
 def block_signals() -> None:
-    """Block SIGTERM and SIGINT in this thread for good: once a command's outcome is decided, a late
-    signal stays pending and the process still exits with that outcome's status (Python resets its
-    handlers to the default, terminate, while it shuts down, which takes seconds after torch ran)."""
+    """Block SIGTERM and SIGINT in this thread for good. ``ddasr-train`` registers it with ``atexit``
+    once its outcome is known: Python resets its handlers to the default (terminate) while it shuts
+    down, which takes seconds after torch ran, and a late signal then killed the process with 143; a
+    blocked one stays pending and the process exits with its outcome's status. (Registered with
+    ``atexit``, not called at once: a blocked mask is inherited by child processes, and an in-process
+    caller such as click's test runner goes on to start some.)"""
     signal.pthread_sigmask(signal.SIG_BLOCK, set(SIGNALS))
