@@ -1,7 +1,7 @@
 """SIGTERM stress test of ``ddasr-train`` (not run in CI: minutes of CPU per run).
 
     python scripts/sigterm_stress.py [--runs 50] [--seed 0] [--window after-dsn|whole]
-                                     [--work DIR] [--keep] [-- EXTRA ddasr-train ARGS]
+                                     [--work DIR] [--keep] [--continue] [-- EXTRA ddasr-train ARGS]
 
 Each run trains a tiny model (``--preset smoke --num-threads 1 --allow-random-vgg19
 --no-tensorboard`` on ``tests/data``) and sends it SIGTERM at a random moment:
@@ -17,9 +17,13 @@ command with ``--resume`` must then exit 0 with a bundle whose checksums verify.
 after the bundle was complete (while Python shuts down) must leave exit 0 and that bundle; a drawn
 moment after the run's end sends nothing (both counted apart). Any other exit status (143: killed by
 the signal without handling it) is a failure. Each run takes about 1.5 min with its resume on the
-loaded 2-core development machine.
+loaded 2-core development machine, 3 min when three other trainings share its cores.
 
-The script prints one line per run and a summary, and writes ``results.json`` into ``--work``.
+The script prints one line per run and a summary, and writes ``results.json`` into ``--work`` after
+every run (with the calibration), so a stopped batch keeps its figures. ``--continue`` goes on with a
+stopped batch in the same ``--work`` folder: it keeps the runs recorded there, reuses their calibration
+(or calibrates again, said on the first line, when ``results.json`` has none) and draws the same
+moments as one uninterrupted batch of the same ``--seed`` (the run that was cut short is run again).
 Run it niced on a shared machine: ``nice -n 5 .venv/bin/python scripts/sigterm_stress.py``.
 """
 
@@ -201,13 +205,33 @@ def main(argv=None) -> int:
     parser.add_argument("--window", choices=("after-dsn", "whole"), default="after-dsn")
     parser.add_argument("--work", type=Path, default=None, help="folder for the runs (default: a temp folder)")
     parser.add_argument("--keep", action="store_true", help="keep every run's folders")
+    parser.add_argument("--continue", dest="resume_batch", action="store_true",
+                        help="go on with the stopped batch recorded in --work/results.json")
     parser.add_argument("extra", nargs="*", help="more ddasr-train arguments (after --)")
     opts = parser.parse_args(argv)
     root = Path(opts.work or tempfile.mkdtemp(prefix="ddasr-sigterm-")).absolute()
     root.mkdir(parents=True, exist_ok=True)
     sys.path.insert(0, str(REPO))
     began = time.monotonic()
-    timing = calibrate(root, opts.extra)
+    records = []
+    timing = None
+    if opts.resume_batch:
+        if opts.work is None or not (root / "results.json").is_file():
+            parser.error("--continue needs the --work folder of a stopped batch (with its results.json)")
+        previous = json.loads((root / "results.json").read_text())
+        records = previous["runs"]
+        if [r["run"] for r in records] != list(range(len(records))):
+            parser.error(f"{root / 'results.json'}: the recorded runs are not 0..N-1")
+        if previous.get("seed", opts.seed) != opts.seed or previous.get("window", opts.window) != opts.window:
+            parser.error(f"{root / 'results.json'}: recorded with --seed {previous.get('seed')} "
+                         f"--window {previous.get('window')}")
+        timing = previous.get("calibration") or (previous.get("summary") or {}).get("calibration")
+        print(f"continuing {root}: {len(records)} runs recorded"
+              f"{'' if timing else ', no calibration recorded: calibrating again'}", flush=True)
+    if timing is None:
+        shutil.rmtree(root / "calibration", ignore_errors=True)
+        shutil.rmtree(root / "calibration.work", ignore_errors=True)
+        timing = calibrate(root, opts.extra)
     if opts.window == "after-dsn":
         low, high = 0.0, timing["bundle_s"] - timing["dsn_checkpoint_s"]
     else:
@@ -217,9 +241,11 @@ def main(argv=None) -> int:
           f"[{low:.2f}, {high:.2f}] s after the {'first DSN checkpoint' if opts.window == 'after-dsn' else 'start'}",
           flush=True)
     rng = np.random.default_rng(opts.seed)
-    records = []
-    for index in range(opts.runs):
-        record = one_run(index, root, opts.extra, float(rng.uniform(low, high)), opts.window, timing)
+    delays = [float(rng.uniform(low, high)) for _ in range(opts.runs)]  # the same draws when continued
+    for index in range(len(records), opts.runs):
+        for path in (root / f"run{index:03d}", root / f"run{index:03d}.work"):  # a run cut short
+            shutil.rmtree(path, ignore_errors=True)
+        record = one_run(index, root, opts.extra, delays[index], opts.window, timing)
         records.append(record)
         at = record.get("at")
         where = ",".join(k for k, v in (at or {}).items() if v) or "-"
@@ -227,7 +253,8 @@ def main(argv=None) -> int:
               f"{', resume ' + str(record['resume_exit']) if 'resume_exit' in record else ''}: "
               f"{record['outcome']}{' ' + '; '.join(record.get('problems', [])) if not record['ok'] else ''}",
               flush=True)
-        (root / "results.json").write_text(json.dumps({"runs": records}, indent=2))  # so far
+        (root / "results.json").write_text(json.dumps(  # so far
+            {"calibration": timing, "window": opts.window, "seed": opts.seed, "runs": records}, indent=2))
         if not opts.keep and record["ok"]:
             for path in (root / f"run{index:03d}", root / f"run{index:03d}.work"):
                 shutil.rmtree(path, ignore_errors=True)
@@ -241,7 +268,9 @@ def main(argv=None) -> int:
                "exit_codes": {str(c): sum(r["exit"] == c for r in records) for c in sorted({r["exit"] for r in records})},
                "calibration": timing, "window": opts.window, "seed": opts.seed,
                "wall_minutes": round((time.monotonic() - began) / 60, 1)}
-    (root / "results.json").write_text(json.dumps({"summary": summary, "runs": records}, indent=2))
+    (root / "results.json").write_text(json.dumps(
+        {"summary": summary, "calibration": timing, "window": opts.window, "seed": opts.seed, "runs": records},
+        indent=2))
     print(json.dumps(summary, indent=2))
     print(f"details: {root / 'results.json'}")
     return 1 if failed else 0
