@@ -39,6 +39,20 @@ def check_output_dir(bids_dir: Path, output_dir: Path, *, what: str = "output di
         )
 
 
+def check_writable(path: Path, *, what: str = "output directory") -> None:
+    """Create ``path`` if needed and prove that a file can be written in it, else :class:`UsageError`
+    (before any work starts: not after hours of it)."""
+    import tempfile
+
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".ddasr-write-test.", dir=path)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise UsageError(f"the {what} {path} is not writable: {err.strerror or err}") from err
+
+
 def normalize_labels(labels, *, prefix: str) -> list[str]:
     """Strip an optional ``sub-``/``ses-`` prefix; every label must be alphanumeric (BIDS)."""
     out = []
@@ -212,3 +226,50 @@ def write_derivative_description(bids_dir: Path, deriv_dir: Path) -> Path:
             description["SourceDatasets"] = [{"URL": Path(bids_dir).resolve().as_uri(), "Name": name}]
     # atomic, with a temporary name of this process's own: array tasks write it at the same time
     return write_text_atomic(deriv_dir / "dataset_description.json", json.dumps(description, indent=2) + "\n")
+
+
+STAGING_OWNER = ".owner.json"
+
+
+def _process_start(pid: int) -> str | None:
+    """The start time of process ``pid`` (``/proc``; None when it does not exist): tells a live
+    process from a later one that reuses its id."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def claim_staging(staging: Path) -> None:
+    """Create this run's staging folder and record which process owns it (host, pid, start time)."""
+    import socket
+
+    staging.mkdir(parents=True, exist_ok=True)
+    owner = {"host": socket.gethostname(), "pid": os.getpid(), "start": _process_start(os.getpid())}
+    (staging / STAGING_OWNER).write_text(json.dumps(owner))
+
+
+def remove_stale_staging(staging: Path) -> list[Path]:
+    """Remove the staging folders, beside this run's ``staging``, of runs that died on this host
+    (``kill -9``, a node crash): their owner process is gone. Folders of live runs (SLURM array tasks
+    share the output folder) and of other hosts are left alone. Returns the folders removed."""
+    import shutil
+    import socket
+
+    removed = []
+    host = socket.gethostname()
+    for other in sorted(staging.parent.glob("*")) if staging.parent.is_dir() else []:
+        if other == staging or not other.is_dir():
+            continue
+        try:
+            owner = json.loads((other / STAGING_OWNER).read_text())
+        except (OSError, ValueError):
+            continue  # not ours to judge (no owner record)
+        if owner.get("host") != host:
+            continue
+        start = _process_start(int(owner.get("pid", -1)))
+        if start is None or start != owner.get("start"):
+            shutil.rmtree(other, ignore_errors=True)
+            removed.append(other)
+    return removed
+

@@ -56,11 +56,14 @@ _existing_dir = click.Path(exists=True, file_okay=False, path_type=Path)
 @click.option("--brain-mask", default="none", show_default=True, type=click.Choice(["none", "deepbet"]),
               help="Table II (SR): also PSNR/SSIM inside the HR's brain mask (deepbet, offline), beside "
                    "the head mask.")
+@click.option("--test", "test", default="paired", show_default=True, type=click.Choice(["paired", "independent"]),
+              help="t-test of each method against the best other one: paired over the slices both scored "
+                   "(every method scores the same slices), or independent (ignores the pairing).")
 @click.option("--network-only", is_flag=True,
               help="Also score each model's network alone (strength 1, network output in the air), "
                    "beside the output settings its bundle recommends.")
 def main(hr_dir, lr_dir, models, baselines, degradations, plane, scale, participants, out_dir, metrics,
-         min_brain_fraction, niqe_block_size, n_panels, seed, device, num_threads, brain_mask, network_only):
+         min_brain_fraction, niqe_block_size, n_panels, seed, device, num_threads, brain_mask, network_only, test):
     """Evaluate SR models and baselines on BIDS datasets; write markdown + CSV tables and PNG panels."""
     from ddasr_nipype.errors import DDASRError
     from ddasr_nipype.evaluation import EvaluationConfig, run_evaluation
@@ -77,7 +80,7 @@ def main(hr_dir, lr_dir, models, baselines, degradations, plane, scale, particip
             no_reference_metrics=tuple(metrics) or ("niqe", "brisque"),
             min_brain_fraction=min_brain_fraction, niqe_block_size=niqe_block_size, seed=seed,
             n_panels=n_panels, device=device, brain_mask=brain_mask, network_only=network_only,
-            num_threads=num_threads,
+            num_threads=num_threads, test=test,
         )
     except ValueError as err:
         raise click.UsageError(str(err)) from None

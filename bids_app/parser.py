@@ -15,6 +15,7 @@ from datetime import datetime
 from pathlib import Path
 
 from ddasr_nipype.bundle import DEFAULT_MODEL
+from ddasr_nipype.forksafe import MULTIPROC_START_METHOD
 
 from .config import Config
 
@@ -183,13 +184,14 @@ def _check_cuda() -> None:
 def parse_args(args=None) -> Config:
     """Parse and check the command line; return the run's :class:`Config`.
 
-    Errors (missing dataset, output inside the input, unknown participant, bad filter or plugin
-    file, missing model, ``--device cuda`` without CUDA, ``--reports-only`` for a participant
+    Errors (missing dataset, output inside the input, an output or work folder that cannot be
+    written, unknown participant, bad filter or plugin file, missing model, ``--device cuda`` without CUDA, ``--reports-only`` for a participant
     without outputs) exit with status 2 and a one-line message, before any work starts.
     """
     from .dataset import (
         UsageError,
         check_output_dir,
+        check_writable,
         load_bids_filters,
         normalize_labels,
         participants_with_outputs,
@@ -206,6 +208,9 @@ def parse_args(args=None) -> Config:
         work_dir = opts.work_dir.expanduser().absolute()
         check_output_dir(bids_dir, output_dir)
         check_output_dir(bids_dir, work_dir, what="work directory")
+        check_writable(output_dir)
+        if not opts.reports_only:
+            check_writable(work_dir, what="work directory")
         if not opts.reports_only and not opts.skip_bids_validation:
             from .dataset import validate_bids
 
@@ -244,6 +249,10 @@ def parse_args(args=None) -> Config:
         plugin_args.setdefault("n_procs", nprocs)
         plugin_args.setdefault("raise_insufficient", False)
         plugin_args.setdefault("maxtasksperchild", 1)
+    if plugin == "MultiProc":
+        # workers start from a clean server process, never forked from one where torch ran
+        # (ddasr_nipype.forksafe; a plugin file may choose another start method)
+        plugin_args.setdefault("mp_context", MULTIPROC_START_METHOD)
         if opts.mem is not None:
             plugin_args["memory_gb"] = opts.mem
     run_uuid = f"{datetime.now():%Y%m%d-%H%M%S}_{uuid.uuid4()}"

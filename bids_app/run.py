@@ -17,6 +17,7 @@ from .config import EXAMPLE_DIR, Config  # noqa: F401  (EXAMPLE_DIR re-exported 
 LOGGER = logging.getLogger("ddasr")
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a Ctrl-C
 RUN_ID_RE = re.compile(r"^\d{8}-\d{6}_")  # run ids start with %Y%m%d-%H%M%S (parser.parse_args)
+POLL_SLEEP_S = 0.2  # nipype's scheduler loop (its default: 2 s)
 
 
 def _resource(name: str) -> Path:
@@ -108,6 +109,9 @@ def build_workflow(config: Config):
         "crashfile_format": "txt",
         "stop_on_first_crash": config.stop_on_first_crash,
         "remove_unnecessary_outputs": False,
+        # nipype's scheduler looks for finished nodes every 2 s by default: most of the run time of a
+        # small participant went to these waits, one per step of its chain of nodes
+        "poll_sleep_duration": POLL_SLEEP_S,
     })
     return workflow
 
@@ -223,7 +227,7 @@ def run(config: Config) -> int:
     from ddasr_nipype.errors import DDASRError
     from ddasr_nipype.workflows.base import staging_dir_for
 
-    from .dataset import write_derivative_description
+    from .dataset import claim_staging, remove_stale_staging, write_derivative_description
 
     deriv = config.derivatives_dir
     if config.reports_only:
@@ -249,6 +253,9 @@ def run(config: Config) -> int:
         plugin_args.setdefault("status_callback", _progress)
     for label in config.participant_label:  # marks the run: --reports-only finds the latest one
         (deriv / f"sub-{label}" / "log" / config.run_uuid).mkdir(parents=True, exist_ok=True)
+    claim_staging(staging_dir_for(config))
+    for stale in remove_stale_staging(staging_dir_for(config)):
+        LOGGER.info("removed the staged files of a run that was killed: %s", stale)
     crashed = interrupted = False
     started = time.time()
     try:

@@ -18,9 +18,7 @@ command with ``--resume``).
 
 from __future__ import annotations
 
-import contextlib
 import re
-import signal
 import sys
 from pathlib import Path
 
@@ -152,8 +150,23 @@ def _model_source(ctx, param, value):
 @click.option("--name", default=None, help="Model name recorded in the bundle [default: the --out folder name].")
 def main(**kw) -> None:
     """Train DDASR (DSN, synthesis, SRN) and write a model bundle."""
-    options = build_options(**kw)
-    sys.exit(run(options))
+    import atexit
+
+    from ddasr_nipype.training.signals import StopRequested, block_signals, settle, stop_on_signals
+
+    # from the first moment to the exit: SIGTERM/SIGINT exit 75 (never 143 without a message)
+    with stop_on_signals(outside_loops="raise"):
+        try:
+            options = build_options(**kw)
+        except StopRequested as stop:
+            settle()
+            click.echo(f"ddasr-train: {stop.signal_name}: stopped before training started; nothing was "
+                       "written (rerun the same command)", err=True)
+            code = EXIT_INTERRUPTED
+        else:
+            code = run(options)
+        atexit.register(block_signals)  # the last registered, the first run: before Python's teardown
+    sys.exit(code)
 
 
 def build_options(*, hr_dir, lr_dir, out_dir, preset, work_dir, device, precision, compile_, resume, seed,
@@ -189,38 +202,19 @@ def build_options(*, hr_dir, lr_dir, out_dir, preset, work_dir, device, precisio
     )
 
 
-class _Terminated(BaseException):
-    """SIGTERM/SIGINT outside a training loop (a BaseException: no ``except Exception`` swallows it)."""
-
-
-@contextlib.contextmanager
-def _stop_on_signals():
-    """For the whole run, SIGTERM/SIGINT raise :class:`_Terminated`. Inside a training loop the engine
-    installs its own handler (finish the iteration, checkpoint, :class:`TrainingInterrupted`) and puts
-    this one back afterwards."""
-    def handler(signum, _frame):
-        raise _Terminated(signal.Signals(signum).name)
-
-    signals = (signal.SIGTERM, signal.SIGINT)
-    previous = {s: signal.signal(s, handler) for s in signals}
-    try:
-        yield
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
-
-
 def run(options) -> int:
     """Run the training; print typed errors without a traceback; return the exit code.
 
     SIGTERM/SIGINT anywhere in the run exit :data:`EXIT_INTERRUPTED`: in a training loop after a
     checkpoint; elsewhere (preparing data, synthesizing pairs, writing the bundle) at once, keeping
-    only what was completely written (every cache file and the bundle are written atomically).
+    only what was completely written (every cache file and the bundle are written atomically)
+    (:mod:`ddasr_nipype.training.signals`). Once the outcome is known, a later signal is only
+    recorded, so the messages that report it are not cut short.
     """
     from ddasr_nipype.errors import DDASRError
     from ddasr_nipype.progress import log_above_progress_bars
     from ddasr_nipype.training.engine import TrainingInterrupted
-    from ddasr_nipype.training.pipeline import run_training
+    from ddasr_nipype.training.signals import StopRequested, settle, stop_on_signals
 
     import logging
 
@@ -230,13 +224,18 @@ def run(options) -> int:
     package_log = logging.getLogger("ddasr_nipype")
     package_log.addHandler(warnings_out)
     try:
-        with _stop_on_signals(), log_above_progress_bars(package_log):
-            bundle = run_training(options)
+        with stop_on_signals(outside_loops="raise"), log_above_progress_bars(package_log):
+            try:
+                from ddasr_nipype.training.pipeline import run_training
+
+                bundle = run_training(options)
+            finally:
+                settle()
     except TrainingInterrupted as stop:
         click.echo(f"ddasr-train: {stop}", err=True)
         return EXIT_INTERRUPTED
-    except _Terminated as stop:
-        click.echo(f"ddasr-train: {stop.args[0]}: stopped outside the training loops (preparing data, "
+    except StopRequested as stop:
+        click.echo(f"ddasr-train: {stop.signal_name}: stopped outside the training loops (preparing data, "
                    "synthesizing pairs or writing the bundle); completed steps are kept in "
                    f"{options.work}, nothing half-written (rerun the same command with --resume to "
                    "continue)", err=True)

@@ -14,10 +14,15 @@
 - **Table II, DS** (scans present in both datasets, on matching grids): each synthetic LR
   (every degradation, and the DSN of every bundle that has one) against the real LR scan.
 
-Statistics: mean ± std over all evaluated slices of all scans (the paper's protocol), and an
-independent two-sided t-test (``scipy.stats.ttest_ind``, equal variances) of every method
-against the best *other* method of its table (by mean; lower is better for NIQE/BRISQUE, higher
-for PSNR/SSIM). Intensity normalization and slice selection: :mod:`ddasr_nipype.metrics.volume`.
+Statistics: mean ± std over all evaluated slices of all scans (the paper's protocol), and a
+two-sided t-test of every method against the best *other* method of its table (by mean; lower is
+better for NIQE/BRISQUE, higher for PSNR/SSIM). Every method scores the same slices of the same
+scans, so by default the test is **paired** (``scipy.stats.ttest_rel``) over the slices both methods
+scored (matched by scan and slice index; one value per volume in the 3D table). ``test="independent"``
+gives the independent test (``scipy.stats.ttest_ind``, equal variances), which ignores the pairing and
+so understates the significance of a consistent per-slice difference. Each table names its test
+(``test`` and ``n_test`` columns of the CSV, a note under the markdown table). Intensity
+normalization and slice selection: :mod:`ddasr_nipype.metrics.volume`.
 
 Outputs in ``out_dir``: ``table1.{csv,md}``, ``table1_consistency.{csv,md}``, ``table2_sr.{csv,md}``,
 ``table2_ds.{csv,md}`` (when they have rows), ``slices.csv`` (every per-slice value), ``degradation_params.json`` (when Table II
@@ -71,6 +76,9 @@ def lower_is_better(metric: str) -> bool:
         return True
     raise ValueError(f"unknown metric {metric!r}")
 
+#: ``--test``: the statistical test of each method against the best other one
+TESTS = {"paired": "paired t-test", "independent": "independent t-test"}
+
 REAL_LR = "real LR"
 BICUBIC = "bicubic"
 #: Table I (consistency), per volume: RMS z and the percentage of voxels with |z| > 3 in the mask
@@ -104,6 +112,8 @@ class EvaluationConfig:
     network_only: bool = False
     #: CPU threads of torch (``torch.set_num_threads``); ``None``: torch's default
     num_threads: int | None = None
+    #: ``paired`` (default: over the slices both methods scored) or ``independent`` t-test
+    test: str = "paired"
 
     def __post_init__(self):
         if self.hr_dir is None and self.lr_dir is None:
@@ -121,6 +131,8 @@ class EvaluationConfig:
             raise ValueError(f"scale must be an integer >= 2, got {self.scale!r}")
         if self.num_threads is not None and (isinstance(self.num_threads, bool) or int(self.num_threads) < 1):
             raise ValueError(f"num_threads must be a positive integer, got {self.num_threads!r}")
+        if self.test not in TESTS:
+            raise ValueError(f"test must be one of {sorted(TESTS)}, got {self.test!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return {k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v)
@@ -249,25 +261,64 @@ class _Models:
 # Statistics and tables
 
 
-def compare_methods(values: dict[str, np.ndarray], metric: str) -> list[dict[str, Any]]:
-    """Mean ± std per method and a t-test of each method against the best other method."""
-    from scipy.stats import ttest_ind
+def _paired(a: np.ndarray, b: np.ndarray, keys_a: Sequence | None, keys_b: Sequence | None
+            ) -> tuple[np.ndarray, np.ndarray]:
+    """The values of the slices both methods scored, in matching order (finite values only)."""
+    if keys_a is None or keys_b is None:
+        if a.size != b.size:
+            raise ValueError(f"a paired test needs the slices of each value: got {a.size} and {b.size} values "
+                             "without keys")
+        finite = np.isfinite(a) & np.isfinite(b)
+        return a[finite], b[finite]
+    if len(keys_a) != a.size or len(keys_b) != b.size:
+        raise ValueError("every value needs one key")
+    index_b = {key: i for i, key in enumerate(keys_b)}
+    if len(index_b) != len(keys_b) or len(set(keys_a)) != len(keys_a):
+        raise ValueError("a slice key appears twice for one method")
+    pairs = [(i, index_b[key]) for i, key in enumerate(keys_a)
+             if key in index_b and np.isfinite(a[i]) and np.isfinite(b[index_b[key]])]
+    ia = np.array([p[0] for p in pairs], dtype=int)
+    ib = np.array([p[1] for p in pairs], dtype=int)
+    return a[ia], b[ib]
 
+
+def compare_methods(values: dict[str, np.ndarray], metric: str, *, test: str = "paired",
+                    keys: dict[str, Sequence] | None = None) -> list[dict[str, Any]]:
+    """Mean ± std per method and a two-sided t-test of each method against the best other method.
+
+    ``test="paired"`` (``scipy.stats.ttest_rel``) compares the two methods on the slices both scored:
+    ``keys[method]`` names each value's slice (e.g. ``(scan, slice index)``); without ``keys`` the
+    i-th values of the two methods are the same slice. ``test="independent"``
+    (``scipy.stats.ttest_ind``, equal variances) ignores the pairing. Each row gives ``test`` (its
+    name), ``n_test`` (the values, or pairs, the test used) and ``p_value`` (NaN when there is nothing
+    to test: fewer than two values or pairs, or no variation at all).
+    """
+    from scipy.stats import ttest_ind, ttest_rel
+
+    if test not in TESTS:
+        raise ValueError(f"test must be one of {sorted(TESTS)}, got {test!r}")
     lower = lower_is_better(metric)
     stats = {m: summarize(v) for m, v in values.items()}
     rows = []
     for method, (mean, std, n) in stats.items():
         others = [(m, s[0]) for m, s in stats.items() if m != method and s[2] > 0]
         row = {"method": method, "metric": metric, "mean": mean, "std": std, "n": n,
-               "best_other": "", "p_value": float("nan")}
+               "best_other": "", "test": TESTS[test], "n_test": 0, "p_value": float("nan")}
         if others and n > 1:
             best = min(others, key=lambda t: t[1]) if lower else max(others, key=lambda t: t[1])
             a = np.asarray(values[method], dtype=float)
             b = np.asarray(values[best[0]], dtype=float)
-            a, b = a[np.isfinite(a)], b[np.isfinite(b)]
             row["best_other"] = best[0]
-            if a.size > 1 and b.size > 1 and (np.ptp(a) > 0 or np.ptp(b) > 0):
-                row["p_value"] = float(ttest_ind(a, b).pvalue)
+            if test == "paired":
+                a, b = _paired(a, b, (keys or {}).get(method), (keys or {}).get(best[0]))
+                row["n_test"] = int(a.size)
+                if a.size > 1 and np.ptp(a - b) > 0:
+                    row["p_value"] = float(ttest_rel(a, b).pvalue)
+            else:
+                a, b = a[np.isfinite(a)], b[np.isfinite(b)]
+                row["n_test"] = int(a.size + b.size)
+                if a.size > 1 and b.size > 1 and (np.ptp(a) > 0 or np.ptp(b) > 0):
+                    row["p_value"] = float(ttest_ind(a, b).pvalue)
         rows.append(row)
     return rows
 
@@ -307,6 +358,11 @@ def format_markdown(rows: list[dict[str, Any]], *, group: str = "", title: str =
             n = n or str(r["n"])
         cells.append(n)
         lines.append("| " + " | ".join(cells) + " |")
+    tests = list(dict.fromkeys(r["test"] for r in rows if r.get("test")))
+    if tests:
+        paired = "over the " + unit + " both methods scored" if tests == [TESTS["paired"]] else ""
+        lines += ["", f"p: two-sided {' / '.join(tests)} of each method against the best other method "
+                  f"of its column{(' ' + paired) if paired else ''}."]
     return "\n".join(lines) + "\n"
 
 
@@ -314,7 +370,8 @@ def _write_table(out_dir: Path, name: str, rows: list[dict[str, Any]], *, group:
                  unit: str = "slices") -> None:
     if not rows:
         return
-    fields = ([group] if group else []) + ["method", "metric", "mean", "std", "n", "best_other", "p_value"]
+    fields = ([group] if group else []) + ["method", "metric", "mean", "std", "n", "best_other", "test",
+                                           "n_test", "p_value"]
     with open(out_dir / f"{name}.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=fields, extrasaction="ignore")
         writer.writeheader()
@@ -367,6 +424,9 @@ class _Collector:
 
     values: dict[str, dict[tuple[str, str, str], list[float]]] = field(
         default_factory=lambda: defaultdict(lambda: defaultdict(list)))
+    #: the (scan, slice index) of every value, for the paired test
+    keys: dict[str, dict[tuple[str, str, str], list[tuple[str, int]]]] = field(
+        default_factory=lambda: defaultdict(lambda: defaultdict(list)))
     long_rows: list[dict[str, Any]] = field(default_factory=list)
     #: the PNG panels written
     panels: list[Path] = field(default_factory=list)
@@ -376,17 +436,20 @@ class _Collector:
         for metric in metrics:
             vals = np.asarray(scores[metric], dtype=float)
             self.values[table][(group, method, metric)].extend(vals.tolist())
+            self.keys[table][(group, method, metric)].extend((scan, int(i)) for i in slices)
             for index, value in zip(slices, vals):
                 self.long_rows.append({"table": table, "scan": scan, "group": group, "method": method,
                                        "slice": int(index), "metric": metric, "value": float(value)})
 
-    def rows(self, table: str, group_name: str = "") -> list[dict[str, Any]]:
+    def rows(self, table: str, group_name: str = "", test: str = "paired") -> list[dict[str, Any]]:
         by_group: dict[tuple[str, str], dict[str, np.ndarray]] = defaultdict(dict)
+        keys: dict[tuple[str, str], dict[str, list]] = defaultdict(dict)
         for (group, method, metric), vals in self.values[table].items():
             by_group[(group, metric)][method] = np.asarray(vals)
+            keys[(group, metric)][method] = self.keys[table][(group, method, metric)]
         rows = []
         for (group, metric), values in by_group.items():
-            for row in compare_methods(values, metric):
+            for row in compare_methods(values, metric, test=test, keys=keys[(group, metric)]):
                 if group_name:
                     row[group_name] = group
                 rows.append(row)
@@ -613,17 +676,20 @@ def run_evaluation(config: EvaluationConfig) -> dict[str, Any]:
         if bar is not None:
             bar.close()
 
+    test = config.test
     tables = {
-        "table1": (collector.rows("table1"), "", "Table I: no-reference quality of real LR scans and their SR"),
-        "table1_consistency": (collector.rows("table1_consistency"), "",
+        "table1": (collector.rows("table1", test=test), "",
+                   "Table I: no-reference quality of real LR scans and their SR"),
+        "table1_consistency": (collector.rows("table1_consistency", test=test), "",
                                "Table I (consistency): disagreement of each output with its scan, in noise levels "
                                f"(z), inside the {'brain (deepbet)' if config.brain_mask == 'deepbet' else 'head'}"
                                " mask, one value per volume; pure noise gives 0.27 % of |z| > 3"),
-        "table2_sr": (collector.rows("table2_sr", "degradation"), "degradation",
+        "table2_sr": (collector.rows("table2_sr", "degradation", test=test), "degradation",
                       "Table II (SR): SR of synthetic LR vs HR ground truth, per 2D slice"),
-        "table2_sr_3d": (collector.rows("table2_sr_3d", "degradation"), "degradation",
+        "table2_sr_3d": (collector.rows("table2_sr_3d", "degradation", test=test), "degradation",
                          "Table II (SR, 3D): one value per volume"),
-        "table2_ds": (collector.rows("table2_ds"), "", "Table II (DS): synthetic LR vs real LR, per 2D slice"),
+        "table2_ds": (collector.rows("table2_ds", test=test), "",
+                      "Table II (DS): synthetic LR vs real LR, per 2D slice"),
     }
     for name, (rows, group, title) in tables.items():
         _write_table(out_dir, name, rows, group=group, title=title,

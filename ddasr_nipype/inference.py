@@ -105,6 +105,21 @@ def resolution_warnings(voxel_sizes_ras, bundle, planes: str = "sagittal", *,
     return warnings
 
 
+def sr_memory_gb(shape, *, scale: int = 2, planes: str = "sagittal") -> float:
+    """About the peak memory (GB) of :func:`super_resolve_image` for a volume of ``shape`` (from the
+    header alone): float32 copies of the input (loaded, in RAS, normalized, clipped residual) and three
+    of the output (the result, its intensities mapped back, its reoriented image), x``scale`` on two
+    axes (``planes="all"``: on three). Batches of slices and the network's activations come on top.
+
+    >>> round(sr_memory_gb((120, 120, 90)), 3)  # a 2 mm head
+    0.083
+    """
+    _check_plane(planes)
+    n = float(np.prod([int(v) for v in tuple(shape)[:3]]))
+    out = n * scale ** (3 if planes == "all" else 2)
+    return 4.0 * (4 * n + 3 * out) / 1e9
+
+
 def _tiles(length: int, tile: int, overlap: int) -> Iterator[tuple[int, int]]:
     """Start/stop of overlapping tiles covering ``range(length)``."""
     if length <= tile:

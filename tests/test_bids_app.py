@@ -535,3 +535,26 @@ def test_concurrent_array_tasks_write_the_dataset_description_safely(tmp_path):
         list(pool.map(lambda _: write_derivative_description(tmp_path, deriv), range(200)))
     assert json.loads((deriv / "dataset_description.json").read_text())["DatasetType"] == "derivative"
     assert [p.name for p in deriv.iterdir()] == ["dataset_description.json"]  # no temporary left
+
+
+def test_only_the_staging_folders_of_dead_runs_on_this_host_are_removed(tmp_path):
+    """A killed run leaves its staging folder; the next run removes it, but never the folder of a run
+    still alive (SLURM array tasks share the output folder) or of another host."""
+    import socket
+
+    from ddasr_nipype.bids_app.dataset import STAGING_OWNER, claim_staging, remove_stale_staging
+
+    root = tmp_path / ".ddasr-staging"
+    ours, alive, dead, remote, unknown = (root / name for name in ("ours", "alive", "dead", "remote", "unknown"))
+    claim_staging(ours)
+    claim_staging(alive)  # this process: alive
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True, check=True)
+    dead.mkdir()
+    (dead / STAGING_OWNER).write_text(json.dumps({"host": socket.gethostname(), "pid": int(finished.stdout),
+                                                  "start": "1"}))
+    remote.mkdir()
+    (remote / STAGING_OWNER).write_text(json.dumps({"host": "another-node", "pid": 1, "start": "1"}))
+    unknown.mkdir()  # no owner record
+    assert remove_stale_staging(ours) == [dead]
+    assert sorted(p.name for p in root.iterdir()) == ["alive", "ours", "remote", "unknown"]

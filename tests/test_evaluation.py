@@ -11,7 +11,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from scipy.stats import ttest_ind
+from scipy.stats import ttest_ind, ttest_rel
 
 from ddasr_nipype.degradations import kspace_truncation
 from ddasr_nipype.evaluation import EvaluationConfig, compare_methods, format_markdown, run_evaluation
@@ -49,13 +49,45 @@ def test_compare_methods_tests_against_the_best_other():
     rows = {r["method"]: r for r in compare_methods(values, "niqe")}  # lower is better: b is best
     assert rows["a"]["best_other"] == "b" and rows["c"]["best_other"] == "b"
     assert rows["b"]["best_other"] == "c"  # the best is tested against the runner-up
-    assert rows["a"]["p_value"] == pytest.approx(ttest_ind(values["a"], values["b"]).pvalue)
+    assert rows["a"]["test"] == "paired t-test" and rows["a"]["n_test"] == 30
+    assert rows["a"]["p_value"] == pytest.approx(ttest_rel(values["a"], values["b"]).pvalue)
+    independent = {r["method"]: r for r in compare_methods(values, "niqe", test="independent")}
+    assert independent["a"]["test"] == "independent t-test" and independent["a"]["n_test"] == 60
+    assert independent["a"]["p_value"] == pytest.approx(ttest_ind(values["a"], values["b"]).pvalue)
     assert rows["a"]["mean"] == pytest.approx(values["a"].mean())
     assert rows["a"]["std"] == pytest.approx(values["a"].std(ddof=1))
     rows = {r["method"]: r for r in compare_methods(values, "psnr")}  # higher is better: a is best
     assert rows["b"]["best_other"] == "a"
     table = format_markdown(compare_methods(values, "ssim"))
-    assert "| a | 5.0" not in table and "SSIM ↑" in table and table.count("\n") == 5
+    assert "| a | 5.0" not in table and "SSIM ↑" in table and table.count("\n") == 7
+    assert table.endswith("p: two-sided paired t-test of each method against the best other method of its "
+                          "column over the slices both methods scored.\n")
+    with pytest.raises(ValueError, match="test must be one of"):
+        compare_methods(values, "ssim", test="welch")
+
+
+def test_the_paired_test_matches_slices_by_key_and_sees_a_consistent_difference():
+    """Slices differ far more from each other than the two methods do on each slice: the paired test
+    finds the consistent gain that the independent test misses (the case of ddasr-eval's tables)."""
+    rng = np.random.default_rng(1)
+    anatomy = rng.normal(0.80, 0.05, 40)  # per-slice SSIM level
+    bicubic = anatomy
+    model = anatomy + 0.004 + rng.normal(0, 0.002, 40)  # better on almost every slice
+    keys = [("sub-a", i) for i in range(40)]
+    paired = {r["method"]: r for r in compare_methods({"bicubic": bicubic, "model": model}, "ssim")}
+    independent = {r["method"]: r for r in compare_methods({"bicubic": bicubic, "model": model}, "ssim",
+                                                           test="independent")}
+    assert paired["model"]["p_value"] < 1e-8 < 0.1 < independent["model"]["p_value"]
+    # matched by (scan, slice), whatever the order; slices only one method scored are left out
+    order = rng.permutation(40)
+    rows = compare_methods({"bicubic": bicubic[order][:-3], "model": model}, "ssim",
+                           keys={"bicubic": [keys[i] for i in order][:-3], "model": keys})
+    kept = np.sort(order[:-3])
+    row = {r["method"]: r for r in rows}["model"]
+    assert row["n_test"] == 37 and row["n"] == 40
+    assert row["p_value"] == pytest.approx(ttest_rel(model[kept], bicubic[kept]).pvalue)
+    with pytest.raises(ValueError, match="needs the slices of each value"):
+        compare_methods({"bicubic": bicubic[:-1], "model": model}, "ssim")
 
 
 def test_config_validation(tmp_path):
@@ -81,6 +113,8 @@ def test_table1_real_lr_vs_bicubic(tmp_path, small_lr_bids):
     # on this scan bicubic x2 has a clearly lower NIQE than the 2 mm original (see the README numbers)
     assert float(rows["bicubic"]["mean"]) < float(rows["real LR"]["mean"]) - 1
     assert float(rows["bicubic"]["p_value"]) < 0.05 and rows["bicubic"]["best_other"] == "real LR"
+    assert rows["bicubic"]["test"] == "paired t-test" and int(rows["bicubic"]["n_test"]) == 8
+    assert "p: two-sided paired t-test" in (tmp_path / "out" / "table1.md").read_text()
     slices = _read_csv(tmp_path / "out" / "slices.csv")
     per_volume = [r for r in slices if r["table"] == "table1_consistency"]  # slice -1: one per volume
     slices = [r for r in slices if r["table"] == "table1"]
@@ -248,14 +282,19 @@ def test_cli(tmp_path, trio_bids):
     threads = torch.get_num_threads()
     try:
         result = runner.invoke(main, ["--hr", str(trio_bids), "--out", str(tmp_path / "out"), "--participant-label",
-                                      "trio", "--degradation", "bicubic", "--panels", "0", "--num-threads", "1"])
+                                      "trio", "--degradation", "bicubic", "--panels", "0", "--num-threads", "1",
+                                      "--test", "independent"])
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(threads)
     assert result.exit_code == 0, result.output
     assert "| bicubic | bicubic |" in result.output
     assert (tmp_path / "out" / "table2_sr.csv").is_file()
-    assert json.loads((tmp_path / "out" / "evaluation.json").read_text())["config"]["num_threads"] == 1
+    config = json.loads((tmp_path / "out" / "evaluation.json").read_text())["config"]
+    assert config["num_threads"] == 1 and config["test"] == "independent"
+    assert {r["test"] for r in _read_csv(tmp_path / "out" / "table2_sr.csv")} == {"independent t-test"}
+    assert "p: two-sided independent t-test" in result.output
+    assert "--test [paired|independent]" in runner.invoke(main, ["--help"]).output
     assert not (tmp_path / "out" / "panels").exists()
     assert f"Tables and per-slice values written to {tmp_path / 'out'}\n" in result.output
     assert "panel" not in result.output.lower()  # --panels 0: none written, none announced

@@ -271,8 +271,11 @@ def test_smoke_cli_writes_a_bundle_that_loads_and_runs(tmp_path, hr_bids, lr_bid
     from ddasr_nipype.bundle import load_bundle
 
     out = tmp_path / "model"
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, set())
     result = CliRunner().invoke(main, _cli_args(hr_bids, lr_bids, out, "--allow-random-vgg19", "--seed", "1"))
     assert result.exit_code == 0, result.output
+    # an in-process caller keeps its signals (a blocked mask would pass to its child processes)
+    assert signal.pthread_sigmask(signal.SIG_BLOCK, set()) == mask
     bundle = load_bundle(out)
     assert (bundle.scale, bundle.plane, bundle.has_dsn) == (2, "sagittal", True)
     assert bundle.normalization["percentiles"] == [0.5, 99.5]
@@ -1153,3 +1156,83 @@ def test_the_srn_can_take_its_perceptual_term_from_deepbet(tmp_path, smoke, vgg)
     assert trainer.last_losses["g_perceptual"] > 0
     with pytest.raises(ValueError, match="layers 0, 1 and 2"):
         SRNLossConfig(backbone="deepbet")  # the VGG indices do not exist there
+
+
+def test_a_sigterm_whose_exception_is_swallowed_still_stops_the_run(tmp_path, hr_bids, lr_bids, monkeypatch,
+                                                                    capsys):
+    """The lost SIGTERM: Python runs a signal handler wherever the main thread is; inside a ``__del__``
+    (or under a bare ``except``) its exception is swallowed ("Exception ignored in ..."). The signal is
+    also recorded, so the run stops at the next step: exit 75, the DSN checkpoint, no SRN, no bundle."""
+    from ddasr_nipype.bids_app.train import run
+    from ddasr_nipype.training import pipeline
+
+    class SignalInDel:
+        def __del__(self):
+            os.kill(os.getpid(), signal.SIGTERM)
+            for _ in range(1000):  # the handler runs here, inside __del__
+                pass
+
+    real = pipeline.run_synthesis_stage
+
+    def synthesis_then_swallowed_signal(*args, **kwargs):
+        pairs = real(*args, **kwargs)
+        SignalInDel()  # garbage at once: its __del__ runs here
+        return pairs
+
+    monkeypatch.setattr(pipeline, "run_synthesis_stage", synthesis_then_swallowed_signal)
+    srn_runs = []
+    real_srn = pipeline.run_srn_stage
+    monkeypatch.setattr(pipeline, "run_srn_stage", lambda *a, **k: srn_runs.append(1) or real_srn(*a, **k))
+    swallowed = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda event: swallowed.append(event.exc_type.__name__))
+    options = _options(hr_bids, lr_bids, tmp_path / "m", hr_participant_label=("trio",))
+    assert run(options) == EXIT_INTERRUPTED  # it trained the SRN and wrote the bundle (exit 0) before
+    assert swallowed == ["StopRequested"]  # the handler's exception was lost in __del__
+    assert "SIGTERM: stopped outside the training loops" in capsys.readouterr().err
+    assert not srn_runs and not (tmp_path / "m").exists()
+    assert (tmp_path / "m.work" / "checkpoints" / "dsn_last.pt").is_file()
+
+
+_LATE_SIGNAL = """
+import atexit, os, signal, sys, time
+from types import SimpleNamespace
+from ddasr_nipype.bids_app.train import main
+from ddasr_nipype.training import pipeline
+when = sys.argv[1]
+
+def late_signal():  # as SIGTERM arriving while Python shuts down (seconds after torch ran)
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(0.5)
+
+def fake_training(options):
+    if when == "exit":
+        atexit.register(late_signal)
+        return SimpleNamespace(path=options.out_dir, sha256="0" * 64)
+    os.kill(os.getpid(), signal.SIGTERM)  # outside a loop: StopRequested
+    time.sleep(5)
+
+def options_then_signal(**kw):
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(5)
+
+pipeline.run_training = fake_training
+if when == "start":
+    import ddasr_nipype.bids_app.train as train
+    train.build_options = options_then_signal
+main.main(sys.argv[2:])
+"""
+
+
+@pytest.mark.parametrize("when, status, message", [
+    ("exit", 0, "model bundle written"),  # 143 (killed, no message) before: handlers reset at exit
+    ("run", EXIT_INTERRUPTED, "SIGTERM: stopped outside the training loops"),
+    ("start", EXIT_INTERRUPTED, "SIGTERM: stopped before training started"),
+])
+def test_ddasr_train_exits_with_its_outcome_whenever_sigterm_arrives(tmp_path, hr_bids, lr_bids, when, status,
+                                                                     message):
+    script = tmp_path / "late.py"
+    script.write_text(_LATE_SIGNAL)
+    out = subprocess.run([sys.executable, str(script), when, *_cli_args(hr_bids, lr_bids, tmp_path / "m")],
+                         capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert out.returncode == status, out.stderr
+    assert message in out.stderr

@@ -16,10 +16,9 @@ from ddasr_nipype.interfaces.bids import (
     OUT_PATH_BASE,
     SR_RESOLUTION,
     CommitDerivatives,
-    DerivativesDataSink,
     SidecarMetadata,
-    derivative_path,
 )
+from ddasr_nipype.interfaces.datasink import DerivativesDataSink, derivative_path
 from ddasr_nipype.interfaces.reports import ConsistencyReport, SRSummary, ZoomedCrops
 
 from .sr import bundle_has_dsn, init_sr_wf
@@ -128,6 +127,16 @@ input BIDS dataset.
     return workflow
 
 
+def memory_limit_gb(config) -> float:
+    """The memory one image's super-resolution may take: ``--mem``, else 90 % of this machine's memory
+    (nipype's MultiProc default); a larger input is refused before its data are read."""
+    if config.mem_gb:
+        return float(config.mem_gb)
+    from nipype.utils.profiler import get_system_total_memory_gb
+
+    return 0.9 * float(get_system_total_memory_gb())
+
+
 def staging_dir_for(config) -> Path:
     """Where a run stages its derivatives before committing them (same filesystem as the output)."""
     return Path(config.output_dir) / f".{OUT_PATH_BASE}-staging" / config.run_uuid
@@ -182,7 +191,7 @@ input BIDS dataset.
             skip_brain_extraction=config.skip_brain_extraction,
             omp_nthreads=config.omp_nthreads, batch_size=config.batch_size,
             tile_size=config.tile_size, strength=config.strength, background=config.background,
-            consistency=consistency, name=f"t1w_{idx}_wf",
+            consistency=consistency, max_memory_gb=memory_limit_gb(config), name=f"t1w_{idx}_wf",
         )
         sr_wf.inputs.inputnode.t1w = t1w
         # the description is the same for every run: keep it once

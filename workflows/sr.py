@@ -53,6 +53,17 @@ def _output_text(model, strength: float | None, background: str | None) -> str:
     return text
 
 
+def _bundle_scale(model) -> int:
+    """The bundle's scale (2 when it cannot be read here: the super_resolve node reports that)."""
+    from ddasr_nipype.bundle import load_bundle
+    from ddasr_nipype.errors import ModelBundleError
+
+    try:
+        return int(load_bundle(model, verify=False).scale)
+    except ModelBundleError:
+        return 2
+
+
 def init_sr_wf(
     *,
     model: str,
@@ -65,6 +76,7 @@ def init_sr_wf(
     strength: float | None = None,
     background: str | None = None,
     consistency: bool = True,
+    max_memory_gb: float | None = None,
     name: str = "sr_wf",
 ):
     """Super-resolve one T1w image with a DDASR model.
@@ -109,6 +121,9 @@ def init_sr_wf(
         Compute the data-consistency z-maps (:class:`~ddasr_nipype.interfaces.DataConsistency`): the
         output re-degraded to the input grid by area averaging (and by the bundle's DSN when it has
         one), minus the input, over the input's noise level.
+    max_memory_gb : :obj:`float`, optional
+        Refuse, from its header and before reading its data, an input whose super-resolution would
+        need more memory than this (:func:`ddasr_nipype.inference.sr_memory_gb`). Default: no limit.
     name : :obj:`str`
         Name of the workflow.
 
@@ -180,6 +195,10 @@ input's field of view and orientation.{bet_text}{consistency_text}
         name="outputnode",
     )
     conform = pe.Node(Conform(orientation="RAS"), name="conform")
+    if max_memory_gb is not None:
+        conform.inputs.max_memory_gb = max_memory_gb
+        conform.inputs.sr_scale = _bundle_scale(model)
+        conform.inputs.sr_planes = planes
     super_resolve = pe.Node(
         SuperResolve(
             model=model, planes=planes, device=device, use_gpu=device == "cuda",

@@ -43,6 +43,7 @@ __all__ = [
     "from_ras",
     "ras_voxel_sizes",
     "new_image_like",
+    "header_warnings",
     "save_volume",
 ]
 
@@ -185,6 +186,13 @@ def _check_affine(affine: np.ndarray, path) -> None:
         raise InvalidImageError(path, "the image affine is singular (a zero voxel axis)")
 
 
+GZIP_MAGIC = b"\x1f\x8b"
+
+
+def _unreadable(path: Path, exc: OSError) -> InvalidImageError:
+    return InvalidImageError(path, f"cannot read the file ({exc.strerror or exc}); check its permissions")
+
+
 def _check_gzip_stream(path: Path) -> None:
     """Decompress a whole gzip stream to check its CRC and length.
 
@@ -192,9 +200,18 @@ def _check_gzip_stream(path: Path) -> None:
     (a flipped bit in a deflate block) would otherwise go unnoticed.
     """
     try:
+        with open(path, "rb") as raw:
+            magic = raw.read(2)
+        if magic != GZIP_MAGIC:
+            kind = ".mgz" if path.name.lower().endswith(".mgz") else ".nii.gz"
+            raise InvalidImageError(
+                path, f"not a gzip-compressed file (it starts with {magic!r}), so not a {kind} image"
+            )
         with gzip.open(path, "rb") as fobj:
             while fobj.read(1 << 24):
                 pass
+    except PermissionError as exc:
+        raise _unreadable(path, exc) from exc
     except (gzip.BadGzipFile, zlib.error, EOFError, OSError) as exc:
         raise InvalidImageError(
             path, f"corrupt or truncated gzip stream ({type(exc).__name__}: {exc})"
@@ -238,7 +255,11 @@ def load_volume(path: str | Path, *, checks: ImageChecks = DEFAULT_CHECKS):
         _check_gzip_stream(path)
     try:
         img = nib.load(str(path))
-    except (ImageFileError, HeaderDataError) as exc:
+    except PermissionError as exc:
+        raise _unreadable(path, exc) from exc
+    except ImageFileError as exc:
+        raise InvalidImageError(path, f"not a NIfTI or MGH image: no valid header ({exc})") from exc
+    except HeaderDataError as exc:
         raise InvalidImageError(path, f"unreadable image header ({exc})") from exc
     except (gzip.BadGzipFile, zlib.error, EOFError, OSError, ValueError) as exc:
         raise InvalidImageError(
@@ -249,6 +270,8 @@ def load_volume(path: str | Path, *, checks: ImageChecks = DEFAULT_CHECKS):
     try:
         # Forces decompression and reading of every byte: a truncated file fails here.
         raw = img.get_fdata(dtype=np.float32, caching="unchanged")
+    except PermissionError as exc:
+        raise _unreadable(path, exc) from exc
     except (gzip.BadGzipFile, zlib.error, EOFError, OSError, ValueError) as exc:
         raise InvalidImageError(
             path,
@@ -279,6 +302,31 @@ def carried_qform(ref_header, affine: np.ndarray) -> np.ndarray:
     return qform @ np.linalg.inv(sform) @ affine
 
 
+def header_warnings(img) -> list[str]:
+    """What the header leaves ambiguous, for the record (the run goes on).
+
+    A NIfTI image whose qform and sform are both set but disagree: the sform (``img.affine``, as
+    nibabel, FSL and this package read it) places the outputs; ITK-based tools (ANTs) read the qform,
+    so they place the image elsewhere. (``save_volume`` outputs keep both, each aligned with the
+    input's same one, :func:`carried_qform`; the app's derivatives get the sform's as both.)
+    """
+    header = getattr(img, "header", None)
+    if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)) or header is None:
+        return []
+    qcode, scode = int(header["qform_code"]), int(header["sform_code"])
+    if not (qcode and scode):
+        return []
+    qform, sform = header.get_qform(), header.get_sform()
+    if np.allclose(qform, sform, atol=1e-4):
+        return []
+    corners = np.array([[i, j, k, 1.0] for i in (0, img.shape[0] - 1) for j in (0, img.shape[1] - 1)
+                        for k in (0, img.shape[2] - 1)])
+    shift = float(np.max(np.linalg.norm((corners @ qform.T - corners @ sform.T)[:, :3], axis=1)))
+    return [f"the qform and the sform of the input header disagree (by up to {shift:.3g} mm at its corners): "
+            f"the sform (code {scode}) is used, as nibabel and FSL read it; tools that read the qform "
+            f"(code {qcode}), such as ANTs, place the image elsewhere"]
+
+
 def new_image_like(data: np.ndarray, affine: np.ndarray, ref):
     """A new in-memory image of ``ref``'s class with ``data``, ``affine`` and ``ref``'s header.
 
@@ -307,12 +355,14 @@ def new_image_like(data: np.ndarray, affine: np.ndarray, ref):
 
 def save_volume(img, path: str | Path) -> Path:
     """Write ``img`` to ``path`` (format from the suffix), through a temporary file in the same
-    folder then an atomic rename, so a crash never leaves a half-written output."""
+    folder then an atomic rename, so a crash never leaves a half-written output (a failed write
+    removes its temporary file)."""
+    from ddasr_nipype.fileio import atomic_output
+
     path = Path(path)
     suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".gz") else path.suffix
-    tmp = path.with_name(f".{path.name}.tmp{suffix}")
-    nib.save(img, str(tmp))
-    tmp.replace(path)
+    with atomic_output(path, suffix=suffix) as tmp:
+        nib.save(img, str(tmp))
     return path
 
 

@@ -14,6 +14,8 @@ from nipype.interfaces.base import (
 )
 from nipype.utils.filemanip import fname_presuffix
 
+from ..forksafe import in_fresh_thread
+
 BACKENDS = ("deepbet", "mask")
 """Available backends. ``ants`` (niworkflows' antsBrainExtraction) would need the ANTs binaries and
 a TemplateFlow template on disk; add it to :func:`extract_brain` when those exist."""
@@ -124,6 +126,7 @@ class BrainExtraction(SimpleInterface):
     input_spec = _BrainExtractionInputSpec
     output_spec = _BrainExtractionOutputSpec
 
+    @in_fresh_thread  # torch in a fork of a process that ran torch (ddasr_nipype.forksafe)
     def _run_interface(self, runtime):
         import nibabel as nib
 

@@ -65,6 +65,29 @@ def conform_image(img, *, orientation: str = "RAS", voxel_size: float | None = N
     return img, info
 
 
+def check_memory(in_file, max_memory_gb: float, *, scale: int = 2, planes: str = "sagittal") -> float:
+    """Refuse (``InvalidImageError`` naming the file) an image whose super-resolution would need more
+    than ``max_memory_gb``, from its header alone; return the estimate (GB)."""
+    import nibabel as nib
+
+    from ..errors import InvalidImageError
+    from ..inference import sr_memory_gb
+
+    try:
+        shape = nib.load(str(in_file)).shape
+    except Exception:  # noqa: BLE001 - unreadable headers are load_volume's to report, with its message
+        return 0.0
+    need = sr_memory_gb(shape, scale=scale, planes=planes)
+    if need > max_memory_gb:
+        raise InvalidImageError(
+            in_file,
+            f"too large for the memory limit: super-resolving this {'x'.join(map(str, shape))} volume x{scale} "
+            f"({planes}) needs about {need:.3g} GB (float32 input and output copies), more than the "
+            f"{max_memory_gb:.3g} GB allowed (--mem); crop its field of view or raise --mem",
+        )
+    return need
+
+
 def reslice_image(img, reference, *, interpolation: str = "linear", threshold: float | None = None):
     """Resample ``img`` onto the voxel grid of ``reference`` (world coordinates are kept).
 
@@ -105,6 +128,14 @@ class _ConformInputSpec(BaseInterfaceInputSpec):
         desc="check the image (3D, finite, not empty, sane voxel sizes) and fail with a clear "
         "message otherwise; switch off only for images this package produced itself",
     )
+    max_memory_gb = traits.Float(
+        desc="refuse, from its header and before reading its data, an image whose super-resolution "
+        "(x sr_scale in sr_planes) would need more memory than this "
+        "(ddasr_nipype.inference.sr_memory_gb)"
+    )
+    sr_scale = traits.Int(2, usedefault=True, desc="scale of the super-resolution that follows")
+    sr_planes = traits.Enum("sagittal", "coronal", "axial", "all", usedefault=True,
+                            desc="planes of the super-resolution that follows")
 
 
 class _ConformOutputSpec(TraitedSpec):
@@ -136,6 +167,9 @@ class Conform(SimpleInterface):
 
         from ..data.io import load_volume, save_volume
 
+        if isdefined(self.inputs.max_memory_gb):
+            check_memory(self.inputs.in_file, self.inputs.max_memory_gb, scale=self.inputs.sr_scale,
+                         planes=self.inputs.sr_planes)
         if self.inputs.validate:
             img = load_volume(self.inputs.in_file)
         else:

@@ -12,6 +12,8 @@ from nipype.interfaces.base import (
     traits,
 )
 
+from ..forksafe import in_fresh_thread
+
 
 def degrade_file(in_file, reference_lr, *, model: str, plane: str | None = None,
                  device: str = "auto", batch_size: int = 4, num_threads: int | None = None):
@@ -72,6 +74,7 @@ class DSNDegrade(SimpleInterface):
     input_spec = _DSNDegradeInputSpec
     output_spec = _DSNDegradeOutputSpec
 
+    @in_fresh_thread  # torch in a fork of a process that ran torch (ddasr_nipype.forksafe)
     def _run_interface(self, runtime):
         from .super_resolve import write_image_and_sidecar
 

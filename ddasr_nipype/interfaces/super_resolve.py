@@ -13,6 +13,7 @@ from nipype.interfaces.base import (
 )
 from nipype.utils.filemanip import fname_presuffix
 
+from ..forksafe import in_fresh_thread
 from ..inference import BACKGROUNDS
 
 PLANES = ("sagittal", "coronal", "axial", "all")
@@ -62,8 +63,8 @@ def super_resolve_file(
     import time
 
     from ..bundle import load_bundle
-    from ..data.io import load_volume
-    from ..inference import super_resolve_image
+    from ..data.io import header_warnings, load_volume
+    from ..inference import LOGGER, super_resolve_image
 
     t0 = time.perf_counter()
     img = load_volume(in_file)
@@ -74,6 +75,10 @@ def super_resolve_file(
         num_threads=num_threads, tile_size=tile_size, strength=strength, background=background,
     )
     info["timings_s"] = {"read": round(read_s, 3), **info.get("timings_s", {})}
+    warnings = header_warnings(img)
+    for message in warnings:
+        LOGGER.warning("%s", message)
+    info["warnings"] = [*info.get("warnings", []), *warnings]
     return out_img, {**info, **grid_info(img, out_img, info["upsampling_factors_ras"])}
 
 
@@ -196,6 +201,7 @@ class SuperResolve(SimpleInterface):
     input_spec = _SuperResolveInputSpec
     output_spec = _SuperResolveOutputSpec
 
+    @in_fresh_thread  # torch in a fork of a process that ran torch (ddasr_nipype.forksafe)
     def _run_interface(self, runtime):
         def _opt(value):
             return value if isdefined(value) and value else None

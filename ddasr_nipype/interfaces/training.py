@@ -9,10 +9,16 @@ node that failed, so checkpoints kept inside it would be lost: after a crash or 
 inputs goes on from the last checkpoint instead of starting over; changed inputs get a fresh stage
 folder. ``use_gpu`` tells nipype's MultiProc scheduler that a node occupies a GPU; see
 :func:`ddasr_nipype.workflows.train.init_train_wf` for SLURM.
+
+Each node runs its work in a fresh thread (:mod:`ddasr_nipype.forksafe`: a MultiProc worker forked
+after torch ran in the parent would hang otherwise); its main thread keeps the SIGTERM/SIGINT
+handlers (:mod:`ddasr_nipype.training.signals`): a signal during a training loop checkpoints and
+fails the node, one elsewhere goes to the handler installed before (by default, the process ends).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from pathlib import Path
@@ -29,6 +35,20 @@ from nipype.interfaces.base import (
 )
 
 __all__ = ["TrainDSN", "SynthesizePairs", "TrainSRN"]
+
+
+def _fork_safe_training(run_interface):
+    """Run ``_run_interface`` in a fresh thread, with the signal handlers in the calling (main) thread."""
+
+    @functools.wraps(run_interface)
+    def wrapper(self, runtime):
+        from ddasr_nipype.forksafe import call_in_fresh_thread
+        from ddasr_nipype.training.signals import stop_on_signals
+
+        with stop_on_signals(outside_loops="forward"):
+            return call_in_fresh_thread(run_interface, self, runtime)
+
+    return wrapper
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -115,6 +135,7 @@ class TrainDSN(SimpleInterface):
     output_spec = _TrainDSNOutputSpec
     can_resume = True
 
+    @_fork_safe_training
     def _run_interface(self, runtime):
         from ddasr_nipype.training.pipeline import apply_num_threads, load_backbone, prepare_data, run_dsn_stage
 
@@ -165,6 +186,7 @@ class SynthesizePairs(SimpleInterface):
     input_spec = _SynthesizePairsInputSpec
     output_spec = _SynthesizePairsOutputSpec
 
+    @_fork_safe_training
     def _run_interface(self, runtime):
         from ddasr_nipype.training.datasets import SliceSet
         from ddasr_nipype.training.engine import resolve_device
@@ -212,6 +234,7 @@ class TrainSRN(SimpleInterface):
     output_spec = _TrainSRNOutputSpec
     can_resume = True
 
+    @_fork_safe_training
     def _run_interface(self, runtime):
         from ddasr_nipype.training.datasets import PairSet
         from ddasr_nipype.training.pipeline import (

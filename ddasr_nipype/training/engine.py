@@ -4,10 +4,11 @@
 draw, the logger, and the checkpoint of one stage. Subclasses implement :meth:`train_step`,
 :meth:`model_state` / :meth:`load_model_state` and :meth:`image_columns`.
 
-Signals: while :meth:`StageTrainer.run` runs, SIGTERM and SIGINT (SLURM preemption, Ctrl-C) only set a
-flag; the loop finishes the current iteration, writes the checkpoint and raises
-:class:`TrainingInterrupted`, which ``ddasr-train`` turns into exit code :data:`EXIT_INTERRUPTED` (75,
-``EX_TEMPFAIL``: "try again", i.e. rerun with ``--resume``).
+Signals (:mod:`ddasr_nipype.training.signals`): while :meth:`StageTrainer.run` runs, SIGTERM and SIGINT
+(SLURM preemption, Ctrl-C) are only recorded; the loop finishes the current iteration, writes the
+checkpoint and raises :class:`TrainingInterrupted`, which ``ddasr-train`` turns into exit code
+:data:`EXIT_INTERRUPTED` (75, ``EX_TEMPFAIL``: "try again", i.e. rerun with ``--resume``). A signal
+recorded before the loop started stops it after its first iteration.
 
 Reproducibility: on CPU, a run interrupted at any iteration and resumed from its checkpoint produces
 bit-for-bit the same weights as the uninterrupted run (the model, optimizer, scheduler, EMA, grad
@@ -17,10 +18,8 @@ scaler and all RNG states are restored; image grids and logs draw no random numb
 from __future__ import annotations
 
 import contextlib
-import signal
-import threading
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -28,6 +27,7 @@ from ddasr_nipype.errors import CheckpointError
 from ddasr_nipype.training.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
 from ddasr_nipype.training.config import TrainingPreset
 from ddasr_nipype.training.logging import TrainingLogger
+from ddasr_nipype.training.signals import mark_acted_on, stop_requested, training_loop
 
 __all__ = ["EXIT_INTERRUPTED", "TrainingInterrupted", "StageTrainer", "resolve_device", "precision_dtype"]
 
@@ -70,24 +70,6 @@ def precision_dtype(precision: str, device) -> Any:
     return {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
-@contextlib.contextmanager
-def _signal_flag(flag: dict) -> Iterator[None]:
-    """Turn SIGTERM/SIGINT into ``flag["signal"] = name`` for the duration (main thread only)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum, _frame):
-        flag["signal"] = signal.Signals(signum).name
-
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        yield
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
-
-
 class StageTrainer:
     """Base class of :class:`~ddasr_nipype.training.dsn_trainer.DSNTrainer` and ``SRNTrainer``."""
 
@@ -113,7 +95,6 @@ class StageTrainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.last_losses: dict[str, float] = {}
         self._last_batch: dict[str, Any] = {}
-        self._stop: dict[str, str] = {}
         self.stopped_early = False  # set when run()'s time limit ended the stage
 
     # -- to implement -------------------------------------------------------------------------
@@ -249,10 +230,9 @@ class StageTrainer:
         logger = TrainingLogger(self.work_dir, self.stage, total=self.total,
                                 batch_size=self.stage_config.batch_size, start=self.iteration,
                                 tensorboard=self.tensorboard)
-        self._stop.clear()
         first = self.iteration + 1
         try:
-            with _signal_flag(self._stop):
+            with training_loop():
                 while self.iteration < stop_at:
                     losses = self.train_step()
                     self.iteration += 1
@@ -268,17 +248,21 @@ class StageTrainer:
                             logger.images(it, columns)
                     if it % cfg.checkpoint_every == 0 or it == stop_at or out_of_time:
                         self.save()
-                    if self._stop:
+                    stop = stop_requested()
+                    if stop:
                         self.save()
-                        raise TrainingInterrupted(self.stage, it, self.checkpoint_path, self._stop["signal"])
+                        mark_acted_on()
+                        raise TrainingInterrupted(self.stage, it, self.checkpoint_path, stop)
                     if out_of_time:
                         self.stopped_early = True
                         break
                 if self.iteration >= stop_at and not self.checkpoint_path.exists():
                     self.save()
         finally:
-            logger.plot()
-            logger.close()
+            try:
+                logger.plot()
+            finally:
+                logger.close()
         return {"iterations": self.iteration, "final_losses": dict(self.last_losses),
                 "it_per_s": logger.last.get("it_per_s")}
 

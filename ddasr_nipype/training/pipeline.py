@@ -34,6 +34,7 @@ from ddasr_nipype.fileio import write_text_atomic
 from ddasr_nipype.training.checkpoint import load_checkpoint
 from ddasr_nipype.training.config import TrainingPreset
 from ddasr_nipype.training.datasets import PairSet, SliceSet, array_digest, find_t1w, prepare_datasets
+from ddasr_nipype.training.signals import raise_if_stop_requested
 
 log = logging.getLogger(__name__)
 
@@ -509,7 +510,9 @@ def run_training(options: TrainingOptions):
     ``init_generator`` (:func:`check_init_generator`), ``dsn_from``, and with ``resume`` the data selection
     (:func:`check_resume_selection`). Returns the :class:`~ddasr_nipype.bundle.ModelBundle` written to
     ``options.out_dir``. Raises :class:`~ddasr_nipype.training.engine.TrainingInterrupted` after
-    checkpointing on SIGTERM/SIGINT.
+    checkpointing on SIGTERM/SIGINT in a training loop, and
+    :class:`~ddasr_nipype.training.signals.StopRequested` for one outside the loops (under
+    ``stop_on_signals(outside_loops="raise")``, as ``ddasr-train`` runs it).
     """
     if options.dsn_from and options.degradation:
         raise ValueError("give either --dsn-from or --degradation, not both")
@@ -536,6 +539,9 @@ def run_training(options: TrainingOptions):
     files = find_data(options, need_lr=use_dsn and options.dsn_from is None)
     check_resume_selection(options, data_selection(options, *files))
     hr, lr, summary = prepare_data(options, files=files)
+    # a signal that arrived outside the training loops raised StopRequested at once; these checks
+    # stop the run at the next step should that exception have been swallowed on its way
+    raise_if_stop_requested()
 
     if options.dsn_from:
         if lr is None:
@@ -547,8 +553,11 @@ def run_training(options: TrainingOptions):
                     "planned_iterations": dsn_trainer.total, "stopped_early": dsn_trainer.stopped_early,
                     "final_losses": dsn_trainer.last_losses}
         del dsn_trainer
+        raise_if_stop_requested()
     pairs = run_synthesis_stage(options, hr, lr, dsn, dsn_info=dsn_info)
+    raise_if_stop_requested()
     srn = run_srn_stage(options, pairs, vgg, backbone)
+    raise_if_stop_requested()
 
     bundle = write_bundle(options, srn=srn, summary=summary, n_pairs=len(pairs), backbone=backbone,
                           dsn=dsn, dsn_info=dsn_info, pairs_provenance=pairs.provenance)
