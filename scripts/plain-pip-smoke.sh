@@ -98,6 +98,9 @@ root = resources.files("ddasr_nipype")
 needed = [
     "resources/models/ixi-t1w-x2/manifest.json", "resources/models/ixi-t1w-x2/srn.pt",
     "resources/models/ixi-t1w-x2/dsn.pt", "resources/models/ixi-t1w-x2/SHA256SUMS",
+    "resources/models/t1w-x2/manifest.json", "resources/models/t1w-x2/srn.pt",
+    "resources/models/t1w-x2/SHA256SUMS", "resources/models/ixi-t1w-x2-gan/manifest.json",
+    "resources/models/ixi-t1w-x2-gan/srn.pt", "resources/models/ixi-t1w-x2-gan/dsn.pt",
     "resources/niqe/niqe_pris_params.npz", "resources/brisque/svm.txt",
     "resources/brisque/feature_range.json", "resources/reports-spec.yml", "resources/boilerplate.bib",
     "resources/example/sub-IXI606/anat/sub-IXI606_T1w.nii.gz", "training/presets/smoke.yml",
@@ -108,14 +111,15 @@ assert not missing, f"package data missing from the installed package: {missing}
 print(f"plain-pip: {len(needed)} package data files present")
 
 import numpy as np
-from ddasr_nipype.bundle import load_bundle
+from ddasr_nipype.bundle import list_bundled_models, load_bundle
 from ddasr_nipype.inference import super_resolve_plane
 
-bundle = load_bundle("ixi-t1w-x2")  # checksums verified
 slices = np.random.default_rng(0).uniform(0, 1, (3, 40, 36)).astype(np.float32)
-out = super_resolve_plane(slices, bundle.load_generator("cpu"), plane="sagittal", scale=bundle.scale)
-assert out.shape == (3, 80, 72) and np.isfinite(out).all(), (out.shape, out.dtype)
-print(f"plain-pip: bundled model {bundle.name} ({bundle.sha256[:12]}) loads and runs")
+for name in list_bundled_models():
+    bundle = load_bundle(name)  # checksums verified
+    out = super_resolve_plane(slices, bundle.load_generator("cpu"), plane="sagittal", scale=bundle.scale)
+    assert out.shape == (3, 80, 72) and np.isfinite(out).all(), (name, out.shape, out.dtype)
+    print(f"plain-pip: bundled model {bundle.name} ({bundle.sha256[:12]}) loads and runs")
 EOF
 
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} MKL_NUM_THREADS=${MKL_NUM_THREADS:-2}
