@@ -36,7 +36,7 @@ DSN_FILE = "dsn.pt"
 CARD_FILE = "MODEL_CARD.md"
 SUMS_FILE = "SHA256SUMS"
 BUNDLED_MODELS_DIR = Path(__file__).parent / "resources" / "models"
-DEFAULT_MODEL = "ixi-t1w-x2"
+DEFAULT_MODEL = "t1w-x2"
 
 
 def sha256sum(path: str | Path, chunk_size: int = 1 << 20) -> str:

@@ -61,7 +61,7 @@ def init_ddasr_wf(*, config, layout=None, name: str = "ddasr_wf"):
     --------
     >>> from ddasr_nipype.bids_app.config import EXAMPLE_DIR, Config
     >>> config = Config(bids_dir=EXAMPLE_DIR, output_dir="/tmp/out", participant_label=("IXI606",),
-    ...                 model="ixi-t1w-x2", run_uuid="doctest")
+    ...                 model="t1w-x2", run_uuid="doctest")
     >>> wf = init_ddasr_wf(config=config)
     >>> [n for n in wf.list_node_names() if n.endswith("super_resolve")]
     ['sub_IXI606_wf.t1w_0_wf.super_resolve']
@@ -152,7 +152,7 @@ def init_single_subject_wf(*, subject_id: str, t1w_files: list[str], config, nam
     Examples
     --------
     >>> from ddasr_nipype.bids_app.config import Config
-    >>> config = Config(bids_dir="/data", output_dir="/out", model="ixi-t1w-x2",
+    >>> config = Config(bids_dir="/data", output_dir="/out", model="t1w-x2",
     ...                 skip_brain_extraction=True, run_uuid="doctest")
     >>> wf = init_single_subject_wf(subject_id="01", t1w_files=["/data/sub-01/anat/sub-01_T1w.nii.gz"],
     ...                             config=config)

@@ -93,7 +93,7 @@ def init_sr_wf(
             :simple_form: yes
 
             from ddasr_nipype.workflows.sr import init_sr_wf
-            wf = init_sr_wf(model="ixi-t1w-x2")
+            wf = init_sr_wf(model="t1w-x2")
 
     Parameters
     ----------
@@ -155,11 +155,11 @@ def init_sr_wf(
 
     Examples
     --------
-    >>> wf = init_sr_wf(model="ixi-t1w-x2", planes="all", omp_nthreads=2)
+    >>> wf = init_sr_wf(model="t1w-x2", planes="all", omp_nthreads=2)
     >>> sorted(wf.list_node_names())  # doctest: +NORMALIZE_WHITESPACE
     ['brain_extraction', 'conform', 'data_consistency', 'grid_metadata', 'inputnode', 'outputnode',
      'reslice_mask', 'restore_orientation', 'super_resolve']
-    >>> "data_consistency" in init_sr_wf(model="ixi-t1w-x2", consistency=False).list_node_names()
+    >>> "data_consistency" in init_sr_wf(model="t1w-x2", consistency=False).list_node_names()
     False
     """
     workflow = Workflow(name=name)

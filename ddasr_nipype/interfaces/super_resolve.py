@@ -189,7 +189,7 @@ class SuperResolve(SimpleInterface):
     Slices stream through the generator in batches (tiles for large slices), so memory stays
     bounded; the output keeps the input's orientation and field of view.
 
-    >>> sr = SuperResolve(model="ixi-t1w-x2", planes="all", device="cpu")
+    >>> sr = SuperResolve(model="t1w-x2", planes="all", device="cpu")
     >>> sr.inputs.planes
     'all'
     >>> sr.inputs.in_file = "sub-01_T1w.nii.gz"  # doctest: +SKIP
