@@ -84,11 +84,16 @@ def test_a_killed_run_is_finished_by_the_same_command(tmp_path, lr_file):
     second = subprocess.run([*COMMAND, *argv], env=env, capture_output=True, text=True, timeout=300)
     assert second.returncode == 1, second.stdout[-3000:]  # sub-bad failed; every other participant finished
     assert _committed(deriv) == sorted(GOOD)
+    outputs = {}
     for label in GOOD:
         files = sorted(p.name for p in (deriv / f"sub-{label}").rglob("*") if p.is_file())
-        assert files == [f"sub-{label}_desc-ddasr_T1w.json", f"sub-{label}_desc-ddasr_T1w.nii.gz",
-                         f"sub-{label}_desc-sr_T1w.svg", f"sub-{label}_desc-summary_T1w.html"], files
+        assert {f"sub-{label}_desc-ddasr_T1w.json", f"sub-{label}_desc-ddasr_T1w.nii.gz",
+                f"sub-{label}_desc-sr_T1w.svg", f"sub-{label}_desc-summary_T1w.html",
+                f"sub-{label}_desc-consistency_statmap.nii.gz"} <= set(files), files
+        outputs[label] = [name.replace(f"sub-{label}_", "sub-X_") for name in files]
         assert nib.load(deriv / f"sub-{label}" / "anat" / f"sub-{label}_desc-ddasr_T1w.nii.gz").get_fdata().size
+    # every participant has the same complete set: none was left half-committed by the kill
+    assert all(names == outputs[GOOD[0]] for names in outputs.values()), outputs
     assert not (deriv / "sub-bad" / "anat").exists()
     crash = list((deriv / "sub-bad" / "log").rglob("crash-*.txt"))
     assert crash and "sub-bad_T1w.nii.gz: corrupt or truncated" in crash[0].read_text()

@@ -159,6 +159,15 @@ def init_single_subject_wf(*, subject_id: str, t1w_files: list[str], config, nam
     >>> "ds_t1w_0" in wf.list_node_names(), "ds_mask_0" in wf.list_node_names()
     (True, False)
     >>> sorted(n for n in wf.list_node_names() if n.startswith("ds_zmap"))
+    ['ds_zmap_0', 'ds_zmap_sr_0']
+
+    A bundle with a DSN (``ixi-t1w-x2``, ``ixi-t1w-x2-gan``) adds the DSN's maps:
+
+    >>> config = Config(bids_dir="/data", output_dir="/out", model="ixi-t1w-x2-gan",
+    ...                 skip_brain_extraction=True, run_uuid="doctest")
+    >>> wf = init_single_subject_wf(subject_id="01", t1w_files=["/data/sub-01/anat/sub-01_T1w.nii.gz"],
+    ...                             config=config)
+    >>> sorted(n for n in wf.list_node_names() if n.startswith("ds_zmap"))
     ['ds_zmap_0', 'ds_zmap_dsn_0', 'ds_zmap_dsn_sr_0', 'ds_zmap_sr_0']
     """
     outputs: dict[str, list[str]] = {}

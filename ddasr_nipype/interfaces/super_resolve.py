@@ -23,8 +23,8 @@ DEVICES = ("auto", "cpu", "cuda")
 def write_image_and_sidecar(img, info: dict, in_file: str, suffix: str, cwd: str) -> tuple[str, str]:
     """Write ``img`` and its ``info`` JSON into ``cwd``, named after ``in_file`` plus ``suffix``.
 
-    When ``info`` splits its runtime (``timings_s``), the JSON's split also gives the seconds spent
-    writing the image (``write``)."""
+    When ``info`` splits its runtime (``timings_s``), the split also gives the seconds spent writing the
+    image (``write``), added to ``info`` itself, so that the node's ``metadata`` equals the JSON."""
     import time
 
     from ..data.io import save_volume
@@ -34,7 +34,7 @@ def write_image_and_sidecar(img, info: dict, in_file: str, suffix: str, cwd: str
     t0 = time.perf_counter()
     save_volume(img, out_file)
     if "timings_s" in info:
-        info = {**info, "timings_s": {**info["timings_s"], "write": round(time.perf_counter() - t0, 3)}}
+        info["timings_s"] = {**info["timings_s"], "write": round(time.perf_counter() - t0, 3)}
     with open(out_json, "w") as stream:
         json.dump(info, stream, indent=2, sort_keys=True)
     return out_file, out_json
