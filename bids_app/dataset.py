@@ -42,13 +42,10 @@ def check_output_dir(bids_dir: Path, output_dir: Path, *, what: str = "output di
 def check_writable(path: Path, *, what: str = "output directory") -> None:
     """Create ``path`` if needed and prove that a file can be written in it, else :class:`UsageError`
     (before any work starts: not after hours of it)."""
-    import tempfile
+    from ddasr_nipype.fileio import probe_writable
 
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".ddasr-write-test.", dir=path)
-        os.close(fd)
-        os.unlink(probe)
+        probe_writable(path)
     except OSError as err:
         raise UsageError(f"the {what} {path} is not writable: {err.strerror or err}") from err
 

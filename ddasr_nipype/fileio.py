@@ -52,3 +52,14 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
     with atomic_output(path) as tmp:
         tmp.write_text(text)
     return Path(path)
+
+
+def probe_writable(path: str | Path) -> Path:
+    """Create the folder ``path`` if needed and prove that a file can be written in it (a temporary file,
+    removed again); raises :class:`OSError` otherwise. Returns the folder."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    fd, probe = tempfile.mkstemp(prefix=".ddasr-write-test.", dir=path)
+    os.close(fd)
+    os.unlink(probe)
+    return path

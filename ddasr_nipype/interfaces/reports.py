@@ -23,6 +23,11 @@ Z_LIMIT = 6.0
 Z_SHOWN = 2.0
 
 
+def _opt(value):
+    """A node input's value, or ``None`` when it is not set."""
+    return value if isdefined(value) else None
+
+
 def _fmt_vec(values, unit: str = "") -> str:
     return " &times; ".join(f"{float(v):g}" for v in values) + unit
 
@@ -94,9 +99,6 @@ class SRSummary(SimpleInterface):
 
     def _run_interface(self, runtime):
         from pathlib import Path
-
-        def _opt(value):
-            return value if isdefined(value) else None
 
         out_report = str(Path(runtime.cwd) / "report.html")
         Path(out_report).write_text(summary_html(
@@ -406,9 +408,6 @@ class ZoomedCrops(SimpleInterface):
 
     def _run_interface(self, runtime):
         from pathlib import Path
-
-        def _opt(value):
-            return value if isdefined(value) else None
 
         out_report = str(Path(runtime.cwd) / "report.html")
         Path(out_report).write_text(crops_html(

@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -137,15 +136,13 @@ def apply_num_threads(num_threads: int | None) -> None:
 
 def check_writable(path: str | Path, what: str = "output") -> Path:
     """Create ``path`` if needed and prove it writable, else :class:`OutputNotWritableError`."""
+    from ..fileio import probe_writable
+
     path = Path(path).expanduser().resolve()
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".write-test.", dir=path)
-        os.close(fd)
-        os.unlink(probe)
+        return probe_writable(path)
     except OSError as err:
         raise OutputNotWritableError(f"the {what} directory {path} is not writable: {err.strerror or err}") from err
-    return path
 
 
 def load_backbone(options: TrainingOptions):
