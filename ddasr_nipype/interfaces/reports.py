@@ -23,6 +23,17 @@ Z_LIMIT = 6.0
 Z_SHOWN = 2.0
 
 
+def _mask_on(image, mask_file):
+    """The mask in ``mask_file`` when it is on ``image``'s grid, else ``image``'s head (Otsu foreground)."""
+    from ..metrics.volume import foreground_mask
+
+    if mask_file:
+        _, mask_data = _ras(mask_file)
+        if mask_data.shape == image.shape:
+            return mask_data > 0
+    return foreground_mask(image)
+
+
 def _opt(value):
     """A node input's value, or ``None`` when it is not set."""
     return value if isdefined(value) else None
@@ -193,17 +204,11 @@ def consistency_html(sr_file, zmap_sr_file, metadata: dict, *, mask_file=None, n
     import numpy as np
     from nibabel.affines import apply_affine, voxel_sizes
 
-    from ..metrics.volume import foreground_mask
-
     sr_ras, sr = _ras(sr_file)
     _, z = _ras(zmap_sr_file)
     if z.shape != sr.shape:
         raise ValueError(f"z-map grid {z.shape} differs from the super-resolved image's {sr.shape}")
-    if mask_file:
-        _, mask_data = _ras(mask_file)
-        mask = mask_data > 0 if mask_data.shape == sr.shape else foreground_mask(sr)
-    else:
-        mask = foreground_mask(sr)
+    mask = _mask_on(sr, mask_file)
     low, high = _window(sr, mask)
     zooms = voxel_sizes(sr_ras.affine)
     inside = np.argwhere(mask) if mask.any() else np.argwhere(np.ones_like(mask))
@@ -294,7 +299,6 @@ def crops_html(in_file, sr_file, *, metadata: dict | None = None, mask_file=None
 
     from ..consistency import grid_factors, upsample_nearest
     from ..degradations import bicubic_upsample_volume
-    from ..metrics.volume import foreground_mask
 
     lr_ras, lr = _ras(in_file)
     sr_ras, sr = _ras(sr_file)
@@ -305,11 +309,7 @@ def crops_html(in_file, sr_file, *, metadata: dict | None = None, mask_file=None
     axis = views[0] if views else int(np.argmin(factors))  # the SR plane (sagittal first)
     nearest = upsample_nearest(lr, factors)
     bicubic = bicubic_upsample_volume(lr, factors)
-    if mask_file:
-        _, mask_data = _ras(mask_file)
-        mask = mask_data > 0 if mask_data.shape == sr.shape else foreground_mask(sr)
-    else:
-        mask = foreground_mask(sr)
+    mask = _mask_on(sr, mask_file)
     low, high = _window(nearest, mask)
     h_axis, v_axis = (a for a in range(3) if a != axis)
     zooms = voxel_sizes(sr_ras.affine)
