@@ -58,6 +58,18 @@ def default_batch_size(device) -> int:
     return DEFAULT_BATCH_SIZE["cuda" if str(device).startswith("cuda") else "cpu"]
 
 
+def slice_workers(device, n_chunks: int) -> int:
+    """Threads that super-resolve slices side by side: on the CPU, one per torch thread (each running its
+    convolutions on one thread), as a small generator's convolutions on one 2D slice keep two threads
+    busy only part of the time (1.45x faster per slice on 2 cores: benchmarks/inference_benchmark.py);
+    on a GPU, one."""
+    import torch
+
+    if torch.device(device).type != "cpu":
+        return 1
+    return max(1, min(torch.get_num_threads(), n_chunks))
+
+
 def prepare_generator(generator, device):
     """Make ``generator`` ready for inference on ``device`` (in place; returns it): eval mode and, on the
     CPU, weights in the channels-last memory layout, where oneDNN's convolutions run 10-20 % faster
@@ -280,28 +292,46 @@ def super_resolve_plane(
     out = np.empty((n_slices, height * scale, width * scale), dtype=np.float32)
     from .degradations import bicubic_upsample
 
-    network_s = blend_s = 0.0
-    with torch.inference_mode():
-        for start in range(0, n_slices, batch_size):
+    def run_chunk(start: int) -> tuple[float, float]:
+        with torch.inference_mode():  # thread-local: entered in every worker
             t0 = time.perf_counter()
             chunk = np.ascontiguousarray(moved[start:start + batch_size], dtype=np.float32)
             batch = torch.from_numpy(chunk)[:, None].to(torch_device)
             sr = _run_tiled(generator, batch, scale, tile_size, tile_overlap)[:, 0].float().cpu().numpy()
-            t1 = time.perf_counter()
-            network_s += t1 - t0
-            if blend:
-                stop = start + len(chunk)
-                weight = _blend_weights(None if mask_moved is None else mask_moved[start:stop], strength,
-                                        scale, sr.shape[1:])
-                interpolated = chunk
-                if residual_moved is not None and residual_moved[start:stop].any():
-                    interpolated = chunk + residual_moved[start:stop]
-                sr = weight * sr + (1.0 - weight) * bicubic_upsample(interpolated, scale, axes=(1, 2))
-            out[start:start + len(chunk)] = sr
-            blend_s += time.perf_counter() - t1
-    if timings is not None:
-        timings["network"] = timings.get("network", 0.0) + network_s
-        timings["blend"] = timings.get("blend", 0.0) + blend_s
+        t1 = time.perf_counter()
+        if blend:
+            stop = start + len(chunk)
+            weight = _blend_weights(None if mask_moved is None else mask_moved[start:stop], strength,
+                                    scale, sr.shape[1:])
+            interpolated = chunk
+            if residual_moved is not None and residual_moved[start:stop].any():
+                interpolated = chunk + residual_moved[start:stop]
+            sr = weight * sr + (1.0 - weight) * bicubic_upsample(interpolated, scale, axes=(1, 2))
+        out[start:start + len(chunk)] = sr
+        return t1 - t0, time.perf_counter() - t1
+
+    starts = range(0, n_slices, batch_size)
+    workers = slice_workers(torch_device, len(starts))
+    t_start = time.perf_counter()
+    if workers == 1:
+        spent = [run_chunk(start) for start in starts]
+    else:
+        from concurrent.futures import ThreadPoolExecutor
+
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # each worker runs its convolutions on its own thread
+        try:
+            with ThreadPoolExecutor(workers, thread_name_prefix="ddasr-slices", initializer=torch.set_num_threads,
+                                    initargs=(1,)) as pool:
+                spent = list(pool.map(run_chunk, starts))
+        finally:
+            torch.set_num_threads(threads)
+    if timings is not None:  # wall seconds, split in the workers' proportions
+        wall = time.perf_counter() - t_start
+        network_s, blend_s = (sum(part) for part in zip(*spent)) if spent else (0.0, 0.0)
+        share = wall / (network_s + blend_s) if network_s + blend_s > 0 else 0.0
+        timings["network"] = timings.get("network", 0.0) + network_s * share
+        timings["blend"] = timings.get("blend", 0.0) + blend_s * share
     return np.moveaxis(out, 0, axis)
 
 

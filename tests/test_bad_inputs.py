@@ -25,7 +25,6 @@ import nibabel as nib
 import numpy as np
 import pytest
 from _bundles import make_tiny_bundle
-from _stand_ins import QuickBeforeAfter
 
 pytest.importorskip("torch")
 
@@ -238,7 +237,6 @@ def table_run(tmp_path_factory):
     out = root / "out"
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(builtins, "open", faulty_open)
-        patch.setattr("ddasr_nipype.workflows.base._before_after", QuickBeforeAfter)
         status = main([str(bids), str(out), "participant", "--model", str(bundle), "--skip-brain-extraction",
                        "-w", str(root / "work"), "--use-plugin", str(plugin), "--mem", f"{MEM_GB}GB",
                        "--strength", "0", "--omp-nthreads", "1"])

@@ -23,11 +23,9 @@ from _bundles import make_tiny_bundle
 
 pytest.importorskip("torch")
 
-TESTS = Path(__file__).resolve().parent
 GOOD = ("a", "b", "c", "d", "e")
-# the ddasr command, with a stand-in for its 10-50 s before/after SVG reportlet (tests/_stand_ins.py)
-COMMAND = [sys.executable, "-c", f"import sys; sys.path.insert(0, {str(TESTS)!r}); "
-           "from _stand_ins import run_ddasr; sys.exit(run_ddasr(sys.argv[1:]))"]
+# the ddasr command, in a process of its own (the test signals it)
+COMMAND = [sys.executable, "-c", "import sys; from ddasr_nipype.bids_app.run import main; sys.exit(main(sys.argv[1:]))"]
 
 
 def _dataset(root: Path, lr_file: Path) -> Path:

@@ -373,7 +373,7 @@ def test_cpu_runs_one_slice_per_forward_pass_unless_told_otherwise():
     assert [call[0] for call in gen.calls] == [1] * 5
     gen.calls.clear()
     super_resolve_plane(vol, gen, plane="sagittal", batch_size=4)
-    assert [call[0] for call in gen.calls] == [4, 1]
+    assert sorted(call[0] for call in gen.calls) == [1, 4]  # side by side on two threads: either order
 
 
 def test_prepared_generator_is_channels_last_with_the_same_output():
@@ -390,6 +390,53 @@ def test_prepared_generator_is_channels_last_with_the_same_output():
     assert not plain.conv_first.weight.is_contiguous(memory_format=torch.channels_last)
     vol = np.random.default_rng(5).random((3, 21, 18), dtype=np.float32)
     np.testing.assert_allclose(super_resolve_plane(vol, prepared), super_resolve_plane(vol, plain), atol=1e-5)
+
+
+class ThreadRecorder(torch.nn.Module):
+    """Wraps a generator; records the thread and torch's thread count of every call."""
+
+    def __init__(self, generator):
+        super().__init__()
+        self.generator = generator
+        self.config = generator.config
+        self.seen: list[tuple[str, int]] = []
+
+    def forward(self, *args):
+        import threading
+
+        self.seen.append((threading.current_thread().name, torch.get_num_threads()))
+        return self.generator(*args)
+
+
+def test_cpu_slices_run_side_by_side_on_one_thread_each_with_the_same_output(monkeypatch):
+    from ddasr_nipype.models import GeneratorConfig, SRGenerator
+
+    torch.manual_seed(0)
+    config = GeneratorConfig(num_feat=8, num_grow_ch=4, num_down=1, num_bottleneck_blocks=1,
+                             global_residual=True, noise_level_input=True)
+    generator = inference.prepare_generator(SRGenerator(config), "cpu")
+    vol = np.random.default_rng(6).random((9, 24, 20), dtype=np.float32)
+    mask = np.zeros(vol.shape, dtype=bool)
+    mask[2:7, 4:20, 3:17] = True
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        recorder = ThreadRecorder(generator)
+        timings: dict[str, float] = {}
+        together = super_resolve_plane(vol, recorder, mask=mask, strength=0.8, timings=timings)
+        assert torch.get_num_threads() == 2  # the caller's setting is back
+        assert {name.startswith("ddasr-slices") for name, _ in recorder.seen} == {True}
+        assert {count for _, count in recorder.seen} == {1}
+        assert len({name for name, _ in recorder.seen}) <= 2 and len(recorder.seen) == 9
+        assert timings["network"] > 0 and timings["blend"] > 0
+        monkeypatch.setattr(inference, "slice_workers", lambda device, n_chunks: 1)
+        alone = ThreadRecorder(generator)
+        one_by_one = super_resolve_plane(vol, alone, mask=mask, strength=0.8)
+    finally:
+        torch.set_num_threads(threads)
+    assert {name for name, _ in alone.seen} == {"MainThread"}
+    np.testing.assert_allclose(together, one_by_one, atol=1e-6)
+    assert inference.slice_workers("cpu", 1) == 1
 
 
 def test_image_info_splits_the_runtime(lr_file):

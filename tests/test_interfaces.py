@@ -225,21 +225,30 @@ def test_super_resolve_refuses_tampered_model(lr_crop, tiny_bundle, tmp_path):
         SuperResolve(in_file=str(lr_crop), model=str(bad), device="cpu").run(cwd=str(tmp_path))
 
 
-def test_dsn_degrade(hr_files, lr_crop, tiny_bundle, tmp_path):
+def test_dsn_degrade(hr_files, lr_crop, tiny_bundle, tmp_path, monkeypatch):
+    import torch
+
+    import ddasr_nipype.inference as inference
     from ddasr_nipype.interfaces import DSNDegrade
 
     hr = nib.load(hr_files["trio"]).slicer[:, 30:62, 30:62]  # RAS, 72x32x32, 1 mm
     hr_file = tmp_path / "hr_T1w.nii.gz"
     hr.to_filename(hr_file)
-    import torch
+    seen = []
+    degrade_image = inference.degrade_image
 
+    def spy(*args, **kwargs):
+        seen.append(torch.get_num_threads())  # in the node's work thread
+        return degrade_image(*args, **kwargs)
+
+    monkeypatch.setattr(inference, "degrade_image", spy)
     threads = torch.get_num_threads()
     try:
         res = DSNDegrade(in_file=str(hr_file), reference_lr=str(lr_crop), model=str(tiny_bundle),
                          plane="sagittal", device="cpu", num_threads=1).run(cwd=str(tmp_path))
-        assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(threads)
+    assert seen == [1]  # the DSN ran on the one thread asked for
     out = nib.load(res.outputs.out_file)
     assert out.shape == (72, 16, 16)
     assert np.allclose(out.header.get_zooms()[:3], (1.0, 2.0, 2.0), atol=1e-3)

@@ -228,6 +228,20 @@ def test_slice_selection_rule():
         select_slices(mask, "oblique")
 
 
+def test_otsu_threshold_is_scikit_images(lr_file):
+    from skimage.filters import threshold_otsu
+
+    from ddasr_nipype.metrics.volume import otsu_threshold
+
+    rng = np.random.default_rng(0)
+    real = np.asarray(nib.load(lr_file).dataobj)
+    for data in (real, rng.gamma(2.0, size=(20, 30, 10)).astype(np.float32), rng.integers(0, 5, (9, 9, 9)),
+                 np.concatenate([np.zeros(500), np.full(100, 7.0)])):
+        assert otsu_threshold(data) == pytest.approx(threshold_otsu(np.asarray(data, dtype=np.float64)),
+                                                     rel=1e-12)
+    assert otsu_threshold(np.full((4, 4), 3.0)) == 3.0
+
+
 def test_foreground_mask_on_real_scan(lr_file):
     data = nib.as_closest_canonical(nib.load(lr_file)).get_fdata()
     mask = foreground_mask(data)

@@ -265,7 +265,7 @@ input BIDS dataset.
             (sr_wf, ds_mask, [("outputnode.brain_mask", "in_file")]),
             (mask_meta, ds_mask, [("metadata", "meta_dict")]),
             (sr_wf, summary, [("outputnode.mask_info", "mask_info")]),
-            (sr_wf, sr_report, [("outputnode.brain_mask", "wm_seg")]),
+            (sr_wf, sr_report, [("outputnode.brain_mask", "mask_file")]),
             (sr_wf, crops, [("outputnode.brain_mask", "mask_file")]),
         ])
         staged += [(ds_mask, "out_file"), (ds_mask, "out_meta")]
@@ -331,6 +331,6 @@ def _add_quality_metrics(workflow, sr_wf, summary, idx: int, *, with_mask: bool)
 
 
 def _before_after():
-    from niworkflows.interfaces.reportlets.registration import SimpleBeforeAfterRPT
+    from ddasr_nipype.interfaces.reports import BeforeAfter
 
-    return SimpleBeforeAfterRPT(before_label="Input", after_label="DDASR", dismiss_affine=False)
+    return BeforeAfter(before_label="Input", after_label="DDASR")

@@ -1,7 +1,10 @@
 """Reportlets for the per-subject HTML report.
 
-The before/after and mask panels use niworkflows' own reportlets (``SimpleBeforeAfterRPT``,
-``SimpleShowMaskRPT``: SVG, the fMRIPrep look); :class:`SRSummary` writes the HTML summary panel.
+:class:`BeforeAfter` writes the before/after panel (an SVG in the fMRIPrep look: hover over it to flicker
+between the input and the output) straight from the voxels, in about a second, where niworkflows'
+``SimpleBeforeAfterRPT`` took 10-50 s through nilearn and matplotlib's vector back end;
+:class:`SRSummary` writes the HTML summary panel, :class:`ConsistencyReport` and :class:`ZoomedCrops` the
+data-consistency section.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from nipype.interfaces.base import (
     isdefined,
     traits,
 )
-__all__ = ["SRSummary", "summary_html", "ConsistencyReport", "consistency_html", "ZoomedCrops", "crops_html"]
+__all__ = ["BeforeAfter", "before_after_svg", "SRSummary", "summary_html", "ConsistencyReport", "consistency_html", "ZoomedCrops", "crops_html"]
 
 #: colour scale of the z-map overlays (|z| beyond it saturates) and the |z| below which nothing is drawn
 Z_LIMIT = 6.0
@@ -118,6 +121,191 @@ class SRSummary(SimpleInterface):
             metrics_before=_opt(self.inputs.metrics_before),
             metrics_after=_opt(self.inputs.metrics_after),
         ))
+        self._results["out_report"] = out_report
+        return runtime
+
+
+# --------------------------------------------------------------------------------------------
+# Before/after panel
+
+
+def _slice_on(target_affine, target_shape, source_affine, source, axis: int, index: int):
+    """Slice ``index`` across ``axis`` of the target grid, filled with the nearest voxel of ``source``
+    (0 outside its field of view): the two images of a before/after pair compared at the same points
+    whatever their grids. Returns an (n_h, n_v) array, h and v the other two axes in increasing order."""
+    import numpy as np
+
+    h_axis, v_axis = (a for a in range(3) if a != axis)
+    ih, iv = np.meshgrid(np.arange(target_shape[h_axis]), np.arange(target_shape[v_axis]), indexing="ij")
+    vox = np.empty((3,) + ih.shape)
+    vox[axis], vox[h_axis], vox[v_axis] = index, ih, iv
+    m = np.linalg.inv(source_affine) @ target_affine
+    src = np.rint(np.tensordot(m[:3, :3], vox, axes=1) + m[:3, 3, None, None]).astype(np.int64)
+    inside = np.logical_and.reduce([(src[k] >= 0) & (src[k] < source.shape[k]) for k in range(3)])
+    out = np.zeros(ih.shape, dtype=np.float32)
+    out[inside] = source[src[0][inside], src[1][inside], src[2][inside]]
+    return out
+
+
+def _bounds(mask):
+    """First and last voxel of a 3D mask on each axis (the whole grid when it is empty)."""
+    import numpy as np
+
+    inside = np.argwhere(mask) if mask.any() else np.argwhere(np.ones_like(mask))
+    return inside.min(0), inside.max(0)
+
+
+def _head_bounds(data, mask, *, level: float = 0.1, fraction: float = 0.005):
+    """First and last voxel on each axis of the planes with more than ``fraction`` of the fullest plane's
+    count of voxels above ``level`` x the 99.5th percentile in ``mask`` (and of ``mask``'s own bounds):
+    the head's box, robust to stray bright background voxels."""
+    import numpy as np
+
+    bright = data > level * _window(data, mask)[1]
+    lo, hi = _bounds(mask)
+    for axis in range(3):
+        counts = bright.sum(axis=tuple(a for a in range(3) if a != axis))
+        kept = np.flatnonzero(counts > fraction * counts.max()) if counts.max() else np.array([], dtype=int)
+        if kept.size:
+            lo[axis], hi[axis] = min(lo[axis], kept[0]), max(hi[axis], kept[-1])
+    return lo, hi
+
+
+def _png_rgb_uri(rgb) -> str:
+    """An (h, w, 3) uint8 array as a base64 PNG data URI (Pillow, which matplotlib already needs)."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(rgb, mode="RGB").save(buffer, format="PNG", compress_level=6)
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _outline(mask2d):
+    """Pixels of a 2D mask with a 4-neighbour outside it."""
+    import numpy as np
+
+    padded = np.pad(mask2d, 1)
+    interior = padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
+    return mask2d & ~interior
+
+
+def before_after_svg(before_file, after_file, *, mask_file=None, n_cuts: int = 7, before_label: str = "Input",
+                     after_label: str = "DDASR", width: int = 1100) -> str:
+    """The before/after panel: ``n_cuts`` sagittal, coronal and axial slices of ``after_file`` and, at the
+    same points of space, of ``before_file`` (nearest neighbour: its voxels as they are), each with its own
+    grey scale (0.5-99.5th percentile of its slices shown, in the mask), the outline of ``mask_file`` (on the after grid; else
+    the Otsu head) and the slice position in mm. An SVG with the two as layers, the after one on top;
+    hovering makes it flicker, as fMRIPrep's reports do. Voxels drawn with their true aspect ratio."""
+    import uuid
+
+    import numpy as np
+    from nibabel.affines import apply_affine, voxel_sizes
+
+    before_ras, before = _ras(before_file)
+    after_ras, after = _ras(after_file)
+    mask = _mask_on(after, mask_file)
+    lo, hi = _bounds(mask)
+    head_lo, head_hi = _head_bounds(after, mask)  # the panels show the whole head
+    zooms = voxel_sizes(after_ras.affine)
+    views, cut_labels = [], []
+    for axis in range(3):
+        h_axis, v_axis = (a for a in range(3) if a != axis)
+        margin_h, margin_v = (int(np.ceil(4.0 / zooms[a])) for a in (h_axis, v_axis))
+        crop = (slice(max(head_lo[h_axis] - margin_h, 0), head_hi[h_axis] + margin_h + 1),
+                slice(max(head_lo[v_axis] - margin_v, 0), head_hi[v_axis] + margin_v + 1))
+        cuts = []
+        for index in np.round(lo[axis] + (hi[axis] - lo[axis]) * np.linspace(0.12, 0.88, n_cuts)).astype(int):
+            in_mask = np.take(mask, index, axis=axis)[crop]
+            cuts.append((np.take(after, index, axis=axis)[crop],
+                         _slice_on(after_ras.affine, after.shape, before_ras.affine, before, axis, index)[crop],
+                         in_mask))
+            centre = (lo + hi) / 2.0
+            centre[axis] = index
+            cut_labels.append((axis, "xyz"[axis] + f"={apply_affine(after_ras.affine, centre)[axis]:.0f}"))
+        views.append((cuts, zooms[h_axis], zooms[v_axis]))
+    windows = {}
+    for which, column in (("after", 0), ("before", 1)):
+        shown = [(cut[column], cut[2]) for cuts, _, _ in views for cut in cuts]
+        values = np.concatenate([image[in_mask] for image, in_mask in shown])
+        windows[which] = _window(values if values.size else np.concatenate([i.ravel() for i, _ in shown]), None)
+    rows = {"before": [], "after": []}
+    for cuts, zh, zv in views:
+        for which, column in (("after", 0), ("before", 1)):
+            low, high = windows[which]
+            panels = []
+            for cut in cuts:
+                grey = (np.clip((cut[column] - low) / (high - low), 0, 1) * 255).astype(np.uint8)
+                rgb = np.repeat(grey[..., None], 3, axis=-1)
+                rgb[_outline(cut[2])] = (255, 64, 32)
+                panels += [rgb.transpose(1, 0, 2)[::-1], np.zeros((rgb.shape[1], 2, 3), dtype=np.uint8)]
+            rows[which].append((np.concatenate(panels[:-1], axis=1), zh, zv))  # rows: v from the top down
+    gap, label_h = 6.0, 14.0
+    layers, y = {"before": [], "after": []}, 0.0
+    heights = []
+    for row in range(3):
+        pixels, zh, zv = rows["after"][row]
+        height = width * pixels.shape[0] * zv / (pixels.shape[1] * zh)
+        heights.append((y, height))
+        for which in ("before", "after"):
+            uri = _png_rgb_uri(np.ascontiguousarray(rows[which][row][0]))
+            layers[which].append(
+                f'<image x="0" y="{y:.1f}" width="{width}" height="{height:.1f}" preserveAspectRatio="none" '
+                f'xlink:href="{uri}"/>')
+        y += height + label_h + gap
+    for which, label in (("before", before_label), ("after", after_label)):
+        for row, (y0, height) in enumerate(heights):
+            layers[which].append(
+                f'<text x="4" y="{y0 + 13:.1f}" fill="#ffffff" font-size="12" font-family="sans-serif" '
+                f'font-weight="bold">{html.escape(label)}: {_VIEW_NAMES[row]}</text>')
+            cuts = [text for axis, text in cut_labels if axis == row]
+            for col, text in enumerate(cuts):
+                layers[which].append(
+                    f'<text x="{(col + 0.5) * width / len(cuts):.1f}" y="{y0 + height + 12:.1f}" fill="#cccccc" '
+                    f'font-size="10" font-family="sans-serif" text-anchor="middle">{text} mm</text>')
+    uid = uuid.uuid4().hex
+    return (
+        '<svg xmlns="http://www.w3.org/2000/svg" xmlns:xlink="http://www.w3.org/1999/xlink" version="1.1" '
+        f'viewBox="0 0 {width} {y - gap:.1f}" preserveAspectRatio="xMidYMid meet">\n'
+        f'<style type="text/css">\n@keyframes flicker{uid} {{ 0% {{opacity: 1;}} 100% {{opacity: 0;}} }}\n'
+        f'.foreground-svg {{ animation: 1s ease-in-out 0s alternate none infinite paused flicker{uid}; }}\n'
+        '.foreground-svg:hover { animation-play-state: running; }\n</style>\n'
+        f'<rect x="0" y="0" width="{width}" height="{y - gap:.1f}" fill="#000000"/>\n'
+        '<g class="background-svg">\n' + "\n".join(layers["before"]) + '\n</g>\n'
+        '<g class="foreground-svg">\n<rect x="0" y="0" width="100%" height="100%" fill="#000000"/>\n'
+        + "\n".join(layers["after"]) + '\n</g>\n</svg>\n'
+    )
+
+
+class _BeforeAfterInputSpec(BaseInterfaceInputSpec):
+    before = File(exists=True, mandatory=True, desc="the input T1w")
+    after = File(exists=True, mandatory=True, desc="the super-resolved T1w")
+    mask_file = File(exists=True, desc="brain mask on the super-resolved grid (outline, slice range)")
+    before_label = traits.Str("Input", usedefault=True, desc="name of the before layer")
+    after_label = traits.Str("DDASR", usedefault=True, desc="name of the after layer")
+    n_cuts = traits.Int(7, usedefault=True, desc="slices per view")
+
+
+class BeforeAfter(SimpleInterface):
+    """The before/after SVG panel of the report (:func:`before_after_svg`).
+
+    >>> BeforeAfter(n_cuts=5).inputs.after_label
+    'DDASR'
+    """
+
+    input_spec = _BeforeAfterInputSpec
+    output_spec = _SRSummaryOutputSpec
+
+    def _run_interface(self, runtime):
+        from pathlib import Path
+
+        out_report = str(Path(runtime.cwd) / "report.svg")
+        Path(out_report).write_text(before_after_svg(
+            self.inputs.before, self.inputs.after, mask_file=_opt(self.inputs.mask_file),
+            n_cuts=self.inputs.n_cuts, before_label=self.inputs.before_label,
+            after_label=self.inputs.after_label))
         self._results["out_report"] = out_report
         return runtime
 
