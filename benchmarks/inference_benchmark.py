@@ -9,7 +9,11 @@ example scan; ``--t1w`` takes any file):
 - the split of the SR node: reading, loading the model, normalization, head mask, network, blend,
   restoring, writing (the node's own record, ``timings_s`` of its JSON) and what the node spent
   outside those steps (imports, nipype); the network per slice in the node beside the bare
-  generator per slice;
+  generator per slice (one after the other on every thread, and side by side on one thread each, as the
+  node runs on the CPU);
+- with ``--compare-scheduling``, a second app run with the other scheduling (``--omp-nthreads 1``: brain
+  extraction and SR side by side, each on one thread) beside the default (one after the other, every
+  thread each);
 - the ratios end to end / (brain extraction + SR node) and end to end / (brain extraction + the
   network alone): the app's overhead over pure inference;
 - ``--planes all`` (three passes fused) through ``super_resolve_image`` in a fresh process;
@@ -25,10 +29,10 @@ example scan; ``--t1w`` takes any file):
 Usage::
 
     python benchmarks/inference_benchmark.py [--model NAME_OR_DIR | --generator-config JSON_OR_FILE]
-        [--subject IXI603 | --t1w FILE] [--ref-slices 4] [--nprocs N] [--omp-nthreads N]
+        [--subject IXI603 | --t1w FILE] [--ref-slices 4] [--nprocs N] [--omp-nthreads N] [--compare-scheduling]
         [--skip-256] [--skip-all-planes] [--skip-rrdbnet23] [--skip-app] [--skip-startup]
 
-Without ``--model`` it uses the bundled ``ixi-t1w-x2`` when it exists, else a **random-weights
+Without ``--model`` it uses the bundled default model (``t1w-x2``) when it exists, else a **random-weights
 bundle of the shipped size**. ``--generator-config`` times another generator before it is trained: a
 random-weights bundle of that :class:`~ddasr_nipype.models.GeneratorConfig` (JSON text, or a JSON
 file; e.g. ``'{"num_feat": 24, "num_grow_ch": 16, "num_down": 2, "num_bottleneck_blocks": 3,
@@ -58,7 +62,7 @@ EXAMPLE_T1W = REPO / "ddasr_nipype" / "resources" / "example" / "sub-IXI606" / "
 #: setting (passive waiting, ``ddasr_nipype.bids_app.run.build_workflow``); the app run gets the user's
 USER_WAIT_POLICY = os.environ.get("OMP_WAIT_POLICY")
 #: the recipe of the shipped generator (the preset its last fine-tune ran with)
-SHIPPED_PRESET = REPO / "ddasr_nipype" / "training" / "presets" / "starter-finetune-nl.yml"
+SHIPPED_PRESET = REPO / "ddasr_nipype" / "training" / "presets" / "t1w-x2-nl-cpu.yml"
 
 
 def _load(label: str) -> str:
@@ -185,6 +189,29 @@ def _time_per_slice(net, slices, extra=()) -> tuple[float, float]:
         return (time.perf_counter() - t0) / len(slices), (time.process_time() - c0) / len(slices)
 
 
+def _time_side_by_side(net, slices, extra=(), workers: int = 2) -> tuple[float, float]:
+    """(wall, CPU) seconds per slice with ``workers`` threads side by side, one torch thread each, one
+    slice per forward pass: how ``super_resolve_plane`` runs on the CPU (``inference.slice_workers``)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import torch
+
+    def one(i):
+        with torch.inference_mode():
+            net(slices[i:i + 1], *(e[i:i + 1] for e in extra))
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(workers, initializer=torch.set_num_threads, initargs=(1,)) as pool:
+            list(pool.map(one, range(min(workers, len(slices)))))  # warm-up, every worker
+            t0, c0 = time.perf_counter(), time.process_time()
+            list(pool.map(one, range(len(slices))))
+            return (time.perf_counter() - t0) / len(slices), (time.process_time() - c0) / len(slices)
+    finally:
+        torch.set_num_threads(threads)
+
+
 def compare_reference(t1w: Path, model: str, n_slices: int, threads: int, *, rrdbnet23: bool = True) -> dict:
     """The same LR slices through the DDASR generator, x2plus and RRDBNet-23: seconds per slice."""
     import copy
@@ -209,7 +236,10 @@ def compare_reference(t1w: Path, model: str, n_slices: int, threads: int, *, rrd
         out[f"{label}_params_m"] = sum(p.numel() for p in net.parameters()) / 1e6
         if label != "rrdbnet23":  # as loaded (contiguous); the paper's RRDBNet only channels-last
             out[label] = _time_per_slice(net, slices, args)
-        out[f"{label}_cl"] = _time_per_slice(prepare_generator(copy.deepcopy(net), "cpu"), slices, args)
+        prepared = prepare_generator(copy.deepcopy(net), "cpu")
+        out[f"{label}_cl"] = _time_per_slice(prepared, slices, args)
+        if label != "rrdbnet23" and threads > 1:
+            out[f"{label}_sbs"] = _time_side_by_side(prepared, slices, args, threads)
     out["load_after"] = os.getloadavg()[0]
     return out
 
@@ -295,6 +325,10 @@ def print_reference(ref: dict) -> None:
     if "rrdbnet23_cl" in ref:
         print(f"{'speed-up vs RRDBNet-23':>26}: {ref['rrdbnet23_cl'][0] / ref['ddasr_cl'][0]:.1f}x wall, "
               f"{ref['rrdbnet23_cl'][1] / ref['ddasr_cl'][1]:.1f}x CPU")
+    if "ddasr_sbs" in ref:
+        print(f"{'side by side':>26}: DDASR {ref['ddasr_sbs'][0]:.3f}, x2plus {ref['x2plus_sbs'][0]:.3f} s wall per "
+              f"slice ({ref['threads']} threads of one torch thread each, channels-last: as the SR node runs on "
+              f"the CPU); speed-up {ref['x2plus_sbs'][0] / ref['ddasr_sbs'][0]:.1f}x")
     print(f"{'load average':>26}: {ref['load_before']:.1f} -> {ref['load_after']:.1f}", flush=True)
 
 
@@ -313,6 +347,9 @@ def main(argv=None) -> int:
     parser.add_argument("--omp-nthreads", type=int,
                         help="the app's --omp-nthreads (default: the app's, --nprocs: brain extraction and "
                         "SR one after the other with every thread; 1 with 2 CPUs: side by side)")
+    parser.add_argument("--compare-scheduling", action="store_true",
+                        help="run the app a second time with the other scheduling (--omp-nthreads 1: brain "
+                        "extraction and SR side by side) and print both")
     parser.add_argument("--tile-size", type=int, default=0, help="tile size for the 256^3 run")
     parser.add_argument("--skip-256", action="store_true", help="skip the 256^3 RSS run")
     parser.add_argument("--skip-all-planes", action="store_true", help="skip the --planes all run")
@@ -355,13 +392,26 @@ def main(argv=None) -> int:
             print(f"{'in-node overhead':>26}: {app['super_resolve_node_s'] - network:.2f} s "
                   f"({(app['super_resolve_node_s'] - network) / app['super_resolve_node_s']:.0%} of the node)")
             if app["n_slices"]:
-                bare = f" vs {ref['ddasr_cl'][0]:.3f} s the bare generator above (channels-last)" if ref else ""
+                bare = ""
+                if ref:
+                    bare = f" vs {ref['ddasr_cl'][0]:.3f} s the bare generator above (channels-last)"
+                    if "ddasr_sbs" in ref:
+                        bare += f", {ref['ddasr_sbs'][0]:.3f} s side by side"
                 print(f"{'network per slice':>26}: {network / app['n_slices']:.3f} s in the node{bare}")
             bet = app["brain_extraction_s"]
             print(f"{'end to end / (BET + SR)':>26}: {app['end_to_end_s'] / (bet + app['super_resolve_node_s']):.2f}")
             print(f"{'end to end / (BET + net)':>26}: {app['end_to_end_s'] / (bet + network):.2f} "
                   "(over pure inference plus extraction)")
             print(f"{_load('after the app run')}", flush=True)
+            if opts.compare_scheduling and opts.nprocs > 1:
+                other = 1 if (opts.omp_nthreads or opts.nprocs) > 1 else opts.nprocs
+                (tmp / "other").mkdir()
+                second = run_app(t1w, model, tmp / "other", opts.nprocs, other)
+                print(f"== scheduling: --omp-nthreads {other} ({'brain extraction and SR side by side' if other == 1 else 'one after the other, every thread each'}) ==")
+                for key in ("end_to_end_s", "brain_extraction_s", "super_resolve_node_s"):
+                    print(f"{key:>26}: {second[key]:.2f} (vs {app[key]:.2f})")
+                faster = "this one" if second["end_to_end_s"] < app["end_to_end_s"] else "the default"
+                print(f"{'faster':>26}: {faster}; {_load('after')}", flush=True)
 
         if not opts.skip_all_planes:
             both = super_resolve_fresh(model, opts.nprocs, 0, "all", str(t1w))
