@@ -80,6 +80,13 @@ def test_gan_bundle_is_the_documented_one():
     assert srn["perceptual_backbone"]["name"] == "deepbet" and srn["initialized_from"]["name"] == DEFAULT_MODEL
     assert gan.manifest["training"]["degradation"] == "dsn"
     assert gan.output == {"strength": 1.0, "background": "input"}
+    assert srn_targets_denoised(gan) == 0.8  # clean targets: no noise texture for the discriminator to ask for
     card = (gan.path / "MODEL_CARD.md").read_text()
-    assert gan.sha256[:12] in card and "stripe" in card  # the card shows what it draws
+    assert gan.sha256[:12] in card and "grain" in card and "stripe" in card  # what it draws, what it drew
     assert sum(p.stat().st_size for p in gan.path.glob("*.pt")) < 7e6
+
+
+def srn_targets_denoised(bundle) -> float:
+    """The non-local-means strength of the HR targets a bundle's SRN was trained on (0: raw targets)."""
+    key = bundle.manifest["training"]["pairs"]["key"]
+    return float(key["synthesis"].get("denoise_targets", 0.0))
