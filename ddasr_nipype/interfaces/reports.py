@@ -97,10 +97,29 @@ class _SRSummaryInputSpec(BaseInterfaceInputSpec):
 
 
 class _SRSummaryOutputSpec(TraitedSpec):
-    out_report = File(exists=True, desc="HTML fragment for the report")
+    out_report = File(exists=True, desc="HTML fragment (or SVG) for the report")
 
 
-class SRSummary(SimpleInterface):
+class _Reportlet(SimpleInterface):
+    """A report section: the text :meth:`_render` returns, written to ``report<extension>`` in the
+    node's folder (``out_report``)."""
+
+    output_spec = _SRSummaryOutputSpec
+    extension = ".html"
+
+    def _render(self) -> str:
+        raise NotImplementedError
+
+    def _run_interface(self, runtime):
+        from pathlib import Path
+
+        out_report = str(Path(runtime.cwd) / f"report{self.extension}")
+        Path(out_report).write_text(self._render())
+        self._results["out_report"] = out_report
+        return runtime
+
+
+class SRSummary(_Reportlet):
     """Write the super-resolution summary panel of the HTML report.
 
     >>> summary = SRSummary(metadata={"model_name": "ixi-t1w-x2", "scale": 2})
@@ -109,20 +128,14 @@ class SRSummary(SimpleInterface):
     """
 
     input_spec = _SRSummaryInputSpec
-    output_spec = _SRSummaryOutputSpec
 
-    def _run_interface(self, runtime):
-        from pathlib import Path
-
-        out_report = str(Path(runtime.cwd) / "report.html")
-        Path(out_report).write_text(summary_html(
+    def _render(self) -> str:
+        return summary_html(
             self.inputs.metadata, source_file=_opt(self.inputs.source_file),
             mask_info=_opt(self.inputs.mask_info), metrics=_opt(self.inputs.metrics),
             metrics_before=_opt(self.inputs.metrics_before),
             metrics_after=_opt(self.inputs.metrics_after),
-        ))
-        self._results["out_report"] = out_report
-        return runtime
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -288,7 +301,7 @@ class _BeforeAfterInputSpec(BaseInterfaceInputSpec):
     n_cuts = traits.Int(7, usedefault=True, desc="slices per view")
 
 
-class BeforeAfter(SimpleInterface):
+class BeforeAfter(_Reportlet):
     """The before/after SVG panel of the report (:func:`before_after_svg`).
 
     >>> BeforeAfter(n_cuts=5).inputs.after_label
@@ -296,18 +309,13 @@ class BeforeAfter(SimpleInterface):
     """
 
     input_spec = _BeforeAfterInputSpec
-    output_spec = _SRSummaryOutputSpec
+    extension = ".svg"
 
-    def _run_interface(self, runtime):
-        from pathlib import Path
-
-        out_report = str(Path(runtime.cwd) / "report.svg")
-        Path(out_report).write_text(before_after_svg(
+    def _render(self) -> str:
+        return before_after_svg(
             self.inputs.before, self.inputs.after, mask_file=_opt(self.inputs.mask_file),
             n_cuts=self.inputs.n_cuts, before_label=self.inputs.before_label,
-            after_label=self.inputs.after_label))
-        self._results["out_report"] = out_report
-        return runtime
+            after_label=self.inputs.after_label)
 
 
 # --------------------------------------------------------------------------------------------
@@ -554,7 +562,7 @@ class _ConsistencyReportInputSpec(BaseInterfaceInputSpec):
     mask_file = File(exists=True, desc="brain mask on the super-resolved grid (outline, slice range)")
 
 
-class ConsistencyReport(SimpleInterface):
+class ConsistencyReport(_Reportlet):
     """The data-consistency section of the report (:func:`consistency_html`).
 
     >>> ConsistencyReport(metadata={}).inputs.metadata
@@ -562,17 +570,10 @@ class ConsistencyReport(SimpleInterface):
     """
 
     input_spec = _ConsistencyReportInputSpec
-    output_spec = _SRSummaryOutputSpec
 
-    def _run_interface(self, runtime):
-        from pathlib import Path
-
-        out_report = str(Path(runtime.cwd) / "report.html")
-        Path(out_report).write_text(consistency_html(
-            self.inputs.sr_file, self.inputs.zmap_sr_file, self.inputs.metadata,
-            mask_file=self.inputs.mask_file if isdefined(self.inputs.mask_file) else None))
-        self._results["out_report"] = out_report
-        return runtime
+    def _render(self) -> str:
+        return consistency_html(self.inputs.sr_file, self.inputs.zmap_sr_file, self.inputs.metadata,
+                                mask_file=_opt(self.inputs.mask_file))
 
 
 class _ZoomedCropsInputSpec(BaseInterfaceInputSpec):
@@ -584,7 +585,7 @@ class _ZoomedCropsInputSpec(BaseInterfaceInputSpec):
     zoom = traits.Int(3, usedefault=True, desc="screen pixels per voxel")
 
 
-class ZoomedCrops(SimpleInterface):
+class ZoomedCrops(_Reportlet):
     """Zoomed before/after crops at native scale for the report (:func:`crops_html`).
 
     >>> ZoomedCrops(size=48).inputs.zoom
@@ -592,14 +593,7 @@ class ZoomedCrops(SimpleInterface):
     """
 
     input_spec = _ZoomedCropsInputSpec
-    output_spec = _SRSummaryOutputSpec
 
-    def _run_interface(self, runtime):
-        from pathlib import Path
-
-        out_report = str(Path(runtime.cwd) / "report.html")
-        Path(out_report).write_text(crops_html(
-            self.inputs.in_file, self.inputs.sr_file, metadata=_opt(self.inputs.metadata),
-            mask_file=_opt(self.inputs.mask_file), size=self.inputs.size, zoom=self.inputs.zoom))
-        self._results["out_report"] = out_report
-        return runtime
+    def _render(self) -> str:
+        return crops_html(self.inputs.in_file, self.inputs.sr_file, metadata=_opt(self.inputs.metadata),
+                          mask_file=_opt(self.inputs.mask_file), size=self.inputs.size, zoom=self.inputs.zoom)
