@@ -320,11 +320,12 @@ def super_resolve_plane(
 
         threads = torch.get_num_threads()
         torch.set_num_threads(1)  # each worker runs its convolutions on its own thread
+        pool = ThreadPoolExecutor(workers, thread_name_prefix="ddasr-slices", initializer=torch.set_num_threads,
+                                  initargs=(1,))
         try:
-            with ThreadPoolExecutor(workers, thread_name_prefix="ddasr-slices", initializer=torch.set_num_threads,
-                                    initargs=(1,)) as pool:
-                spent = list(pool.map(run_chunk, starts))
-        finally:
+            spent = list(pool.map(run_chunk, starts))
+        finally:  # on an error or an interrupt, the slices not started yet are dropped, not run
+            pool.shutdown(wait=True, cancel_futures=True)
             torch.set_num_threads(threads)
     if timings is not None:  # wall seconds, split in the workers' proportions
         wall = time.perf_counter() - t_start

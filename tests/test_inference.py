@@ -449,3 +449,27 @@ def test_image_info_splits_the_runtime(lr_file):
     assert info["batch_size"] == 1
     _, info = inference.super_resolve_image(img, _FakeBundle(), planes="all", batch_size=16)
     assert "fuse" in info["timings_s"] and info["batch_size"] == 16
+
+
+def test_an_error_in_one_slice_stops_the_others_and_restores_the_threads():
+    """A failing slice raises in the caller; slices not started yet are not run (an interrupt does not
+    wait for the whole volume) and the caller's torch thread count is back."""
+
+    class FailsOnThird(NearestX2):
+        def forward(self, x):
+            if len(self.calls) == 2:
+                self.calls.append(tuple(x.shape))
+                raise RuntimeError("slice failed")
+            return super().forward(x)
+
+    vol = np.random.default_rng(7).random((200, 8, 8), dtype=np.float32)
+    gen = FailsOnThird()
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        with pytest.raises(RuntimeError, match="slice failed"):
+            super_resolve_plane(vol, gen, plane="sagittal")
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
+    assert len(gen.calls) < 200
