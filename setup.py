@@ -53,6 +53,7 @@ setup(
         "pyyaml>=6.0",
         "scikit-image>=0.21",
         "matplotlib>=3.7",
+        "pillow>=9.1",  # imported directly (the before/after reportlet's PNG layers)
         "deepbet>=1.0.2",
         "opencv-python-headless>=4.5",
         "tensorboard>=2.12",

@@ -192,7 +192,7 @@ def _png_rgb_uri(rgb) -> str:
     from PIL import Image
 
     buffer = io.BytesIO()
-    Image.fromarray(rgb, mode="RGB").save(buffer, format="PNG", compress_level=6)
+    Image.fromarray(rgb).save(buffer, format="PNG", compress_level=6)  # (h, w, 3) uint8: RGB
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
