@@ -185,8 +185,9 @@ def parse_args(args=None) -> Config:
     """Parse and check the command line; return the run's :class:`Config`.
 
     Errors (missing dataset, output inside the input, an output or work folder that cannot be
-    written, unknown participant, bad filter or plugin file, missing model, ``--device cuda`` without CUDA, ``--reports-only`` for a participant
-    without outputs) exit with status 2 and a one-line message, before any work starts.
+    written, unknown participant, bad filter or plugin file, missing model, ``--device cuda`` without
+    CUDA, ``--reports-only`` for a participant without outputs) exit with status 2 and a one-line
+    message, before any work starts.
     """
     from .dataset import (
         UsageError,
@@ -249,12 +250,12 @@ def parse_args(args=None) -> Config:
         plugin_args.setdefault("n_procs", nprocs)
         plugin_args.setdefault("raise_insufficient", False)
         plugin_args.setdefault("maxtasksperchild", 1)
+        if opts.mem is not None:
+            plugin_args["memory_gb"] = opts.mem
     if plugin == "MultiProc":
         # workers start from a clean server process, never forked from one where torch ran
         # (ddasr_nipype.forksafe; a plugin file may choose another start method)
         plugin_args.setdefault("mp_context", MULTIPROC_START_METHOD)
-        if opts.mem is not None:
-            plugin_args["memory_gb"] = opts.mem
     run_uuid = f"{datetime.now():%Y%m%d-%H%M%S}_{uuid.uuid4()}"
     return Config(
         bids_dir=bids_dir,

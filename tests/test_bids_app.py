@@ -211,6 +211,11 @@ def test_plugin_mem_filters_and_validation(bids_copy, tmp_path, tiny_bundle, cap
     assert (config.plugin_args["n_procs"], config.plugin_args["memory_gb"], config.omp_nthreads) == (1, 8.0, 1)
     config = parse_args(_args(bids_copy, tmp_path / "o", "--mem", "8000MB", model=tiny_bundle))
     assert config.plugin == "MultiProc" and config.plugin_args["memory_gb"] == pytest.approx(8.0)
+    # LegacyMultiProc takes the same limits (and keeps its own start method)
+    plugin.write_text("plugin: LegacyMultiProc\n")
+    config = parse_args(_args(bids_copy, tmp_path / "o", "--use-plugin", str(plugin), "--mem", "6GB",
+                              model=tiny_bundle))
+    assert config.plugin_args["memory_gb"] == pytest.approx(6.0) and "mp_context" not in config.plugin_args
     assert "cannot read memory" in _usage_error(
         capsys, _args(bids_copy, tmp_path / "o", "--mem", "lots", model=tiny_bundle))
 
