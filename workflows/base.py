@@ -170,9 +170,11 @@ def init_single_subject_wf(*, subject_id: str, t1w_files: list[str], config, nam
     >>> sorted(n for n in wf.list_node_names() if n.startswith("ds_zmap"))
     ['ds_zmap_0', 'ds_zmap_dsn_0', 'ds_zmap_dsn_sr_0', 'ds_zmap_sr_0']
     """
+    #: each T1w's super-resolved derivative, relative to the derivatives folder
+    out_names = {t1w: derivative_path(t1w, subject=subject_id, desc=OUT_PATH_BASE, suffix="T1w")
+                 for t1w in t1w_files}
     outputs: dict[str, list[str]] = {}
-    for t1w in t1w_files:
-        out_name = derivative_path(t1w, subject=subject_id, desc=OUT_PATH_BASE, suffix="T1w")
+    for t1w, out_name in out_names.items():
         outputs.setdefault(out_name, []).append(t1w)
     clashes = [files for files in outputs.values() if len(files) > 1]
     if clashes:
@@ -250,8 +252,8 @@ input BIDS dataset.
             _add_quality_metrics(workflow, sr_wf, summary, idx,
                                  with_mask=not config.skip_brain_extraction)
         if consistency:
-            staged += _add_consistency(workflow, sr_wf, crops, _sink, t1w, bids_dir, idx, with_dsn=with_dsn,
-                                       with_mask=not config.skip_brain_extraction)
+            staged += _add_consistency(workflow, sr_wf, crops, _sink, t1w, out_names[t1w], bids_dir, idx,
+                                       with_dsn=with_dsn, with_mask=not config.skip_brain_extraction)
         if config.skip_brain_extraction:
             continue
         mask_meta = pe.Node(
@@ -280,11 +282,11 @@ input BIDS dataset.
     return workflow
 
 
-def _add_consistency(workflow, sr_wf, crops, sink, t1w: str, bids_dir: str, idx: int, *, with_dsn: bool,
-                     with_mask: bool) -> list[tuple[object, str]]:
+def _add_consistency(workflow, sr_wf, crops, sink, t1w: str, sr_name: str, bids_dir: str, idx: int, *,
+                     with_dsn: bool, with_mask: bool) -> list[tuple[object, str]]:
     """Sink the consistency z-maps (``desc-consistency[DSN]_statmap``, on the input grid and, with
-    ``res-sr``, on the super-resolved one) with their sidecars, and add the report section; returns the
-    staged files."""
+    ``res-sr``, on the super-resolved one) with their sidecars (``sr_name``: the super-resolved T1w's
+    derivative path, one of their sources), and add the report section; returns the staged files."""
     staged = []
     methods = ("physics", "dsn") if with_dsn else ("physics",)
     for method in methods:
@@ -292,7 +294,7 @@ def _add_consistency(workflow, sr_wf, crops, sink, t1w: str, bids_dir: str, idx:
             field = ("zmap" if method == "physics" else "dsn_zmap") + ("_sr" if grid == "sr" else "")
             suffix = ("" if method == "physics" else "_dsn") + ("_sr" if grid == "sr" else "")
             meta = pe.Node(SidecarMetadata(kind="zmap", method=method, grid=grid, source_file=t1w,
-                                           bids_dir=bids_dir), name=f"zmap{suffix}_meta_{idx}")
+                                           sr_name=sr_name, bids_dir=bids_dir), name=f"zmap{suffix}_meta_{idx}")
             ds = sink(f"ds_zmap{suffix}", desc=CONSISTENCY_DESC[method], suffix="statmap", compress=True,
                       **({"resolution": SR_RESOLUTION} if grid == "sr" else {}))
             workflow.connect([

@@ -75,15 +75,14 @@ def t1w_sidecar(metadata: dict[str, Any], source_file: str, bids_dir: str) -> di
     }
 
 
-def zmap_sidecar(metadata: dict[str, Any], source_file: str, bids_dir: str, *, method: str = "physics",
-                 grid: str = "input") -> dict[str, Any]:
+def zmap_sidecar(metadata: dict[str, Any], source_file: str, bids_dir: str, *, sr_name: str,
+                 method: str = "physics", grid: str = "input") -> dict[str, Any]:
     """JSON sidecar of a consistency z-map from DataConsistency's metadata: what it is, the noise level,
-    and the summary figures (RMS z, fraction above the threshold, largest cluster in world mm)."""
-    from .datasink import derivative_path
-
+    and the summary figures (RMS z, fraction above the threshold, largest cluster in world mm).
+    ``sr_name``: the super-resolved T1w's path in the derivatives (``derivative_path``; the workflow
+    knows it, so this node need not import the data sink)."""
     summary = metadata[method]
     noise = metadata["noise"]
-    sr_name = derivative_path(source_file, desc=OUT_PATH_BASE, suffix="T1w")
     if method == "dsn":
         dsn = metadata.get("dsn_model") or {}
         how = (f"degraded by the down-sampling network (DSN) of model {dsn.get('model_name')!r} (sha256 "
@@ -139,6 +138,7 @@ class _SidecarInputSpec(BaseInterfaceInputSpec):
     method = traits.Enum("physics", "dsn", usedefault=True, desc="zmap: which re-degradation")
     grid = traits.Enum("input", "sr", usedefault=True, desc="zmap: on the input grid or the super-resolved one")
     source_file = File(exists=False, mandatory=True, desc="the raw T1w from the BIDS dataset")
+    sr_name = traits.Str(desc="zmap: the super-resolved T1w's path in the derivatives (one of its sources)")
     bids_dir = Directory(exists=False, mandatory=True, desc="root of the input BIDS dataset")
     in_file = File(exists=True, desc="the derivative itself: its voxel size is recorded")
 
@@ -161,8 +161,11 @@ class SidecarMetadata(SimpleInterface):
         import nibabel as nib
 
         if self.inputs.kind == "zmap":
+            if not isdefined(self.inputs.sr_name):
+                raise ValueError("SidecarMetadata(kind='zmap') needs sr_name")
             metadata = zmap_sidecar(self.inputs.info, self.inputs.source_file, self.inputs.bids_dir,
-                                    method=self.inputs.method, grid=self.inputs.grid)
+                                    sr_name=self.inputs.sr_name, method=self.inputs.method,
+                                    grid=self.inputs.grid)
         else:
             build = t1w_sidecar if self.inputs.kind == "t1w" else mask_sidecar
             metadata = build(self.inputs.info, self.inputs.source_file, self.inputs.bids_dir)
