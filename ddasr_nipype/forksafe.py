@@ -12,8 +12,8 @@ Two remedies, both used by this package:
 - :func:`call_in_fresh_thread` runs a function in a new thread. A new thread starts a pool of its
   own, so the work runs whatever state the process inherited, and the pool ends with the thread, so
   the calling thread stays safe to fork. Every interface of this package that runs torch
-  (``SuperResolve``, ``BrainExtraction``, ``DSNDegrade``, ``TrainDSN``, ``SynthesizePairs``, ``TrainSRN``)
-  runs its work this way, whatever plugin and start method run it.
+  (``SuperResolve``, ``BrainExtraction``, ``DataConsistency``, ``DSNDegrade``, ``TrainDSN``,
+  ``SynthesizePairs``, ``TrainSRN``) runs its work this way, whatever plugin and start method run it.
 - :func:`multiproc_plugin_args` gives nipype's MultiProc a ``forkserver`` start method: workers
   start from a clean server process that never ran torch. The ``ddasr`` app uses it; use it for
   workflows that hold nodes of your own running torch (or any OpenMP code), and guard the script

@@ -111,11 +111,12 @@ def test_workflows_run_with_multiproc_after_torch_ran_in_the_parent(tmp_path, lr
 
 
 def test_every_torch_interface_runs_in_a_fresh_thread(tmp_path):
-    from ddasr_nipype.interfaces import BrainExtraction, SuperResolve
+    from ddasr_nipype.interfaces import BrainExtraction, DataConsistency, SuperResolve
     from ddasr_nipype.interfaces.dsn import DSNDegrade
     from ddasr_nipype.interfaces.training import SynthesizePairs, TrainDSN, TrainSRN
 
-    for interface in (SuperResolve, BrainExtraction, DSNDegrade, TrainDSN, SynthesizePairs, TrainSRN):
+    for interface in (SuperResolve, BrainExtraction, DataConsistency, DSNDegrade, TrainDSN, SynthesizePairs,
+                      TrainSRN):
         assert hasattr(interface._run_interface, "__wrapped__"), interface.__name__
     # errors raised in the fresh thread reach nipype, with their message
     bad = tmp_path / "bad_T1w.nii.gz"

@@ -15,6 +15,7 @@ from nipype.interfaces.base import (
 from nipype.utils.filemanip import fname_presuffix
 
 from ..consistency import THRESHOLD
+from ..forksafe import in_fresh_thread
 
 
 def consistency_files(in_file, sr_file, *, mask_file=None, model: str | None = None, use_dsn: bool = True,
@@ -114,6 +115,7 @@ class DataConsistency(SimpleInterface):
     input_spec = _DataConsistencyInputSpec
     output_spec = _DataConsistencyOutputSpec
 
+    @in_fresh_thread  # torch (the DSN map) in a fork of a process that ran torch (ddasr_nipype.forksafe)
     def _run_interface(self, runtime):
         from ..data.io import save_volume
 
