@@ -161,11 +161,18 @@ def _slice_on(target_affine, target_shape, source_affine, source, axis: int, ind
 
 
 def _bounds(mask):
-    """First and last voxel of a 3D mask on each axis (the whole grid when it is empty)."""
+    """First and last voxel of a 3D mask on each axis (the whole grid when it is empty), from the
+    mask's projections (no list of its voxels)."""
     import numpy as np
 
-    inside = np.argwhere(mask) if mask.any() else np.argwhere(np.ones_like(mask))
-    return inside.min(0), inside.max(0)
+    if not mask.any():
+        return np.zeros(mask.ndim, dtype=int), np.array(mask.shape) - 1
+    lo, hi = [], []
+    for axis in range(mask.ndim):
+        present = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
+        lo.append(present[0])
+        hi.append(present[-1])
+    return np.array(lo), np.array(hi)
 
 
 def _head_bounds(data, mask, *, level: float = 0.1, fraction: float = 0.005):
@@ -407,8 +414,7 @@ def consistency_html(sr_file, zmap_sr_file, metadata: dict, *, mask_file=None, n
     mask = _mask_on(sr, mask_file)
     low, high = _window(sr, mask)
     zooms = voxel_sizes(sr_ras.affine)
-    inside = np.argwhere(mask) if mask.any() else np.argwhere(np.ones_like(mask))
-    lo, hi = inside.min(0), inside.max(0)
+    lo, hi = _bounds(mask)
     physics = metadata["physics"]
     cluster = physics.get("largest_cluster")
     peak = None
@@ -509,8 +515,7 @@ def crops_html(in_file, sr_file, *, metadata: dict | None = None, mask_file=None
     low, high = _window(nearest, mask)
     h_axis, v_axis = (a for a in range(3) if a != axis)
     zooms = voxel_sizes(sr_ras.affine)
-    inside = np.argwhere(mask) if mask.any() else np.argwhere(np.ones_like(mask))
-    lo, hi = inside.min(0), inside.max(0)
+    lo, hi = _bounds(mask)
     centres = []
     cortex = (lo + hi) // 2
     cortex[axis] = int(lo[axis] + 0.3 * (hi[axis] - lo[axis]))  # a hemisphere, off the midline
