@@ -19,7 +19,8 @@ from nipype.interfaces.base import (
     isdefined,
     traits,
 )
-__all__ = ["BeforeAfter", "before_after_svg", "SRSummary", "summary_html", "ConsistencyReport", "consistency_html", "ZoomedCrops", "crops_html"]
+__all__ = ["BeforeAfter", "before_after_svg", "SRSummary", "summary_html", "ConsistencyReport", "consistency_html",
+           "ZoomedCrops", "crops_html"]
 
 #: colour scale of the z-map overlays (|z| beyond it saturates) and the |z| below which nothing is drawn
 Z_LIMIT = 6.0
@@ -96,7 +97,7 @@ class _SRSummaryInputSpec(BaseInterfaceInputSpec):
     metrics_after = traits.Dict(desc="QualityMetrics of the super-resolved image")
 
 
-class _SRSummaryOutputSpec(TraitedSpec):
+class _ReportletOutputSpec(TraitedSpec):
     out_report = File(exists=True, desc="HTML fragment (or SVG) for the report")
 
 
@@ -104,7 +105,7 @@ class _Reportlet(SimpleInterface):
     """A report section: the text :meth:`_render` returns, written to ``report<extension>`` in the
     node's folder (``out_report``)."""
 
-    output_spec = _SRSummaryOutputSpec
+    output_spec = _ReportletOutputSpec
     extension = ".html"
 
     def _render(self) -> str:
