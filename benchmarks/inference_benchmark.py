@@ -192,24 +192,19 @@ def _time_per_slice(net, slices, extra=()) -> tuple[float, float]:
 def _time_side_by_side(net, slices, extra=(), workers: int = 2) -> tuple[float, float]:
     """(wall, CPU) seconds per slice with ``workers`` threads side by side, one torch thread each, one
     slice per forward pass: how ``super_resolve_plane`` runs on the CPU (``inference.slice_workers``)."""
-    from concurrent.futures import ThreadPoolExecutor
-
     import torch
+
+    from ddasr_nipype.inference import one_thread_each
 
     def one(i):
         with torch.inference_mode():
             net(slices[i:i + 1], *(e[i:i + 1] for e in extra))
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with ThreadPoolExecutor(workers, initializer=torch.set_num_threads, initargs=(1,)) as pool:
-            list(pool.map(one, range(min(workers, len(slices)))))  # warm-up, every worker
-            t0, c0 = time.perf_counter(), time.process_time()
-            list(pool.map(one, range(len(slices))))
-            return (time.perf_counter() - t0) / len(slices), (time.process_time() - c0) / len(slices)
-    finally:
-        torch.set_num_threads(threads)
+    with one_thread_each(workers) as pool:
+        list(pool.map(one, range(min(workers, len(slices)))))  # warm-up, every worker
+        t0, c0 = time.perf_counter(), time.process_time()
+        list(pool.map(one, range(len(slices))))
+        return (time.perf_counter() - t0) / len(slices), (time.process_time() - c0) / len(slices)
 
 
 def compare_reference(t1w: Path, model: str, n_slices: int, threads: int, *, rrdbnet23: bool = True) -> dict:

@@ -6,6 +6,7 @@ are processed in overlapping tiles, and only the output volume (which must exist
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -68,6 +69,26 @@ def slice_workers(device, n_chunks: int) -> int:
     if torch.device(device).type != "cpu":
         return 1
     return max(1, min(torch.get_num_threads(), n_chunks))
+
+
+@contextlib.contextmanager
+def one_thread_each(workers: int) -> Iterator[Any]:
+    """A pool of ``workers`` threads (``concurrent.futures``) that run torch on one intra-op thread each
+    (:func:`slice_workers`). The caller's torch thread count is back afterwards; on an error or an
+    interrupt, work not started yet is dropped, not run."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="ddasr-slices", initializer=torch.set_num_threads,
+                              initargs=(1,))
+    try:
+        yield pool
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        torch.set_num_threads(threads)
 
 
 def prepare_generator(generator, device):
@@ -316,17 +337,8 @@ def super_resolve_plane(
     if workers == 1:
         spent = [run_chunk(start) for start in starts]
     else:
-        from concurrent.futures import ThreadPoolExecutor
-
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)  # each worker runs its convolutions on its own thread
-        pool = ThreadPoolExecutor(workers, thread_name_prefix="ddasr-slices", initializer=torch.set_num_threads,
-                                  initargs=(1,))
-        try:
+        with one_thread_each(workers) as pool:
             spent = list(pool.map(run_chunk, starts))
-        finally:  # on an error or an interrupt, the slices not started yet are dropped, not run
-            pool.shutdown(wait=True, cancel_futures=True)
-            torch.set_num_threads(threads)
     if timings is not None:  # wall seconds, split in the workers' proportions
         wall = time.perf_counter() - t_start
         network_s, blend_s = (sum(part) for part in zip(*spent)) if spent else (0.0, 0.0)
