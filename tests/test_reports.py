@@ -96,8 +96,7 @@ def test_mask_outline_is_drawn_and_optional(tmp_path):
     with_mask = _layers(before_after_svg(before, after, mask_file=mask, n_cuts=3))["foreground-svg"][0]
     outline = np.all(with_mask == OUTLINE, axis=-1)
     assert outline.sum() > 50
-    # the outline lies on the edge of the head: black on one side, tissue on the other
-    ys, xs = np.nonzero(outline)
+    # an outline, not a filled mask: a small part of the drawn head
     assert outline.sum() < 0.2 * (with_mask.sum(-1) > 0).sum()
     # no mask file: the head's Otsu foreground stands in, the panel is still drawn
     without = _layers(before_after_svg(before, after, n_cuts=3))["foreground-svg"][0]
