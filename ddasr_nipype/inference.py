@@ -223,17 +223,19 @@ def _blend_weights(mask_slices: np.ndarray | None, strength: float, scale: int,
 
 
 def slice_noise_level(generator, batch):
-    """The noise level ``[B]`` of each whole slice of ``batch [B,1,H,W]`` for a generator with a
-    noise-level input (``GeneratorConfig.noise_level_input``), else ``None``."""
+    """The noise level ``[B]`` of each whole slice of ``batch [B,C,H,W]`` (channel 0: the slice itself, then
+    its neighbours for a 2.5D generator) for a generator with a noise-level input
+    (``GeneratorConfig.noise_level_input``), else ``None``."""
     if not getattr(getattr(generator, "config", None), "noise_level_input", False):
         return None
     from .models import estimate_noise_sigma
 
-    return estimate_noise_sigma(batch)
+    return estimate_noise_sigma(batch[:, :1])
 
 
 def _run_tiled(generator, batch, scale: int, tile_size: int | None, overlap: int):
-    """Apply the generator to a [B,1,H,W] tensor, in overlapping tiles when it is large.
+    """Apply the generator to a [B,C,H,W] tensor (C > 1: a 2.5D generator's slices and their neighbours),
+    in overlapping tiles when it is large.
 
     A generator with a noise-level input gets each slice's level estimated on the whole slice, so
     all tiles of a slice see the same level.
@@ -312,12 +314,20 @@ def super_resolve_plane(
     residual_moved = None if residual is None else np.moveaxis(residual, axis, 0)
     out = np.empty((n_slices, height * scale, width * scale), dtype=np.float32)
     from .degradations import bicubic_upsample
+    from .models import context_offsets
+
+    # a 2.5D generator also takes the neighbouring slices (the volume's first/last slice repeated at its ends)
+    offsets = np.asarray(context_offsets(getattr(getattr(generator, "config", None), "context_slices", 0)))
 
     def run_chunk(start: int) -> tuple[float, float]:
         with torch.inference_mode():  # thread-local: entered in every worker
             t0 = time.perf_counter()
             chunk = np.ascontiguousarray(moved[start:start + batch_size], dtype=np.float32)
-            batch = torch.from_numpy(chunk)[:, None].to(torch_device)
+            if len(offsets) > 1:
+                index = np.clip(np.arange(start, start + len(chunk))[:, None] + offsets, 0, n_slices - 1)
+                batch = torch.from_numpy(np.ascontiguousarray(moved[index], dtype=np.float32)).to(torch_device)
+            else:
+                batch = torch.from_numpy(chunk)[:, None].to(torch_device)
             sr = _run_tiled(generator, batch, scale, tile_size, tile_overlap)[:, 0].float().cpu().numpy()
         t1 = time.perf_counter()
         if blend:

@@ -75,6 +75,35 @@ class NoiseLevelNearestX2(NearestX2):
         return torch.nn.functional.interpolate(x, scale_factor=2, mode="nearest")
 
 
+class NeighbourNearestX2(NearestX2):
+    """A stand-in 2.5D generator (``context_slices = 1``): returns channel ``pick`` of its input (0 the slice
+    itself, 1 the slice below, 2 the one above), nearest-neighbour up-sampled."""
+
+    config = type("Config", (), {"noise_level_input": False, "context_slices": 1})()
+
+    def __init__(self, pick: int):
+        super().__init__()
+        self.pick = pick
+
+    def forward(self, x):
+        assert x.shape[1] == 3
+        return super().forward(x[:, self.pick:self.pick + 1])
+
+
+@pytest.mark.parametrize("plane", ["sagittal", "axial"])
+@pytest.mark.parametrize("batch_size,tile_size", [(1, None), (3, None), (2, 8)])
+def test_a_2p5d_generator_gets_each_slices_neighbours_clamped_at_the_ends(plane, batch_size, tile_size):
+    axis = inference.PLANE_AXES[plane]
+    axes = tuple(a for a in range(3) if a != axis)
+    vol = np.random.default_rng(0).uniform(size=(5, 12, 7)).astype(np.float32)
+    n = vol.shape[axis]
+    for pick, shift in ((0, 0), (1, -1), (2, 1)):
+        out = super_resolve_plane(vol, NeighbourNearestX2(pick), plane=plane, batch_size=batch_size,
+                                  tile_size=tile_size, tile_overlap=2)
+        source = np.take(vol, np.clip(np.arange(n) + shift, 0, n - 1), axis=axis)
+        np.testing.assert_array_equal(out, _nearest(source, axes))
+
+
 def test_noise_level_is_estimated_once_per_whole_slice_and_shared_by_its_tiles():
     from ddasr_nipype.models import estimate_noise_sigma
 

@@ -637,3 +637,39 @@ def test_deepbet_features_are_deepbets_3d_stem_on_a_depth_constant_volume():
     torch.testing.assert_close(conv2d, conv3d, rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="layers must be among"):
         features(x, layers=(3,))
+
+
+def test_a_2p5d_generator_takes_its_neighbour_slices_and_starts_as_the_2d_one_it_widens():
+    from ddasr_nipype.models import context_offsets
+    from ddasr_nipype.training.srn_trainer import _widened_first_layer
+
+    torch.manual_seed(0)
+    flat = GeneratorConfig(**TINY_GEN, global_residual=True, noise_level_input=True)
+    wide = GeneratorConfig(**TINY_GEN, global_residual=True, noise_level_input=True, context_slices=1)
+    assert wide.image_channels == 3 and context_offsets(1) == (0, -1, 1)
+    plain, gen = SRGenerator(flat).eval(), SRGenerator(wide).eval()
+    assert gen.conv_first.in_channels == 4  # centre, two neighbours, noise level
+    x = torch.rand(2, 3, 13, 10)
+    with torch.no_grad():
+        out = gen(x, torch.tensor([0.01, 0.03]))
+        assert out.shape == (2, 1, 26, 20)
+        # the neighbours matter ...
+        other = x.clone()
+        other[:, 1:] = torch.rand(2, 2, 13, 10)
+        assert not torch.allclose(gen(other, torch.tensor([0.01, 0.03])), out)
+        # ... the noise level is read from the centre slice alone
+        torch.testing.assert_close(gen(x), gen(x, estimate_noise_sigma(x[:, :1])))
+        # widened from the 2D generator (zero weights for the neighbours), it is the 2D generator
+        state = plain.state_dict()
+        state["conv_first.weight"] = _widened_first_layer(state["conv_first.weight"], flat, wide)
+        gen.load_state_dict(state)
+        torch.testing.assert_close(gen(x, torch.tensor([0.01, 0.03])), plain(x[:, :1], torch.tensor([0.01, 0.03])))
+    with pytest.raises(ValueError, match=r"\[B, 3, h, w\]"):
+        gen(x[:, :1])
+    assert GeneratorConfig.from_dict(flat.to_dict()).context_slices == 0
+    old = flat.to_dict()
+    del old["context_slices"]  # bundles written before the option existed
+    assert GeneratorConfig.from_dict(old).context_slices == 0
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="context_slices"):
+            GeneratorConfig(**TINY_GEN, context_slices=bad)

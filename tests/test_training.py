@@ -1236,3 +1236,106 @@ def test_ddasr_train_exits_with_its_outcome_whenever_sigterm_arrives(tmp_path, h
                          capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert out.returncode == status, out.stderr
     assert message in out.stderr
+
+
+def test_2p5d_pairs_hold_each_slices_neighbours_degraded_by_the_same_acquisition(tmp_path):
+    from ddasr_nipype.degradations import area_downsample
+    from ddasr_nipype.training.datasets import PairSet
+    from ddasr_nipype.training.synthesis import combine_pairs, degrade_pairs
+
+    rng = np.random.default_rng(0)
+    hr = SliceSet([SliceStack("a", rng.uniform(0.2, 0.8, (5, 16, 16)).astype(np.float32), 1.0, {}),
+                   SliceStack("b", rng.uniform(0.2, 0.8, (3, 16, 16)).astype(np.float32), 1.0, {})])
+    pairs = degrade_pairs(hr, "area", scale=2, rng=np.random.default_rng(1), context_slices=1, context_strides=(2,))
+    assert pairs.context_slices == 1 and [c.shape for c in pairs.context] == [(5, 2, 8, 8), (3, 2, 8, 8)]
+    for k, stack in enumerate(hr.stacks):
+        n_slices = len(stack.slices)
+        for n in range(n_slices):  # offsets -2 and +2 (stride 2), clamped at the stack's ends
+            below, above = stack.slices[max(n - 2, 0)], stack.slices[min(n + 2, n_slices - 1)]
+            np.testing.assert_allclose(pairs.context[k][n, 0], area_downsample(below, 2), atol=1e-6)
+            np.testing.assert_allclose(pairs.context[k][n, 1], area_downsample(above, 2), atol=1e-6)
+            np.testing.assert_allclose(pairs.lr[k][n], area_downsample(stack.slices[n], 2), atol=1e-6)
+    # a random acquisition ("mri": k-space windows, blur, ...) is drawn once per slice and its neighbours:
+    # on a stack of equal slices, the neighbours' LR is the slice's own
+    same = SliceSet([SliceStack("c", np.repeat(hr.stacks[0].slices[:1], 4, axis=0), 1.0, {})])
+    mri = degrade_pairs(same, "mri", scale=2, rng=np.random.default_rng(2), context_slices=1)
+    for n in range(4):
+        np.testing.assert_allclose(mri.context[0][n], np.stack([mri.lr[0][n]] * 2), atol=1e-6)
+    # crops: the slice's LR, then the same crop of its neighbours, aligned with the HR crop
+    lr_c, hr_c, index = pairs.sample_pairs(np.random.default_rng(3), 12, 8, return_index=True)
+    assert lr_c.shape == (12, 3, 4, 4) and hr_c.shape == (12, 1, 8, 8)
+    for b, n in enumerate(index):
+        k = int(pairs.stack_of(int(n)))
+        m = int(n) - (0 if k == 0 else 5)
+        hit = [(i, j) for i in range(5) for j in range(5) if np.array_equal(pairs.lr[k][m, i:i + 4, j:j + 4], lr_c[b, 0])]
+        assert hit
+        i, j = hit[0]
+        np.testing.assert_array_equal(lr_c[b, 1:], pairs.context[k][m, :, i:i + 4, j:j + 4])
+    # augmentation: the same flip for every channel and the HR; the slice direction reversed half the time
+    lr_a, hr_a = PairSet.augment(lr_c.copy(), hr_c.copy(), np.random.default_rng(4))
+    swapped = 0
+    for b in range(12):
+        for variant in range(8):
+            f = (lambda x, v=variant: np.rot90(x, v % 4, axes=(-2, -1)) if v < 4
+                 else np.rot90(x, v % 4, axes=(-2, -1))[..., ::-1])
+            if np.array_equal(f(hr_c[b]), hr_a[b]) and np.array_equal(f(lr_c[b, :1]), lr_a[b, :1]):
+                kept = np.array_equal(f(lr_c[b, 1:]), lr_a[b, 1:])
+                assert kept or np.array_equal(f(lr_c[b, 1:])[::-1], lr_a[b, 1:])
+                swapped += not kept
+                break
+        else:
+            raise AssertionError(f"crop {b}: not one dihedral transform of its input")
+    assert 0 < swapped < 12
+    # noise: one level per crop, fields independent from slice to slice
+    flat = np.full((16, 3, 32, 32), 0.5, dtype=np.float32)
+    added = PairSet.add_lr_noise(flat, np.random.default_rng(5), 1.0, 0.03, 0.03, kind="rician", return_sigma=True)
+    noise = flat - 0.5
+    np.testing.assert_allclose(noise.std(axis=(2, 3)), 0.03, rtol=0.15)
+    assert abs(np.corrcoef(noise[:, 0].ravel(), noise[:, 1].ravel())[0, 1]) < 0.05
+    assert np.all(added == pytest.approx(0.03))
+    # saved and loaded, combined with another 2.5D set; 2D and 2.5D sets do not mix
+    again = PairSet.load(pairs.save(tmp_path / "pairs.npz"))
+    assert again.context_slices == 1
+    for a, b in zip(again.context, pairs.context):
+        np.testing.assert_array_equal(a, b)
+    assert len(combine_pairs(pairs, mri).context) == 3
+    with pytest.raises(ValueError, match="context slices"):
+        combine_pairs(pairs, degrade_pairs(same, "area", scale=2, rng=np.random.default_rng(6)))
+    assert PairSet.load(degrade_pairs(same, "area", scale=2, rng=rng).save(tmp_path / "flat.npz")).context is None
+
+
+def test_srn_trainer_refuses_pairs_without_the_neighbours_its_generator_takes(tmp_path, smoke, vgg):
+    from ddasr_nipype.training.synthesis import degrade_pairs
+
+    rng = np.random.default_rng(0)
+    hr = SliceSet([SliceStack("a", rng.uniform(0.2, 0.8, (6, 64, 64)).astype(np.float32), 1.0, {})])
+    flat = degrade_pairs(hr, "area", scale=2, rng=rng)
+    srn = smoke.srn.replace(generator={**smoke.srn.generator, "context_slices": 1})
+    with pytest.raises(ValueError, match="context slice"):
+        SRNTrainer(smoke.replace(srn=srn), tmp_path / "x", flat, **_kwargs(vgg))
+    wide = degrade_pairs(hr, "area", scale=2, rng=rng, context_slices=1)
+    trainer = SRNTrainer(smoke.replace(srn=srn), tmp_path / "ok", wide, **_kwargs(vgg))
+    assert trainer.generator.conv_first.in_channels == 3
+    trainer.run(until=1)
+    assert trainer._last_batch["lr"].shape[1] == 3 and "SR (EMA)" in trainer.image_columns()
+
+
+def test_the_2p5d_preset_starts_from_the_default_generator_as_it_is(tmp_path, vgg):
+    from ddasr_nipype.bundle import load_bundle
+    from ddasr_nipype.training.srn_trainer import check_generator_fits
+    from ddasr_nipype.training.synthesis import degrade_pairs
+
+    preset = load_preset("t1w-x2-ctx-cpu")
+    assert preset.srn.generator["context_slices"] == 1 and preset.synthesis.context_strides == (1, 2)
+    preset = preset.replace(srn=preset.srn.replace(batch_size=2, patch_size=32))
+    rng = np.random.default_rng(0)
+    hr = SliceSet([SliceStack("a", rng.uniform(0.2, 0.8, (4, 32, 32)).astype(np.float32), 1.0, {})])
+    trainer = SRNTrainer(preset, tmp_path / "ctx", degrade_pairs(hr, "area", scale=2, rng=rng, context_slices=1),
+                         **_kwargs(vgg))
+    bundle = load_bundle("t1w-x2")
+    assert check_generator_fits(bundle, trainer.generator_config)  # widened: neighbours and nothing else
+    trainer.init_generator_from("t1w-x2")
+    base = bundle.load_generator("cpu").eval()
+    x = torch.rand(2, 3, 20, 24)
+    with torch.no_grad():
+        torch.testing.assert_close(trainer.ema(x), base(x[:, :1]), rtol=1e-4, atol=1e-5)

@@ -140,6 +140,12 @@ class GeneratorConfig(ModelConfig):
     a constant map of the LR slice's noise standard deviation (x :data:`NOISE_MAP_SCALE`), as FFDNet
     does: one generator can then denoise noisy scans and still sharpen clean ones, where a generator
     without it must pick one behaviour for all inputs. See :meth:`SRGenerator.forward`.
+
+    ``context_slices`` (0 by default; not in the paper) gives the generator that many neighbouring slices
+    on each side of the one it super-resolves, as more input channels (2.5D): the anatomy changes little
+    from one slice to the next and the noise does not repeat, so the neighbours tell noise from
+    structure. The output is still the centre slice's. Channel order: the centre slice, then the
+    neighbours at offsets -1, +1, -2, +2, ... (:func:`context_offsets`), then the noise-level map.
     """
 
     in_channels: int = 1
@@ -151,8 +157,13 @@ class GeneratorConfig(ModelConfig):
     scale: int = 2
     global_residual: bool = False
     noise_level_input: bool = False
+    context_slices: int = 0
 
     def __post_init__(self) -> None:
+        if not isinstance(self.context_slices, int) or isinstance(self.context_slices, bool) \
+                or self.context_slices < 0:
+            raise ValueError(f"GeneratorConfig.context_slices must be a non-negative integer, "
+                             f"got {self.context_slices!r}")
         for name in ("global_residual", "noise_level_input"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"GeneratorConfig.{name} must be true or false, got {getattr(self, name)!r}")
@@ -165,6 +176,20 @@ class GeneratorConfig(ModelConfig):
     def channels(self, level: int) -> int:
         """Number of feature channels at encoder level ``level``."""
         return self.num_feat * 2**level
+
+    @property
+    def image_channels(self) -> int:
+        """Image channels of the input: ``in_channels`` for the centre slice and for each neighbour."""
+        return self.in_channels * (1 + 2 * self.context_slices)
+
+
+def context_offsets(context_slices: int) -> tuple[int, ...]:
+    """Slice offsets of a 2.5D input's channels (``GeneratorConfig.context_slices``), centre first.
+
+    >>> context_offsets(0), context_offsets(2)
+    ((0,), (0, -1, 1, -2, 2))
+    """
+    return (0,) + tuple(sign * k for k in range(1, int(context_slices) + 1) for sign in (-1, 1))
 
 
 class SRGenerator(nn.Module):
@@ -180,7 +205,7 @@ class SRGenerator(nn.Module):
         ch = config.channels
         gc = config.num_grow_ch
         # Encoder: f0 = RRDB(conv_first(x)); f_i = E_i(f_{i-1}), k4 s2 p1.
-        self.conv_first = nn.Conv2d(config.in_channels + int(config.noise_level_input), ch(0), 3, 1, 1)
+        self.conv_first = nn.Conv2d(config.image_channels + int(config.noise_level_input), ch(0), 3, 1, 1)
         self.encoder_rrdb = RRDB(ch(0), gc)
         self.down = nn.ModuleList(
             nn.Sequential(nn.Conv2d(ch(i), ch(i + 1), 4, 2, 1), nn.LeakyReLU(0.2))
@@ -206,7 +231,8 @@ class SRGenerator(nn.Module):
         self.lrelu = nn.LeakyReLU(0.2)
 
     def forward(self, x: torch.Tensor, noise_sigma: torch.Tensor | None = None) -> torch.Tensor:
-        """Super-resolve ``x [B, in_channels, h, w]``.
+        """Super-resolve ``x [B, image_channels, h, w]`` (the centre slice first, then its neighbours:
+        :attr:`GeneratorConfig.image_channels`).
 
         ``noise_sigma`` (``[B]`` or a scalar; only with ``config.noise_level_input``) is the noise standard
         deviation of each input. Left out, it is estimated from ``x`` itself (:func:`estimate_noise_sigma`).
@@ -214,8 +240,8 @@ class SRGenerator(nn.Module):
         that the tiles of one slice see the same level (a per-tile estimate would leave seams) and training
         crops see what whole slices see at inference.
         """
-        if x.ndim != 4 or x.shape[1] != self.config.in_channels:
-            raise ValueError(f"SRGenerator expects [B, {self.config.in_channels}, h, w], got {tuple(x.shape)}")
+        if x.ndim != 4 or x.shape[1] != self.config.image_channels:
+            raise ValueError(f"SRGenerator expects [B, {self.config.image_channels}, h, w], got {tuple(x.shape)}")
         if not self.config.noise_level_input:
             if noise_sigma is not None:
                 raise ValueError("this generator has no noise-level input (GeneratorConfig.noise_level_input)")

@@ -194,12 +194,17 @@ class SynthesisConfig(_Config):
     slices are added to the pairs (the DSN's, or those of ``ddasr-train --degradation``), one set each,
     seeded: the DSN gives the real LR site's degradation, the classical ones make the SR robust to
     scans that are degraded otherwise.
+
+    ``context_strides`` (for a generator with ``srn.generator.context_slices``: 2.5D pairs, classical
+    degradations only) are the spacings, in HR slices, of the neighbours degraded with each slice, one
+    drawn per slice: ``(1, 2)`` teaches the generator neighbours as far apart as 1 mm and 2 mm slices.
     """
 
     batch_size: int = 4
     denoise_targets: float = 0.0
     match_intensity: bool = False
     mix: tuple[str, ...] = ()
+    context_strides: tuple[int, ...] = (1, 2)
 
     def __post_init__(self):
         from ddasr_nipype.training.synthesis import CLASSICAL_DEGRADATIONS
@@ -208,6 +213,10 @@ class SynthesisConfig(_Config):
             raise ValueError(f"SynthesisConfig: mix must list degradations of {', '.join(CLASSICAL_DEGRADATIONS)}, "
                              f"got {self.mix!r}")
         object.__setattr__(self, "mix", tuple(self.mix))
+        strides = tuple(self.context_strides) if not isinstance(self.context_strides, (int, str)) else ()
+        if not strides or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in strides):
+            raise ValueError(f"SynthesisConfig: context_strides must list positive integers, got {self.context_strides!r}")
+        object.__setattr__(self, "context_strides", strides)
         if not self.denoise_targets >= 0:
             raise ValueError(f"SynthesisConfig: denoise_targets must be >= 0, got {self.denoise_targets}")
 

@@ -155,16 +155,32 @@ class SliceSet:
 
 
 class PairSet:
-    """Aligned (LR, HR) slice pairs: ``lr[k]`` is ``[N, h, w]``, ``hr[k]`` is ``[N, s*h, s*w]``."""
+    """Aligned (LR, HR) slice pairs: ``lr[k]`` is ``[N, h, w]``, ``hr[k]`` is ``[N, s*h, s*w]``.
+
+    With ``context`` (2.5D pairs, for a generator with ``context_slices = c``), ``context[k]`` is
+    ``[N, 2c, h, w]``: the LR of each pair's neighbouring HR slices, degraded by the same acquisition as
+    its own LR, at the offsets of :func:`~ddasr_nipype.models.context_offsets` (without the centre).
+    """
 
     def __init__(self, lr: Sequence[np.ndarray], hr: Sequence[np.ndarray], scale: int,
                  names: Sequence[str] | None = None, source: str = "dsn", provenance: dict | None = None,
-                 brain_only: Sequence[bool] | None = None):
+                 brain_only: Sequence[bool] | None = None, context: Sequence[np.ndarray] | None = None):
         if len(lr) != len(hr) or not lr:
             raise TrainingDataError("a pair set needs as many LR as HR stacks, and at least one")
         for a, b in zip(lr, hr):
             if a.shape[0] != b.shape[0] or a.shape[1] * scale != b.shape[1] or a.shape[2] * scale != b.shape[2]:
                 raise TrainingDataError(f"LR stack {a.shape} does not match HR stack {b.shape} at x{scale}")
+        if context is not None:
+            if len(context) != len(lr):
+                raise TrainingDataError("context needs one stack per LR stack")
+            widths = {c.shape[1] for c in context}
+            for a, c in zip(lr, context):
+                if c.ndim != 4 or c.shape[0] != a.shape[0] or c.shape[2:] != a.shape[1:] or c.shape[1] % 2:
+                    raise TrainingDataError(f"context stack {c.shape} does not match LR stack {a.shape}")
+            if len(widths) != 1:
+                raise TrainingDataError(f"context stacks differ in their number of neighbours: {sorted(widths)}")
+        #: neighbouring LR slices of every pair (2.5D), or None
+        self.context = list(context) if context is not None else None
         self.lr, self.hr, self.scale = list(lr), list(hr), int(scale)
         self.names = list(names) if names is not None else [f"stack_{k}" for k in range(len(lr))]
         self.source = source
@@ -180,6 +196,11 @@ class PairSet:
 
     def __len__(self) -> int:
         return int(self._offsets[-1])
+
+    @property
+    def context_slices(self) -> int:
+        """Neighbouring slices on each side of every pair's LR (0 without ``context``)."""
+        return 0 if self.context is None else self.context[0].shape[1] // 2
 
     def stack_of(self, index) -> np.ndarray:
         """The stack number of each pair index (an array of indices, or one)."""
@@ -206,11 +227,13 @@ class PairSet:
                      return_index: bool = False):
         """Aligned random crops: LR ``[B, 1, p, p]`` at ``(i, j)``, HR ``[B, 1, s*p, s*p]`` at ``(s*i, s*j)``.
 
-        With ``return_index`` also the index (into this set, as :meth:`pair` takes it) of each crop's slice.
+        With ``context`` the LR crops are ``[B, 1 + 2c, p, p]``: the pair's LR, then the same crop of its
+        neighbours. With ``return_index`` also the index (into this set, as :meth:`pair` takes it) of each
+        crop's slice.
         """
         s = self.scale
         p = hr_size // s
-        lr_out = np.empty((batch_size, 1, p, p), dtype=np.float32)
+        lr_out = np.empty((batch_size, 1 + 2 * self.context_slices, p, p), dtype=np.float32)
         hr_out = np.empty((batch_size, 1, p * s, p * s), dtype=np.float32)
         index = np.empty(batch_size, dtype=np.int64)
         for b in range(batch_size):
@@ -223,6 +246,9 @@ class PairSet:
                 if (hr_patch > threshold).mean() >= min_fraction:
                     break
             lr_out[b, 0] = lr[i:i + p, j:j + p]
+            if self.context is not None:
+                k = int(self.stack_of(int(index[b])))
+                lr_out[b, 1:] = self.context[k][int(index[b]) - self._offsets[k], :, i:i + p, j:j + p]
             hr_out[b, 0] = hr_patch
         return (lr_out, hr_out, index) if return_index else (lr_out, hr_out)
 
@@ -251,18 +277,22 @@ class PairSet:
     @staticmethod
     def augment(lr: np.ndarray, hr: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """Apply one random element of the dihedral group (flips of either axis, transpose) to each
-        pair of ``lr`` ``[B, 1, p, p]`` and ``hr`` ``[B, 1, s*p, s*p]``, the same to both (in place)."""
+        pair of ``lr`` ``[B, C, p, p]`` and ``hr`` ``[B, 1, s*p, s*p]``, the same to both and to every
+        channel (in place). 2.5D crops (``C = 1 + 2c``, :meth:`sample_pairs`) also have their slice
+        direction reversed (each neighbour at -k swapped with the one at +k) half of the time."""
         for b in range(lr.shape[0]):
             flip_rows, flip_cols, transpose = (bool(v) for v in rng.integers(0, 2, size=3))
             for arr in (lr, hr):
-                x = arr[b, 0]
+                x = arr[b]
                 if flip_rows:
-                    x = x[::-1]
-                if flip_cols:
                     x = x[:, ::-1]
+                if flip_cols:
+                    x = x[:, :, ::-1]
                 if transpose:
-                    x = x.T
-                arr[b, 0] = x.copy()
+                    x = x.transpose(0, 2, 1)
+                arr[b] = x.copy()
+            if lr.shape[1] > 1 and rng.integers(0, 2):
+                lr[b, 1:] = lr[b, 1:].reshape(-1, 2, *lr.shape[2:])[:, ::-1].reshape(-1, *lr.shape[2:]).copy()
         return lr, hr
 
     @staticmethod
@@ -307,7 +337,7 @@ class PairSet:
                         from scipy.ndimage import gaussian_filter
 
                         norm, reading = correlated_noise_gains(width)
-                        noise[0] = gaussian_filter(noise[0], width, mode="wrap") / norm
+                        noise = gaussian_filter(noise, (0, width, width), mode="wrap") / norm
                         added[b] = sigma * reading
                 lr[b] += noise.astype(lr.dtype, copy=False)
         return added if return_sigma else lr
@@ -317,6 +347,8 @@ class PairSet:
         for k, (a, b) in enumerate(zip(self.lr, self.hr)):
             arrays[f"lr_{k:04d}"] = a.astype(np.float32, copy=False)
             arrays[f"hr_{k:04d}"] = b.astype(np.float32, copy=False)
+            if self.context is not None:
+                arrays[f"context_{k:04d}"] = self.context[k].astype(np.float32, copy=False)
         meta = {"scale": self.scale, "names": self.names, "source": self.source, "brain_only": self.brain_only}
         if self.provenance is not None:
             meta["provenance"] = self.provenance
@@ -332,10 +364,12 @@ class PairSet:
                 n = len(meta["names"])
                 lr = [archive[f"lr_{k:04d}"] for k in range(n)]
                 hr = [archive[f"hr_{k:04d}"] for k in range(n)]
+                context = ([archive[f"context_{k:04d}"] for k in range(n)] if "context_0000" in archive.files
+                           else None)
         except (OSError, KeyError, ValueError) as err:
             raise TrainingDataError(f"{path}: cannot read pair archive: {err}") from err
         return cls(lr, hr, meta["scale"], meta["names"], meta.get("source", "dsn"), meta.get("provenance"),
-                   meta.get("brain_only"))
+                   meta.get("brain_only"), context)
 
 
 def _add_magnitude_noise(lr, rng, probability, sigma_low, sigma_high, correlation_low, correlation_high,
@@ -352,14 +386,15 @@ def _add_magnitude_noise(lr, rng, probability, sigma_low, sigma_high, correlatio
         sigma = rng.uniform(sigma_low, sigma_high)
         coils = int(rng.integers(coils_low, coils_high + 1))
         width = rng.uniform(correlation_low, correlation_high) if correlation_high > 0 else 0.0
-        fields = rng.normal(0.0, sigma, size=(2 * coils,) + lr[b, 0].shape)
+        # one draw for every channel (a 2.5D crop's slices: one acquisition), independent fields per slice
+        fields = rng.normal(0.0, sigma, size=(2 * coils,) + lr[b].shape)
         reading = 1.0
         if width > 0:
             norm, reading = correlated_noise_gains(width)
-            fields = gaussian_filter(fields, (0, width, width), mode="wrap") / norm
-        clean = np.maximum(lr[b, 0].astype(np.float64), 0.0)
+            fields = gaussian_filter(fields, (0, 0, width, width), mode="wrap") / norm
+        clean = np.maximum(lr[b].astype(np.float64), 0.0)
         magnitude = np.sqrt((clean + fields[0]) ** 2 + (fields[1:] ** 2).sum(axis=0))
-        lr[b, 0] = magnitude.astype(lr.dtype, copy=False)
+        lr[b] = magnitude.astype(lr.dtype, copy=False)
         added[b] = sigma * reading
     return added if return_sigma else lr
 

@@ -272,6 +272,11 @@ def load_dsn(source: str | Path, device="cpu"):
                                  "final_losses": dict(state.get("last_losses", {}))}
 
 
+def context_slices(preset) -> int:
+    """Neighbouring slices on each side that the preset's generator takes (``srn.generator.context_slices``)."""
+    return int((preset.srn.generator or {}).get("context_slices", 0))
+
+
 def pairs_provenance(options: TrainingOptions, hr: SliceSet, lr: SliceSet | None, dsn=None,
                      dsn_info: dict | None = None) -> dict[str, Any]:
     """What the pairs of :func:`run_synthesis_stage` depend on: ``key`` (compared on resume: the
@@ -281,6 +286,7 @@ def pairs_provenance(options: TrainingOptions, hr: SliceSet, lr: SliceSet | None
         "source": options.degradation or "dsn",
         "dsn_sha256": module_digest(dsn) if dsn is not None and not options.degradation else None,
         "synthesis": options.preset.synthesis.to_dict(),
+        "context_slices": context_slices(options.preset),
         "scale": options.preset.data.scale,
         "seed": options.seed,
         "hr_slices": hr.digest(),
@@ -316,18 +322,22 @@ def run_synthesis_stage(options: TrainingOptions, hr: SliceSet, lr: SliceSet | N
                     f"with another {', '.join(changed)}" if cached.provenance else "without a provenance record")
     preset = options.preset
     rng = np.random.default_rng([options.seed, 3])
+    context = {"context_slices": context_slices(preset), "context_strides": preset.synthesis.context_strides}
     if options.degradation:
-        pairs = degrade_pairs(hr, options.degradation, scale=preset.data.scale, rng=rng)
+        pairs = degrade_pairs(hr, options.degradation, scale=preset.data.scale, rng=rng, **context)
     else:
         if dsn is None or lr is None:
             raise ValueError("synthesis needs a trained DSN and the real LR slices")
+        if context["context_slices"]:
+            raise ValueError("a generator with context slices (srn.generator.context_slices) trains on "
+                             "classical degradations (--degradation); the DSN degrades single slices")
         device = resolve_device(options.device)
         pairs = synthesize_pairs(dsn, hr, lr, scale=preset.data.scale, rng=rng,
                                  batch_size=preset.synthesis.batch_size, device=device,
                                  amp_dtype=precision_dtype(options.precision, device))
         if preset.synthesis.match_intensity:
             pairs = match_intensity(pairs)
-    pairs = combine_pairs(pairs, *(degrade_pairs(hr, name, scale=preset.data.scale, rng=rng)
+    pairs = combine_pairs(pairs, *(degrade_pairs(hr, name, scale=preset.data.scale, rng=rng, **context)
                                    for name in preset.synthesis.mix))
     pairs = denoise_targets(pairs, preset.synthesis.denoise_targets)
     pairs.provenance = provenance

@@ -33,11 +33,19 @@ from ddasr_nipype.training.engine import StageTrainer
 __all__ = ["SRNTrainer", "build_generator_config", "build_discriminator_config"]
 
 
-def _with_zero_input_channel(weight):
-    """A conv weight ``[out, in, k, k]`` with one more input channel of zeros, ``[out, in + 1, k, k]``."""
+def _widened_first_layer(weight, theirs, ours):
+    """The first-layer weight ``[out, in, k, k]`` of generator config ``theirs`` laid out for ``ours``:
+    the image channels of the centre slice where they were, zeros for the neighbour slices that ``ours``
+    adds (``context_slices``) and for a noise-level channel it adds (``noise_level_input``), the noise
+    channel last. The widened generator computes the same function as the one it starts from."""
     import torch
 
-    return torch.cat((weight, torch.zeros_like(weight[:, :1])), 1)
+    out = torch.zeros((weight.shape[0], ours.image_channels + int(ours.noise_level_input), *weight.shape[2:]),
+                      dtype=weight.dtype, device=weight.device)
+    out[:, :theirs.image_channels] = weight[:, :theirs.image_channels]
+    if theirs.noise_level_input:
+        out[:, -1] = weight[:, theirs.image_channels]
+    return out
 
 
 def build_generator_config(preset: TrainingPreset):
@@ -54,14 +62,19 @@ def build_discriminator_config(preset: TrainingPreset):
 
 def check_generator_fits(bundle, generator_config) -> bool:
     """Whether ``bundle``'s generator can start a generator of ``generator_config``: equal configs, or
-    the bundle's without the ``noise_level_input`` channel that ``generator_config`` adds (returns True:
-    widen the first layer with zero weights). Raises :class:`~ddasr_nipype.errors.ModelBundleError`
-    naming the settings that differ otherwise."""
+    the bundle's without the ``noise_level_input`` channel or with fewer ``context_slices`` than
+    ``generator_config`` has (returns True: widen the first layer with zero weights). Raises
+    :class:`~ddasr_nipype.errors.ModelBundleError` naming the settings that differ otherwise."""
     from ddasr_nipype.errors import ModelBundleError
 
     theirs, ours = bundle.generator_config.to_dict(), generator_config.to_dict()
-    widen = bool(ours.get("noise_level_input") and not theirs.get("noise_level_input"))
-    if ({**theirs, "noise_level_input": True} if widen else theirs) != ours:
+    widened = dict(theirs)
+    if ours.get("noise_level_input") and not theirs.get("noise_level_input"):
+        widened["noise_level_input"] = True
+    if ours.get("context_slices", 0) > theirs.get("context_slices", 0):
+        widened["context_slices"] = ours["context_slices"]
+    widen = widened != theirs
+    if widened != ours:
         differ = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k))
         raise ModelBundleError(
             f"{bundle.path}: its generator differs from this preset's in "
@@ -88,9 +101,12 @@ class SRNTrainer(StageTrainer):
             raise ValueError(f"pairs are x{pairs.scale}, the preset trains x{preset.data.scale}")
         pairs.check_patch_size(cfg.patch_size)
         self.pairs = pairs
+        self.generator_config = build_generator_config(preset)
+        if pairs.context_slices != self.generator_config.context_slices:
+            raise ValueError(f"the pairs have {pairs.context_slices} context slice(s) on each side, the generator "
+                             f"takes {self.generator_config.context_slices} (srn.generator.context_slices)")
         self.initialized_from: dict[str, str] | None = None
         self._lr_noise = lr_noise_settings(cfg.lr_noise)
-        self.generator_config = build_generator_config(preset)
         self.discriminator_config = build_discriminator_config(preset)
         self.generator = self.prepare_module(SRGenerator(self.generator_config))
         self.discriminator = self.prepare_module(AttentionUNetDiscriminator(self.discriminator_config))
@@ -119,8 +135,9 @@ class SRNTrainer(StageTrainer):
         """Start from the generator of a model bundle (weights into the generator and its EMA copy).
 
         The bundle's generator config must equal this preset's (``srn.generator`` and the scale), except
-        that a generator without ``noise_level_input`` may start one with it: the noise-level channel's
-        first-layer weights start at zero, so the new generator begins as the bundle's. Raises
+        that a generator without ``noise_level_input``, or with fewer ``context_slices``, may start one
+        with them: the new input channels' first-layer weights start at zero, so the new generator
+        begins as the bundle's. Raises
         :class:`~ddasr_nipype.errors.ModelBundleError` otherwise. Recorded in the new bundle.
         """
         from ddasr_nipype.bundle import load_bundle
@@ -128,8 +145,9 @@ class SRNTrainer(StageTrainer):
         bundle = load_bundle(bundle_path)
         widen = check_generator_fits(bundle, self.generator_config)
         state = bundle.load_generator(str(self.device)).state_dict()
-        if widen:  # one more input channel, zero weights: the same function as the bundle's generator
-            state["conv_first.weight"] = _with_zero_input_channel(state["conv_first.weight"])
+        if widen:  # more input channels, zero weights: the same function as the bundle's generator
+            state["conv_first.weight"] = _widened_first_layer(state["conv_first.weight"], bundle.generator_config,
+                                                              self.generator_config)
         self.generator.load_state_dict(state)
         self.ema.load_state_dict(state)
         self.initialized_from = {"name": bundle.name, "path": str(bundle.path), "sha256": bundle.sha256}
@@ -247,7 +265,7 @@ class SRNTrainer(StageTrainer):
         b = self._last_batch
         with torch.no_grad():
             sr = self.ema(self.to_tensor(b["lr"][:4]), *(e[:4] for e in b["extra"])).float().cpu().numpy()
-        return {"LR (synthetic)": b["lr"], "SR (EMA)": np.clip(sr, 0, 1), "HR": b["hr"]}
+        return {"LR (synthetic)": b["lr"][:, :1], "SR (EMA)": np.clip(sr, 0, 1), "HR": b["hr"]}
 
     def model_state(self) -> dict[str, Any]:
         return {

@@ -70,20 +70,43 @@ def _classical_function(name: str, scale: int = 2):
 
 
 def degrade_pairs(hr: SliceSet, method: str, *, scale: int, rng: np.random.Generator,
-                  multiple: int | None = None) -> PairSet:
-    """Pairs from a classical degradation: each HR slice degraded with parameters drawn from ``rng``."""
+                  multiple: int | None = None, context_slices: int = 0,
+                  context_strides: tuple[int, ...] = (1, 2)) -> PairSet:
+    """Pairs from a classical degradation: each HR slice degraded with parameters drawn from ``rng``.
+
+    With ``context_slices = c > 0`` (2.5D pairs, ``PairSet.context``) each slice's neighbours at
+    ``stride x`` :func:`~ddasr_nipype.models.context_offsets` slices of its stack (``stride`` drawn from
+    ``context_strides`` per slice: 1 for scans whose slices are as far apart as the HR's, 2 for twice
+    that; clamped at the stack's ends) are degraded together with it, by the same acquisition.
+    """
+    from ddasr_nipype.models import context_offsets
+
     degrade = _classical_function(method, scale)
     top = 1.0 if getattr(degrade, "clips_input", True) else None
     multiple = multiple or scale
-    lr_out, hr_out, names = [], [], []
+    if context_slices and not context_strides:
+        raise ValueError("context_strides must name at least one stride")
+    offsets = np.asarray(context_offsets(context_slices))
+    lr_out, hr_out, context_out, names = [], [], [], []
     for stack in hr.stacks:
         hr_slices = np.ascontiguousarray(center_crop_to_multiple(stack.slices, multiple)).astype(np.float32)
-        lr_slices = np.stack([np.asarray(degrade(np.clip(sl, 0.0, top), rng)[0], dtype=np.float32)
-                              for sl in hr_slices])
-        lr_out.append(lr_slices)
+        lr_slices, context = [], []
+        for n in range(len(hr_slices)):
+            if context_slices:
+                stride = int(context_strides[int(rng.integers(len(context_strides)))])
+                slab = hr_slices[np.clip(n + stride * offsets, 0, len(hr_slices) - 1)]
+                out = np.asarray(degrade(np.clip(slab, 0.0, top), rng)[0], dtype=np.float32)
+                lr_slices.append(out[0])
+                context.append(out[1:])
+            else:
+                lr_slices.append(np.asarray(degrade(np.clip(hr_slices[n], 0.0, top), rng)[0], dtype=np.float32))
+        lr_out.append(np.stack(lr_slices))
         hr_out.append(hr_slices)
+        if context_slices:
+            context_out.append(np.stack(context))
         names.append(stack.name)
-    return PairSet(lr_out, hr_out, scale, names, source=method, brain_only=[s.brain_only for s in hr.stacks])
+    return PairSet(lr_out, hr_out, scale, names, source=method, brain_only=[s.brain_only for s in hr.stacks],
+                   context=context_out if context_slices else None)
 
 
 def combine_pairs(first: PairSet, *others: PairSet) -> PairSet:
@@ -94,11 +117,15 @@ def combine_pairs(first: PairSet, *others: PairSet) -> PairSet:
         raise ValueError(f"cannot combine pair sets of scales {sorted({p.scale for p in sets})}")
     if not others:
         return first
+    if len({p.context_slices for p in sets}) != 1:
+        raise ValueError("cannot combine pair sets with different numbers of context slices "
+                         f"({sorted({p.context_slices for p in sets})})")
     lr = [a for p in sets for a in p.lr]
     hr = [b for p in sets for b in p.hr]
     names = [f"{n}|{p.source}" for p in sets for n in p.names]
     return PairSet(lr, hr, first.scale, names, source="|".join(p.source for p in sets),
-                   brain_only=[b for p in sets for b in p.brain_only])
+                   brain_only=[b for p in sets for b in p.brain_only],
+                   context=[c for p in sets for c in p.context] if first.context is not None else None)
 
 
 def noise_sigma(image: np.ndarray, foreground: float | None = 0.1) -> float:
@@ -132,7 +159,7 @@ def denoise_targets(pairs: PairSet, strength: float) -> PairSet:
                           if sigma > 0 else sl.astype(np.float32))
         hr_out.append(np.stack(slices))
     return PairSet(pairs.lr, hr_out, pairs.scale, pairs.names, source=f"{pairs.source}+nlmeans({strength:g})",
-                   brain_only=pairs.brain_only)
+                   brain_only=pairs.brain_only, context=pairs.context)
 
 
 def match_intensity(pairs: PairSet, *, levels: int = 201) -> PairSet:
