@@ -162,19 +162,23 @@ def run_app(t1w: Path, model: str, tmp: Path, nprocs: int, omp_nthreads: int | N
     }
 
 
-def _slices(t1w: Path, n_slices: int):
+def _slices(t1w: Path, n_slices: int, context_slices: int = 0):
+    """``n_slices`` sagittal slices from the middle of ``t1w``, normalized: ``[n, 1 + 2c, H, W]`` with each
+    slice's ``context_slices`` neighbours on either side (a 2.5D generator's input)."""
     import numpy as np
     import torch
 
     from ddasr_nipype.data.io import load_volume, to_ras
     from ddasr_nipype.data.normalize import fit_normalization
+    from ddasr_nipype.models import context_offsets
 
     img_ras, _ = to_ras(load_volume(t1w))
     data = np.asarray(img_ras.dataobj, dtype=np.float32)
     data = fit_normalization(data).apply(data)
     mid = data.shape[0] // 2
     start = max(mid - n_slices // 2, 0)
-    return torch.from_numpy(np.ascontiguousarray(data[start:start + n_slices]))[:, None]
+    index = np.arange(start, min(start + n_slices, data.shape[0]))[:, None] + np.asarray(context_offsets(context_slices))
+    return torch.from_numpy(np.ascontiguousarray(data[np.clip(index, 0, data.shape[0] - 1)]))
 
 
 def _time_per_slice(net, slices, extra=()) -> tuple[float, float]:
@@ -218,23 +222,25 @@ def compare_reference(t1w: Path, model: str, n_slices: int, threads: int, *, rrd
     from ddasr_nipype.models import RRDBNet, RRDBNetConfig
 
     torch.set_num_threads(threads)
-    slices = _slices(t1w, n_slices)
     generator = load_bundle(model).load_generator("cpu")
-    sigma = slice_noise_level(generator, slices)
+    inputs = _slices(t1w, n_slices, generator.config.context_slices)  # with the neighbours a 2.5D one takes
+    slices = inputs[:, :1]
+    sigma = slice_noise_level(generator, inputs)
     extra = () if sigma is None else (sigma,)
-    nets = [("ddasr", generator, extra), ("x2plus", RRDBNet(RRDBNetConfig(pixel_unshuffle=True)).eval(), ())]
+    nets = [("ddasr", generator, inputs, extra),
+            ("x2plus", RRDBNet(RRDBNetConfig(pixel_unshuffle=True)).eval(), slices, ())]
     if rrdbnet23:
-        nets.append(("rrdbnet23", RRDBNet(RRDBNetConfig()).eval(), ()))
+        nets.append(("rrdbnet23", RRDBNet(RRDBNetConfig()).eval(), slices, ()))
     out = {"slice_shape": list(slices.shape[2:]), "n_slices": len(slices), "threads": threads,
            "load_before": os.getloadavg()[0]}
-    for label, net, args in nets:
+    for label, net, x, args in nets:
         out[f"{label}_params_m"] = sum(p.numel() for p in net.parameters()) / 1e6
         if label != "rrdbnet23":  # as loaded (contiguous); the paper's RRDBNet only channels-last
-            out[label] = _time_per_slice(net, slices, args)
+            out[label] = _time_per_slice(net, x, args)
         prepared = prepare_generator(copy.deepcopy(net), "cpu")
-        out[f"{label}_cl"] = _time_per_slice(prepared, slices, args)
+        out[f"{label}_cl"] = _time_per_slice(prepared, x, args)
         if label != "rrdbnet23" and threads > 1:
-            out[f"{label}_sbs"] = _time_side_by_side(prepared, slices, args, threads)
+            out[f"{label}_sbs"] = _time_side_by_side(prepared, x, args, threads)
     out["load_after"] = os.getloadavg()[0]
     return out
 

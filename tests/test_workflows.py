@@ -48,16 +48,16 @@ def _sr_nodes(wf) -> list[str]:
 def test_sr_wf_graph():
     wf = init_sr_wf(model="/models/m", planes="all", device="cuda", omp_nthreads=3, tile_size=64)
     names = set(wf.list_node_names())
-    assert {"conform", "brain_extraction", "super_resolve", "restore_orientation",
-            "reslice_mask", "inputnode", "outputnode"} <= names
+    assert {"conform", "brain_extraction", "super_resolve", "reslice_mask", "inputnode", "outputnode"} <= names
+    assert "restore_orientation" not in names  # the SR node writes the input's orientation itself
     sr = wf.get_node("super_resolve")
     assert (sr.inputs.planes, sr.inputs.device, sr.inputs.tile_size) == ("all", "cuda", 64)
     assert sr.inputs.use_gpu is True and sr.n_procs == 3
-    assert wf.get_node("restore_orientation").inputs.validate is False
     assert "all three" not in wf.__desc__ and "averaged into an isotropic volume" in wf.__desc__
-    # the mask is resliced onto the final (restored) grid, not the RAS intermediate
-    edges = {(u.name, v.name) for u, v in wf._graph.edges()}
-    assert ("restore_orientation", "reslice_mask") in edges
+    # the SR node is told the input's orientation, and the mask is resliced onto its output's grid
+    edges = {(u.name, v.name): d["connect"] for u, v, d in wf._graph.edges(data=True)}
+    assert ("in_orientation", "out_orientation") in edges[("conform", "super_resolve")]
+    assert ("out_file", "reference_file") in edges[("super_resolve", "reslice_mask")]
     assert ("conform", "brain_extraction") in edges and ("conform", "super_resolve") in edges
 
 
@@ -175,7 +175,7 @@ def test_sr_wf_runs_and_keeps_world_alignment(lr_file, tmp_path):
     wf.inputs.inputnode.t1w = str(in_file)
     graph = wf.run(plugin="Linear")
     results = {n.name: n.result for n in graph.nodes()}
-    out = nib.load(results["restore_orientation"].outputs.out_file)
+    out = nib.load(results["super_resolve"].outputs.out_file)
     assert nib.aff2axcodes(out.affine) == ("P", "S", "R")
     assert out.shape == (64, 64, 24)  # sagittal SR: x2 on the file's P and S axes
     zooms_in, zooms_out = crop.header.get_zooms(), out.header.get_zooms()

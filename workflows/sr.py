@@ -158,7 +158,7 @@ def init_sr_wf(
     >>> wf = init_sr_wf(model="t1w-x2", planes="all", omp_nthreads=2)
     >>> sorted(wf.list_node_names())  # doctest: +NORMALIZE_WHITESPACE
     ['brain_extraction', 'conform', 'data_consistency', 'grid_metadata', 'inputnode', 'outputnode',
-     'reslice_mask', 'restore_orientation', 'super_resolve']
+     'reslice_mask', 'super_resolve']
     >>> "data_consistency" in init_sr_wf(model="t1w-x2", consistency=False).list_node_names()
     False
     """
@@ -210,18 +210,16 @@ input's field of view and orientation.{bet_text}{consistency_text}
         ),
         name="super_resolve", n_procs=omp_nthreads, mem_gb=2.0,
     )
-    restore_orientation = pe.Node(Conform(validate=False), name="restore_orientation")
     grid_metadata = pe.Node(GridMetadata(), name="grid_metadata")
     workflow.connect([
         (inputnode, conform, [("t1w", "in_file")]),
         (inputnode, outputnode, [("t1w", "t1w_ref")]),
         (conform, super_resolve, [("out_file", "in_file")]),
-        (conform, restore_orientation, [("in_orientation", "orientation")]),
-        (super_resolve, restore_orientation, [("out_file", "in_file")]),
-        (restore_orientation, outputnode, [("out_file", "sr_t1w")]),
+        # the network runs on the RAS copy; its output is written back in the input's orientation
+        (conform, super_resolve, [("in_orientation", "out_orientation")]),
+        (super_resolve, outputnode, [("out_file", "sr_t1w")]),
         (inputnode, grid_metadata, [("t1w", "source_file")]),
-        (super_resolve, grid_metadata, [("metadata", "metadata")]),
-        (restore_orientation, grid_metadata, [("out_file", "sr_file")]),
+        (super_resolve, grid_metadata, [("metadata", "metadata"), ("out_file", "sr_file")]),
         (grid_metadata, outputnode, [("metadata", "sr_metadata")]),
         (super_resolve, outputnode, [("model_sha256", "model_sha256")]),
     ])
@@ -233,7 +231,7 @@ input's field of view and orientation.{bet_text}{consistency_text}
         )
         workflow.connect([
             (inputnode, data_consistency, [("t1w", "in_file")]),
-            (restore_orientation, data_consistency, [("out_file", "sr_file")]),
+            (super_resolve, data_consistency, [("out_file", "sr_file")]),
             (data_consistency, outputnode, [("out_zmap", "zmap"), ("out_zmap_sr", "zmap_sr"),
                                             ("out_dsn_zmap", "dsn_zmap"), ("out_dsn_zmap_sr", "dsn_zmap_sr"),
                                             ("metadata", "consistency")]),
@@ -251,7 +249,7 @@ input's field of view and orientation.{bet_text}{consistency_text}
     workflow.connect([
         (conform, brain_extraction, [("out_file", "in_file")]),
         (brain_extraction, reslice_mask, [("out_mask", "in_file")]),
-        (restore_orientation, reslice_mask, [("out_file", "reference_file")]),
+        (super_resolve, reslice_mask, [("out_file", "reference_file")]),
         (reslice_mask, outputnode, [("out_file", "brain_mask")]),
         (brain_extraction, outputnode, [("info", "mask_info")]),
     ])

@@ -174,6 +174,11 @@ class _SuperResolveInputSpec(BaseInterfaceInputSpec):
         desc="'input': keep the bicubic interpolation of the input in the air around the head; "
         "'model': the network's output everywhere; default: the model bundle's recommendation",
     )
+    out_orientation = traits.Str(
+        desc="write the output in this orientation (three axis codes, e.g. the original 'PSR' of an input "
+        "conformed to RAS: Conform's in_orientation); exact, axes are only permuted and flipped. Default: "
+        "the input's",
+    )
 
 
 class _SuperResolveOutputSpec(TraitedSpec):
@@ -213,6 +218,14 @@ class SuperResolve(SimpleInterface):
             strength=self.inputs.strength if isdefined(self.inputs.strength) else None,
             background=self.inputs.background if isdefined(self.inputs.background) else None,
         )
+        if isdefined(self.inputs.out_orientation) and self.inputs.out_orientation:
+            import time
+
+            from .conform import conform_image
+
+            t0 = time.perf_counter()
+            out_img, _ = conform_image(out_img, orientation=self.inputs.out_orientation)
+            info["timings_s"] = {**info.get("timings_s", {}), "reorient": round(time.perf_counter() - t0, 3)}
         out_file, out_json = write_image_and_sidecar(out_img, info, self.inputs.in_file, "_sr", runtime.cwd)
         self._results.update(
             out_file=out_file, out_json=out_json, metadata=info, model_sha256=info["model_sha256"]
