@@ -331,21 +331,20 @@ class BeforeAfter(_Reportlet):
 
 
 def _png_data_uri(fig_or_array, *, cmap: str = "gray", vmin=None, vmax=None) -> str:
-    """A matplotlib figure, or a 2D array written pixel for pixel, as a base64 PNG data URI."""
+    """A matplotlib figure, or a 2D array written pixel for pixel, as a base64 PNG data URI.
+
+    Figures are :class:`matplotlib.figure.Figure` objects made without pyplot (no global figure
+    manager, nothing to close, and half a second less of import in every report node)."""
     import base64
     import io
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     buffer = io.BytesIO()
     if hasattr(fig_or_array, "savefig"):
         fig_or_array.savefig(buffer, format="png", dpi=fig_or_array.dpi)
-        plt.close(fig_or_array)
     else:
-        plt.imsave(buffer, fig_or_array, cmap=cmap, vmin=vmin, vmax=vmax, format="png", origin="upper")
+        from matplotlib.image import imsave
+
+        imsave(buffer, fig_or_array, cmap=cmap, vmin=vmin, vmax=vmax, format="png", origin="upper")
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
@@ -372,7 +371,7 @@ def _slice_view(vol, axis: int, index: int):
     """The 2D slice of a RAS volume across ``axis``, transposed for ``imshow(origin="lower")``."""
     import numpy as np
 
-    return np.take(vol, int(index), axis=axis).T
+    return vol[(slice(None),) * axis + (int(index),)].T
 
 
 _VIEW_NAMES = ("sagittal", "coronal", "axial")
@@ -402,10 +401,9 @@ def consistency_html(sr_file, zmap_sr_file, metadata: dict, *, mask_file=None, n
     ``n_slices`` sagittal, coronal and axial slices through the brain (and the three through the peak of
     the largest cluster, circled), then the figures of every map in ``metadata`` (DataConsistency's)."""
     import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Circle
     from nibabel.affines import apply_affine, voxel_sizes
 
     sr_ras, sr = _ras(sr_file)
@@ -423,9 +421,9 @@ def consistency_html(sr_file, zmap_sr_file, metadata: dict, *, mask_file=None, n
         peak = np.clip(np.round(apply_affine(np.linalg.inv(sr_ras.affine), cluster["peak_mm"])).astype(int), 0,
                        np.array(sr.shape) - 1)
     n_rows = 3 + (peak is not None)
-    fig, axes = plt.subplots(n_rows, n_slices, figsize=(2.0 * n_slices, 2.1 * n_rows + 0.4), squeeze=False,
-                             facecolor="black")
-    cmap = plt.get_cmap("RdBu_r")
+    fig = Figure(figsize=(2.0 * n_slices, 2.1 * n_rows + 0.4), facecolor="black")
+    axes = fig.subplots(n_rows, n_slices, squeeze=False)
+    cmap = matplotlib.colormaps["RdBu_r"]
     shown = None
     for row in range(n_rows):
         for col in range(n_slices):
@@ -450,8 +448,8 @@ def consistency_html(sr_file, zmap_sr_file, metadata: dict, *, mask_file=None, n
                               origin="lower", interpolation="nearest", aspect=zooms[v_axis] / zooms[h_axis])
             ax.contour(_slice_view(mask, axis, index).astype(float), [0.5], colors="#e5c100", linewidths=0.4)
             if row == 3:
-                ax.add_patch(plt.Circle((peak[h_axis], peak[v_axis]), radius=8 / min(zooms), fill=False,
-                                        color="#00ff66", linewidth=1.2))
+                ax.add_patch(Circle((peak[h_axis], peak[v_axis]), radius=8 / min(zooms), fill=False,
+                                    color="#00ff66", linewidth=1.2))
             ax.set_title(title, color="white", fontsize=7)
     fig.subplots_adjust(left=0.01, right=0.9, bottom=0.02, top=0.95, wspace=0.02, hspace=0.15)
     if shown is not None:
