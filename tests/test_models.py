@@ -673,3 +673,19 @@ def test_a_2p5d_generator_takes_its_neighbour_slices_and_starts_as_the_2d_one_it
     for bad in (-1, 1.5, True):
         with pytest.raises(ValueError, match="context_slices"):
             GeneratorConfig(**TINY_GEN, context_slices=bad)
+
+
+def test_a_2p5d_generator_widened_with_a_share_starts_on_the_averaged_slices():
+    from ddasr_nipype.training.srn_trainer import _widened_first_layer
+
+    torch.manual_seed(1)
+    flat = GeneratorConfig(**TINY_GEN, noise_level_input=True)
+    wide = GeneratorConfig(**TINY_GEN, noise_level_input=True, context_slices=1)
+    plain, gen = SRGenerator(flat).eval(), SRGenerator(wide).eval()
+    state = plain.state_dict()
+    state["conv_first.weight"] = _widened_first_layer(state["conv_first.weight"], flat, wide, share=0.2)
+    gen.load_state_dict(state)
+    x, sigma = torch.rand(2, 3, 12, 12), torch.tensor([0.02, 0.02])
+    averaged = 0.6 * x[:, :1] + 0.2 * x[:, 1:2] + 0.2 * x[:, 2:3]
+    with torch.no_grad():
+        torch.testing.assert_close(gen(x, sigma), plain(averaged, sigma), rtol=1e-4, atol=1e-5)

@@ -255,6 +255,12 @@ class SRNStageConfig(_Config):
     square (the dihedral group, as in EDSR/ESRGAN training) to each (LR, HR) crop, the same to both.
     The field-of-view preserving grids stay aligned under all eight, and a few HR subjects give eight
     times as many distinct patches.
+
+    ``context_share`` (0 by default) is for a 2.5D generator (``generator.context_slices``) started from
+    a 2D bundle (``ddasr-train --init-generator``): the fraction of the centre slice's first-layer
+    weights given to each new neighbour. 0 starts as the 2D generator (the neighbours' weights at zero);
+    0.2 starts as it would on the slices averaged 0.2 / 0.6 / 0.2 across the slice direction, a start
+    that already uses the neighbours to average out noise.
     """
 
     iterations: int = 250_000
@@ -275,9 +281,12 @@ class SRNStageConfig(_Config):
     lr_noise: dict = field(default_factory=dict)
     augment: bool = False
     intensity_scale: tuple[float, float] = (1.0, 1.0)
+    context_share: float = 0.0
 
     def __post_init__(self):
         lr_noise_settings(self.lr_noise)  # validates
+        if not 0.0 <= float(self.context_share) < 0.5:
+            raise ValueError(f"SRNStageConfig: context_share must be in [0, 0.5), got {self.context_share!r}")
         try:
             low, high = (float(v) for v in self.intensity_scale)
         except (TypeError, ValueError):

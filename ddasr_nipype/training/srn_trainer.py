@@ -33,16 +33,26 @@ from ddasr_nipype.training.engine import StageTrainer
 __all__ = ["SRNTrainer", "build_generator_config", "build_discriminator_config"]
 
 
-def _widened_first_layer(weight, theirs, ours):
+def _widened_first_layer(weight, theirs, ours, share: float = 0.0):
     """The first-layer weight ``[out, in, k, k]`` of generator config ``theirs`` laid out for ``ours``:
     the image channels of the centre slice where they were, zeros for the neighbour slices that ``ours``
     adds (``context_slices``) and for a noise-level channel it adds (``noise_level_input``), the noise
-    channel last. The widened generator computes the same function as the one it starts from."""
+    channel last. The widened generator computes the same function as the one it starts from.
+
+    With ``share > 0`` (a 2D generator widened to 2.5D: ``SRNStageConfig.context_share``) each new
+    neighbour gets ``share`` times the centre slice's weights, which keeps ``1 - 2 c share`` of them: the
+    generator starts as the 2D one on the slices averaged across the slice direction."""
     import torch
 
     out = torch.zeros((weight.shape[0], ours.image_channels + int(ours.noise_level_input), *weight.shape[2:]),
                       dtype=weight.dtype, device=weight.device)
     out[:, :theirs.image_channels] = weight[:, :theirs.image_channels]
+    new = ours.context_slices - theirs.context_slices
+    if share and new > 0:
+        centre = weight[:, :theirs.in_channels].clone()
+        out[:, :theirs.in_channels] = centre * (1.0 - 2 * new * share)
+        for k in range(theirs.image_channels, ours.image_channels, ours.in_channels):
+            out[:, k:k + ours.in_channels] = centre * share
     if theirs.noise_level_input:
         out[:, -1] = weight[:, theirs.image_channels]
     return out
@@ -147,7 +157,7 @@ class SRNTrainer(StageTrainer):
         state = bundle.load_generator(str(self.device)).state_dict()
         if widen:  # more input channels, zero weights: the same function as the bundle's generator
             state["conv_first.weight"] = _widened_first_layer(state["conv_first.weight"], bundle.generator_config,
-                                                              self.generator_config)
+                                                              self.generator_config, self.preset.srn.context_share)
         self.generator.load_state_dict(state)
         self.ema.load_state_dict(state)
         self.initialized_from = {"name": bundle.name, "path": str(bundle.path), "sha256": bundle.sha256}

@@ -8,8 +8,9 @@ Each HR scan is prepared as ``ddasr-eval`` does (RAS, odd in-plane sizes cropped
 through :func:`ddasr_nipype.inference.super_resolve_image` (the app's normalization and blend), and brain /
 head PSNR and SSIM are scored with :func:`ddasr_nipype.metrics.volume.reference_scores` inside deepbet's
 brain mask (cached in ``--cache-dir``). Each ``--variant`` (default: the network alone everywhere) runs
-with those output settings, ``projection=MODEL:WEIGHT`` making the output consistent with the LR after the
-fact (:func:`ddasr_nipype.degradations.consistency_projection`, in the volume's own intensity units). Prints mean brain/head PSNR, SSIM and the paired difference to bicubic with the paired
+with those output settings, ``throughplane=SIGMA`` smoothing the output across slices (a Gaussian of SIGMA
+slices: what the neighbouring slices could add, as a diagnostic), ``projection=MODEL:WEIGHT`` making the
+output consistent with the LR after the fact (:func:`ddasr_nipype.degradations.consistency_projection`, in the volume's own intensity units). Prints mean brain/head PSNR, SSIM and the paired difference to bicubic with the paired
 t-test p-value over slices.
 """
 
@@ -43,6 +44,7 @@ def main(argv=None) -> None:
     from ddasr_nipype.evaluation import _brain_mask, _inplane_axes, _lr_image, _seed_sequence, crop_to_scale
     from ddasr_nipype.inference import super_resolve_image
     from ddasr_nipype.data.io import to_ras
+    from ddasr_nipype.data.slicing import plane_axis
     from ddasr_nipype.metrics.volume import foreground_mask, normalize_volume, reference_scores
 
     if opts.threads:
@@ -72,6 +74,7 @@ def main(argv=None) -> None:
             for variant in opts.variant or ["strength=1,background=model"]:
                 settings = dict(item.split("=") for item in variant.split(",") if item)
                 projection = settings.pop("projection", None)
+                smooth = float(settings.pop("throughplane", 0) or 0)
                 img, _ = super_resolve_image(_lr_image(lr, hr_ras, down), b, planes=plane,
                                              strength=float(settings["strength"]) if "strength" in settings else None,
                                              background=settings.get("background"))
@@ -79,6 +82,10 @@ def main(argv=None) -> None:
                 if projection:
                     model, weight = projection.split(":")
                     sr = consistency_projection(sr, lr, scale, axes=axes, model=model, weight=float(weight))
+                if smooth > 0:  # diagnostic: what neighbouring slices add, a Gaussian across them
+                    from scipy.ndimage import gaussian_filter1d
+
+                    sr = gaussian_filter1d(sr, smooth, axis=plane_axis(plane))
                 outputs[f"{b.name}:{b.sha256[:8]} {variant}".strip()] = sr
         scores = {m: reference_scores(hr01, v, plane=plane, mask=mask, min_fraction=0.1, brain_mask=brain)
                   for m, v in outputs.items()}
