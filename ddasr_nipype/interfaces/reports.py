@@ -369,7 +369,6 @@ def _ras(path):
 
 def _slice_view(vol, axis: int, index: int):
     """The 2D slice of a RAS volume across ``axis``, transposed for ``imshow(origin="lower")``."""
-    import numpy as np
 
     return vol[(slice(None),) * axis + (int(index),)].T
 
