@@ -368,8 +368,7 @@ def _ras(path):
 
 
 def _slice_view(vol, axis: int, index: int):
-    """The 2D slice of a RAS volume across ``axis``, transposed for ``imshow(origin="lower")``."""
-
+    """The 2D slice of a RAS volume across ``axis`` (a view), transposed for ``imshow(origin="lower")``."""
     return vol[(slice(None),) * axis + (int(index),)].T
 
 
