@@ -1327,6 +1327,13 @@ def test_the_2p5d_preset_starts_from_the_default_generator_as_it_is(tmp_path, vg
 
     preset = load_preset("t1w-x2-ctx-cpu")
     assert preset.srn.generator["context_slices"] == 1 and preset.synthesis.context_strides == (1, 2)
+    assert preset.srn.context_share == 0.0  # starts as t1w-x2 itself
+    for bad in (0.5, -0.1):
+        with pytest.raises(ValueError, match="context_share"):
+            preset.srn.replace(context_share=bad)
+    for bad in ([], [0], [1.5], 2):
+        with pytest.raises(ValueError, match="context_strides"):
+            preset.synthesis.replace(context_strides=bad)
     preset = preset.replace(srn=preset.srn.replace(batch_size=2, patch_size=32))
     rng = np.random.default_rng(0)
     hr = SliceSet([SliceStack("a", rng.uniform(0.2, 0.8, (4, 32, 32)).astype(np.float32), 1.0, {})])
