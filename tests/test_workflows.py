@@ -53,6 +53,10 @@ def test_sr_wf_graph():
     sr = wf.get_node("super_resolve")
     assert (sr.inputs.planes, sr.inputs.device, sr.inputs.tile_size) == ("all", "cuda", 64)
     assert sr.inputs.use_gpu is True and sr.n_procs == 3
+    # the physics consistency map is one thread of numpy; a bundle's DSN map gets the node's threads
+    assert wf.get_node("data_consistency").n_procs == 1  # /models/m cannot be read here: no DSN
+    with_dsn = init_sr_wf(model="ixi-t1w-x2-gan", omp_nthreads=3).get_node("data_consistency")
+    assert with_dsn.n_procs == 3 and with_dsn.inputs.num_threads == 3
     assert "all three" not in wf.__desc__ and "averaged into an isotropic volume" in wf.__desc__
     # the SR node is told the input's orientation, and the mask is resliced onto its output's grid
     edges = {(u.name, v.name): d["connect"] for u, v, d in wf._graph.edges(data=True)}

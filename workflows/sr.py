@@ -225,9 +225,12 @@ input's field of view and orientation.{bet_text}{consistency_text}
     ])
     data_consistency = None
     if consistency:
+        # torch threads only for a bundle's DSN map; the physics map alone is one thread of numpy, so the
+        # node leaves the other CPUs to the mask's reslicing and the report sections
+        dsn_threads = omp_nthreads if bundle_has_dsn(model) else 1
         data_consistency = pe.Node(
-            DataConsistency(model=model, device=device, num_threads=omp_nthreads),
-            name="data_consistency", n_procs=omp_nthreads, mem_gb=1.5,
+            DataConsistency(model=model, device=device, num_threads=dsn_threads),
+            name="data_consistency", n_procs=dsn_threads, mem_gb=1.5,
         )
         workflow.connect([
             (inputnode, data_consistency, [("t1w", "in_file")]),
