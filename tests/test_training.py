@@ -854,7 +854,10 @@ def test_every_gpu_starter_variant_is_a_valid_recipe(tmp_path):
     # the multi-degradation fine-tunes start from the shipped generator as it is: same architecture
     from ddasr_nipype.bundle import load_bundle
 
-    shipped = load_bundle("ixi-t1w-x2").manifest["files"]["srn.pt"]["config"]
+    from ddasr_nipype.models import GeneratorConfig
+
+    # the manifest as written (before context_slices existed), read through the config class as loading does
+    shipped = GeneratorConfig.from_dict(load_bundle("ixi-t1w-x2").manifest["files"]["srn.pt"]["config"]).to_dict()
     for name in script.MULTI_DEGRADATION:
         preset = TrainingPreset.from_dict(script.variant_preset(name, base))
         assert build_generator_config(preset).to_dict() == shipped and name in script.NEEDS_INIT
@@ -1346,3 +1349,17 @@ def test_the_2p5d_preset_starts_from_the_default_generator_as_it_is(tmp_path, vg
     x = torch.rand(2, 3, 20, 24)
     with torch.no_grad():
         torch.testing.assert_close(trainer.ema(x), base(x[:, :1]), rtol=1e-4, atol=1e-5)
+
+
+def test_a_checkpoint_written_before_context_slices_existed_still_resumes(tmp_path, smoke, vgg):
+    from ddasr_nipype.training.synthesis import degrade_pairs
+
+    rng = np.random.default_rng(0)
+    hr = SliceSet([SliceStack("a", rng.uniform(0.2, 0.8, (4, 64, 64)).astype(np.float32), 1.0, {})])
+    trainer = SRNTrainer(smoke, tmp_path / "old", degrade_pairs(hr, "area", scale=2, rng=rng), **_kwargs(vgg))
+    state = trainer.model_state()
+    del state["generator_config"]["context_slices"]  # as saved by earlier versions
+    trainer.load_model_state(state)
+    state["generator_config"]["num_feat"] += 1
+    with pytest.raises(ValueError, match="generator config differs"):
+        trainer.load_model_state(state)

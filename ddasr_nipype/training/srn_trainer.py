@@ -292,7 +292,10 @@ class SRNTrainer(StageTrainer):
         }
 
     def load_model_state(self, state: dict[str, Any]) -> None:
-        if state["generator_config"] != self.generator_config.to_dict():
+        from ddasr_nipype.models import GeneratorConfig
+
+        # read through the config class: a checkpoint written before a setting existed has its default
+        if GeneratorConfig.from_dict(state["generator_config"]).to_dict() != self.generator_config.to_dict():
             raise ValueError("the checkpoint's generator config differs from this preset's")
         self.generator.load_state_dict(state["generator"])
         self.ema.load_state_dict(state["ema"])
