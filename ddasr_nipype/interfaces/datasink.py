@@ -80,6 +80,7 @@ def copy_derivative(src, dst) -> bool:
         return True
     return _copy_any(src, dst)
 
+
 __all__ = ["ANAT_PATTERNS", "DerivativesDataSink", "copy_derivative", "derivative_path"]
 
 

@@ -49,6 +49,9 @@ def _widened_first_layer(weight, theirs, ours, share: float = 0.0):
     out[:, :theirs.image_channels] = weight[:, :theirs.image_channels]
     new = ours.context_slices - theirs.context_slices
     if share and new > 0:
+        if 2 * new * share >= 1:
+            raise ValueError(f"context_share {share} leaves nothing to the centre slice with {new} new neighbours "
+                             "on each side: it must be below 1 / (2 x that)")
         centre = weight[:, :theirs.in_channels].clone()
         out[:, :theirs.in_channels] = centre * (1.0 - 2 * new * share)
         for k in range(theirs.image_channels, ours.image_channels, ours.in_channels):
