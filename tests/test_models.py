@@ -689,3 +689,7 @@ def test_a_2p5d_generator_widened_with_a_share_starts_on_the_averaged_slices():
     averaged = 0.6 * x[:, :1] + 0.2 * x[:, 1:2] + 0.2 * x[:, 2:3]
     with torch.no_grad():
         torch.testing.assert_close(gen(x, sigma), plain(averaged, sigma), rtol=1e-4, atol=1e-5)
+    wider = GeneratorConfig(**TINY_GEN, noise_level_input=True, context_slices=2)
+    with pytest.raises(ValueError, match="context_share"):  # 4 new neighbours x 0.3 leaves the centre nothing
+        _widened_first_layer(plain.state_dict()["conv_first.weight"], flat, wider, share=0.3)
+    assert _widened_first_layer(plain.state_dict()["conv_first.weight"], flat, wider, share=0.2).shape[1] == 6
