@@ -192,6 +192,9 @@ def test_sr_wf_runs_and_keeps_world_alignment(lr_file, tmp_path):
     assert err.max() < 0.5 * min(zooms_out)
     meta = results["super_resolve"].outputs.metadata
     assert meta["model_name"] == "tiny-test" and json.dumps(meta)
+    # the SR node's own metadata describes the file it wrote (the input's orientation), not the RAS copy
+    assert meta["output_orientation"] == "PSR" and meta["output_shape"] == [64, 64, 24]
+    assert meta["upsampling_factors"] == [2, 2, 1] and meta["input_shape"] == [32, 32, 24]
     # what the sidecar and report get: grids along the axes of the files, not of the RAS copy
     meta = results["grid_metadata"].outputs.metadata
     assert meta["upsampling_factors"] == [2, 2, 1] and meta["upsampling_factors_ras"] == [1, 2, 2]

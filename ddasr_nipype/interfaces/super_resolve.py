@@ -221,10 +221,17 @@ class SuperResolve(SimpleInterface):
         if isdefined(self.inputs.out_orientation) and self.inputs.out_orientation:
             import time
 
+            import nibabel as nib
+
             from .conform import conform_image
 
             t0 = time.perf_counter()
             out_img, _ = conform_image(out_img, orientation=self.inputs.out_orientation)
+            # shapes, voxel sizes and factors along the axes of the file written (and of the input as it
+            # was before it was conformed), as GridMetadata gives them
+            in_img, _ = conform_image(nib.load(self.inputs.in_file), orientation=self.inputs.out_orientation)
+            info.update(grid_info(in_img, out_img, info["upsampling_factors_ras"]),
+                        output_orientation=self.inputs.out_orientation.upper())
             info["timings_s"] = {**info.get("timings_s", {}), "reorient": round(time.perf_counter() - t0, 3)}
         out_file, out_json = write_image_and_sidecar(out_img, info, self.inputs.in_file, "_sr", runtime.cwd)
         self._results.update(
