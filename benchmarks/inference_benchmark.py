@@ -170,15 +170,15 @@ def _slices(t1w: Path, n_slices: int, context_slices: int = 0):
 
     from ddasr_nipype.data.io import load_volume, to_ras
     from ddasr_nipype.data.normalize import fit_normalization
-    from ddasr_nipype.models import context_offsets
+    from ddasr_nipype.models import context_index
 
     img_ras, _ = to_ras(load_volume(t1w))
     data = np.asarray(img_ras.dataobj, dtype=np.float32)
     data = fit_normalization(data).apply(data)
     mid = data.shape[0] // 2
     start = max(mid - n_slices // 2, 0)
-    index = np.arange(start, min(start + n_slices, data.shape[0]))[:, None] + np.asarray(context_offsets(context_slices))
-    return torch.from_numpy(np.ascontiguousarray(data[np.clip(index, 0, data.shape[0] - 1)]))
+    index = context_index(np.arange(start, min(start + n_slices, data.shape[0])), data.shape[0], context_slices)
+    return torch.from_numpy(np.ascontiguousarray(data[index]))
 
 
 def _time_per_slice(net, slices, extra=()) -> tuple[float, float]:

@@ -314,20 +314,18 @@ def super_resolve_plane(
     residual_moved = None if residual is None else np.moveaxis(residual, axis, 0)
     out = np.empty((n_slices, height * scale, width * scale), dtype=np.float32)
     from .degradations import bicubic_upsample
-    from .models import context_offsets
+    from .models import context_index
 
-    # a 2.5D generator also takes the neighbouring slices (the volume's first/last slice repeated at its ends)
-    offsets = np.asarray(context_offsets(getattr(getattr(generator, "config", None), "context_slices", 0)))
+    # a 2.5D generator also takes the neighbouring slices (GeneratorConfig.context_slices)
+    context = getattr(getattr(generator, "config", None), "context_slices", 0)
 
     def run_chunk(start: int) -> tuple[float, float]:
         with torch.inference_mode():  # thread-local: entered in every worker
             t0 = time.perf_counter()
-            chunk = np.ascontiguousarray(moved[start:start + batch_size], dtype=np.float32)
-            if len(offsets) > 1:
-                index = np.clip(np.arange(start, start + len(chunk))[:, None] + offsets, 0, n_slices - 1)
-                batch = torch.from_numpy(np.ascontiguousarray(moved[index], dtype=np.float32)).to(torch_device)
-            else:
-                batch = torch.from_numpy(chunk)[:, None].to(torch_device)
+            index = context_index(np.arange(start, min(start + batch_size, n_slices)), n_slices, context)
+            stack = np.ascontiguousarray(moved[index], dtype=np.float32)  # [B, 1 + 2c, H, W]
+            chunk = stack[:, 0]
+            batch = torch.from_numpy(stack).to(torch_device)
             sr = _run_tiled(generator, batch, scale, tile_size, tile_overlap)[:, 0].float().cpu().numpy()
         t1 = time.perf_counter()
         if blend:

@@ -1363,3 +1363,11 @@ def test_a_checkpoint_written_before_context_slices_existed_still_resumes(tmp_pa
     state["generator_config"]["num_feat"] += 1
     with pytest.raises(ValueError, match="generator config differs"):
         trainer.load_model_state(state)
+
+
+def test_a_2p5d_preset_with_the_dsn_is_refused_before_the_dsn_trains(tmp_path, hr_bids, lr_bids):
+    smoke = load_preset("smoke")
+    preset = smoke.replace(srn=smoke.srn.replace(generator={**smoke.srn.generator, "context_slices": 1}))
+    with pytest.raises(ValueError, match="classical degradations"):
+        run_training(_options(hr_bids, lr_bids, tmp_path / "model", preset=preset))
+    assert not (tmp_path / "model.work" / "checkpoints").exists()  # no DSN stage ran

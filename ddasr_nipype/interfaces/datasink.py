@@ -46,8 +46,9 @@ def _import_niworkflows_sink():
 
 _DerivativesDataSink = _import_niworkflows_sink()
 
-#: gzip member header (RFC 1952) of a file with no name, no comment, no extra field and no time stamp
-_PLAIN_GZIP = (b"\x1f\x8b\x08", 0, b"\x00\x00\x00\x00")
+#: start of a gzip member header (RFC 1952): magic, deflate, no flags (no file name, comment or extra
+#: field), no time stamp
+_PLAIN_GZIP = b"\x1f\x8b\x08\x00\x00\x00\x00\x00"
 
 
 def _is_plain_gzip(path) -> bool:
@@ -55,8 +56,7 @@ def _is_plain_gzip(path) -> bool:
     stamp (as nibabel writes them): copied byte for byte, it is what niworkflows' copy would write, bar the
     compression level."""
     with open(path, "rb") as f:
-        head = f.read(10)
-    return len(head) == 10 and head[:3] == _PLAIN_GZIP[0] and head[3] == _PLAIN_GZIP[1] and head[4:8] == _PLAIN_GZIP[2]
+        return f.read(len(_PLAIN_GZIP)) == _PLAIN_GZIP
 
 
 def copy_derivative(src, dst) -> bool:

@@ -51,14 +51,16 @@ def super_resolve_file(
     tile_size: int | None = None,
     strength: float | None = None,
     background: str | None = None,
+    out_orientation: str | None = None,
 ):
     """Load and validate ``in_file``, super-resolve it with bundle ``model`` (name or path).
 
     ``strength`` and ``background`` default to the bundle's recommendation
     (:func:`ddasr_nipype.inference.output_settings`), ``batch_size`` to the device's
-    (:func:`ddasr_nipype.inference.default_batch_size`). Returns ``(out_img, info)``; ``info`` (scale,
-    planes, device, runtime and its split, model name and sha256, output settings, input/output voxel
-    sizes) is what the JSON sidecar records.
+    (:func:`ddasr_nipype.inference.default_batch_size`). ``out_orientation`` (axis codes) reorients the
+    output (exact: axes permuted and flipped). Returns ``(out_img, info)``; ``info`` (scale, planes,
+    device, runtime and its split, model name and sha256, output settings, input/output shapes, voxel
+    sizes and factors along the axes of the output file) is what the JSON sidecar records.
     """
     import time
 
@@ -79,6 +81,15 @@ def super_resolve_file(
     for message in warnings:
         LOGGER.warning("%s", message)
     info["warnings"] = [*info.get("warnings", []), *warnings]
+    if out_orientation:
+        from .conform import conform_image
+
+        t0 = time.perf_counter()
+        out_img, _ = conform_image(out_img, orientation=out_orientation)
+        # the input in the same orientation (in memory): its grid along the axes of the output file
+        img, _ = conform_image(img, orientation=out_orientation)
+        info["output_orientation"] = out_orientation.upper()
+        info["timings_s"] = {**info["timings_s"], "reorient": round(time.perf_counter() - t0, 3)}
     return out_img, {**info, **grid_info(img, out_img, info["upsampling_factors_ras"])}
 
 
@@ -217,22 +228,8 @@ class SuperResolve(SimpleInterface):
             num_threads=_opt(self.inputs.num_threads), tile_size=_opt(self.inputs.tile_size),
             strength=self.inputs.strength if isdefined(self.inputs.strength) else None,
             background=self.inputs.background if isdefined(self.inputs.background) else None,
+            out_orientation=_opt(self.inputs.out_orientation),
         )
-        if isdefined(self.inputs.out_orientation) and self.inputs.out_orientation:
-            import time
-
-            import nibabel as nib
-
-            from .conform import conform_image
-
-            t0 = time.perf_counter()
-            out_img, _ = conform_image(out_img, orientation=self.inputs.out_orientation)
-            # shapes, voxel sizes and factors along the axes of the file written (and of the input as it
-            # was before it was conformed), as GridMetadata gives them
-            in_img, _ = conform_image(nib.load(self.inputs.in_file), orientation=self.inputs.out_orientation)
-            info.update(grid_info(in_img, out_img, info["upsampling_factors_ras"]),
-                        output_orientation=self.inputs.out_orientation.upper())
-            info["timings_s"] = {**info.get("timings_s", {}), "reorient": round(time.perf_counter() - t0, 3)}
         out_file, out_json = write_image_and_sidecar(out_img, info, self.inputs.in_file, "_sr", runtime.cwd)
         self._results.update(
             out_file=out_file, out_json=out_json, metadata=info, model_sha256=info["model_sha256"]

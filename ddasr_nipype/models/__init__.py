@@ -12,7 +12,8 @@ from .common import ModelConfig, build_model, load_model, save_model
 from .discriminator_arch import AttentionUNetDiscriminator, DiscriminatorConfig
 from .deepbet_arch import DeepbetFeatures, load_deepbet_features
 from .dsn_arch import DSN, DSNConfig
-from .srn_arch import (NOISE_MAP_SCALE, RRDB, GeneratorConfig, RRDBNet, RRDBNetConfig, SRGenerator, context_offsets,
+from .srn_arch import (NOISE_MAP_SCALE, RRDB, GeneratorConfig, RRDBNet, RRDBNetConfig, SRGenerator, context_index,
+                       context_offsets,
                        estimate_noise_sigma)
 from .vgg_arch import VGG19Features, load_vgg19
 
@@ -21,6 +22,7 @@ __all__ = [
     "DSNConfig",
     "SRGenerator",
     "GeneratorConfig",
+    "context_index",
     "context_offsets",
     "estimate_noise_sigma",
     "NOISE_MAP_SCALE",

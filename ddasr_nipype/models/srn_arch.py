@@ -192,6 +192,20 @@ def context_offsets(context_slices: int) -> tuple[int, ...]:
     return (0,) + tuple(sign * k for k in range(1, int(context_slices) + 1) for sign in (-1, 1))
 
 
+def context_index(slices, n_slices: int, context_slices: int, stride: int = 1):
+    """The slices a 2.5D input of each slice in ``slices`` takes, ``[len(slices), 1 + 2c]`` (numpy): the slice,
+    then its neighbours at ``stride x`` :func:`context_offsets`, the first / last of ``n_slices`` repeated
+    past the ends.
+
+    >>> context_index([0, 4], 5, 1).tolist()
+    [[0, 0, 1], [4, 3, 4]]
+    """
+    import numpy as np
+
+    offsets = stride * np.asarray(context_offsets(context_slices))
+    return np.clip(np.asarray(slices)[:, None] + offsets, 0, n_slices - 1)
+
+
 class SRGenerator(nn.Module):
     """DDASR generator: ``forward(x [B,1,h,w]) -> [B,1,s*h,s*w]`` for any ``h, w``.
 

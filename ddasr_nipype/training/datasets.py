@@ -210,9 +210,13 @@ class PairSet:
         """Whether each pair index (as :meth:`sample_pairs` returns them) comes from a brain-only stack."""
         return np.asarray(self.brain_only, dtype=bool)[self.stack_of(np.asarray(index))]
 
+    def _locate(self, index: int) -> tuple[int, int]:
+        """(stack, slice in that stack) of a pair index."""
+        k = int(self.stack_of(int(index)))
+        return k, int(index) - int(self._offsets[k])
+
     def pair(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        k = int(np.searchsorted(self._offsets, index, side="right") - 1)
-        n = index - self._offsets[k]
+        k, n = self._locate(index)
         return self.lr[k][n], self.hr[k][n]
 
     def check_patch_size(self, hr_size: int) -> None:
@@ -247,8 +251,8 @@ class PairSet:
                     break
             lr_out[b, 0] = lr[i:i + p, j:j + p]
             if self.context is not None:
-                k = int(self.stack_of(int(index[b])))
-                lr_out[b, 1:] = self.context[k][int(index[b]) - self._offsets[k], :, i:i + p, j:j + p]
+                k, n = self._locate(index[b])
+                lr_out[b, 1:] = self.context[k][n, :, i:i + p, j:j + p]
             hr_out[b, 0] = hr_patch
         return (lr_out, hr_out, index) if return_index else (lr_out, hr_out)
 

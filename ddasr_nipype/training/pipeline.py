@@ -274,7 +274,17 @@ def load_dsn(source: str | Path, device="cpu"):
 
 def context_slices(preset) -> int:
     """Neighbouring slices on each side that the preset's generator takes (``srn.generator.context_slices``)."""
-    return int((preset.srn.generator or {}).get("context_slices", 0))
+    from ddasr_nipype.training.srn_trainer import build_generator_config
+
+    return build_generator_config(preset).context_slices
+
+
+def check_context_source(options: TrainingOptions) -> None:
+    """A 2.5D generator (``srn.generator.context_slices``) trains on classical degradations only: the DSN
+    degrades single slices. Raises ValueError otherwise."""
+    if context_slices(options.preset) and not options.degradation:
+        raise ValueError("a generator with context slices (srn.generator.context_slices) trains on "
+                         "classical degradations (--degradation); the DSN degrades single slices")
 
 
 def pairs_provenance(options: TrainingOptions, hr: SliceSet, lr: SliceSet | None, dsn=None,
@@ -328,9 +338,7 @@ def run_synthesis_stage(options: TrainingOptions, hr: SliceSet, lr: SliceSet | N
     else:
         if dsn is None or lr is None:
             raise ValueError("synthesis needs a trained DSN and the real LR slices")
-        if context["context_slices"]:
-            raise ValueError("a generator with context slices (srn.generator.context_slices) trains on "
-                             "classical degradations (--degradation); the DSN degrades single slices")
+        check_context_source(options)
         device = resolve_device(options.device)
         pairs = synthesize_pairs(dsn, hr, lr, scale=preset.data.scale, rng=rng,
                                  batch_size=preset.synthesis.batch_size, device=device,
@@ -532,6 +540,7 @@ def run_training(options: TrainingOptions):
         from ddasr_nipype.training.synthesis import _classical_function
 
         _classical_function(options.degradation)
+    check_context_source(options)  # before a DSN stage that would train for nothing
     if options.init_generator is not None:
         check_init_generator(options)
     dsn = None

@@ -79,14 +79,13 @@ def degrade_pairs(hr: SliceSet, method: str, *, scale: int, rng: np.random.Gener
     ``context_strides`` per slice: 1 for scans whose slices are as far apart as the HR's, 2 for twice
     that; clamped at the stack's ends) are degraded together with it, by the same acquisition.
     """
-    from ddasr_nipype.models import context_offsets
+    from ddasr_nipype.models import context_index
 
     degrade = _classical_function(method, scale)
     top = 1.0 if getattr(degrade, "clips_input", True) else None
     multiple = multiple or scale
     if context_slices and not context_strides:
         raise ValueError("context_strides must name at least one stride")
-    offsets = np.asarray(context_offsets(context_slices))
     lr_out, hr_out, context_out, names = [], [], [], []
     for stack in hr.stacks:
         hr_slices = np.ascontiguousarray(center_crop_to_multiple(stack.slices, multiple)).astype(np.float32)
@@ -94,7 +93,7 @@ def degrade_pairs(hr: SliceSet, method: str, *, scale: int, rng: np.random.Gener
         for n in range(len(hr_slices)):
             if context_slices:
                 stride = int(context_strides[int(rng.integers(len(context_strides)))])
-                slab = hr_slices[np.clip(n + stride * offsets, 0, len(hr_slices) - 1)]
+                slab = hr_slices[context_index([n], len(hr_slices), context_slices, stride)[0]]
                 out = np.asarray(degrade(np.clip(slab, 0.0, top), rng)[0], dtype=np.float32)
                 lr_slices.append(out[0])
                 context.append(out[1:])
