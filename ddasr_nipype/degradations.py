@@ -201,21 +201,48 @@ def bicubic_upsample(x: np.ndarray, scale: int = 2, *, axes: tuple[int, ...] = (
     return out
 
 
-def bicubic_upsample_volume(data: np.ndarray, factors: tuple[int, int, int]) -> np.ndarray:
+def bicubic_upsample_volume(data: np.ndarray, factors: tuple[int, int, int], *,
+                            region: tuple[slice, slice, slice] | None = None) -> np.ndarray:
     """Bicubic up-sampling of a 3D volume by integer ``factors`` per axis (1 = unchanged).
 
     The output grid is the one of ``ddasr_nipype.data.slicing.upsampled_affine(affine, factors)``,
-    so the bicubic baseline and an SR output live on identical grids.
+    so the bicubic baseline and an SR output live on identical grids. ``region`` (three slices with
+    step 1 on the output grid) returns only that box of the output, the same values, computed from the
+    input voxels it needs (the cubic kernel's reach and the mirrored edges included).
     """
     data = _check_image(data)
     if data.ndim != 3 or len(factors) != 3:
         raise ValueError(f"need a 3D volume and three factors, got {data.shape} and {factors}")
+    if region is not None:
+        return _bicubic_region(data, tuple(_check_scale(f) for f in factors), region)
     out = data
     for axis, factor in enumerate(factors):
         factor = _check_scale(factor)
         if factor > 1:
             out = bicubic_upsample(out, factor, axes=(axis,))
     return out
+
+
+def _bicubic_region(data: np.ndarray, factors: tuple[int, ...], region) -> np.ndarray:
+    """:func:`bicubic_upsample_volume` of ``data`` restricted to ``region`` on the output grid."""
+    if len(region) != 3:
+        raise ValueError(f"region needs one slice per axis, got {region!r}")
+    source, keep = [], []
+    for axis, (box, factor) in enumerate(zip(region, factors)):
+        start, stop, step = box.indices(data.shape[axis] * factor)
+        if step != 1 or stop <= start:
+            raise ValueError(f"region {box!r} must be a non-empty slice with step 1 on axis {axis}")
+        # output sample i sits at input index (i + 0.5) / f - 0.5; with 3 more input samples on each
+        # side the kernel never reaches the sub-volume's mirrored edge (unless it is the volume's own)
+        first = max(int(np.floor((start + 0.5) / factor - 0.5)) - 3, 0)
+        last = min(int(np.ceil((stop - 0.5) / factor - 0.5)) + 4, data.shape[axis])
+        source.append(slice(first, last))
+        keep.append(slice(start - first * factor, stop - first * factor))
+    out = data[tuple(source)]
+    for axis, factor in enumerate(factors):
+        if factor > 1:
+            out = bicubic_upsample(out, factor, axes=(axis,))
+    return out[tuple(keep)]
 
 
 def area_downsample(x: np.ndarray, scale: int = 2, *, axes: tuple[int, ...] = (-2, -1)) -> np.ndarray:

@@ -218,11 +218,15 @@ def _images(html_text: str) -> list[bytes]:
     return [base64.b64decode(m) for m in re.findall(r"data:image/png;base64,([A-Za-z0-9+/=]+)", html_text)]
 
 
-def test_report_section_and_native_scale_crops(lr_file, tmp_path):
+def _pixels(png: bytes) -> np.ndarray:
     import io
 
-    import matplotlib.image as mpimg
+    from PIL import Image
 
+    return np.asarray(Image.open(io.BytesIO(png)))
+
+
+def test_report_section_and_native_scale_crops(lr_file, tmp_path):
     from ddasr_nipype.interfaces.consistency import consistency_files
     from ddasr_nipype.interfaces.reports import consistency_html, crops_html
 
@@ -236,7 +240,18 @@ def test_report_section_and_native_scale_crops(lr_file, tmp_path):
     zmap_sr = tmp_path / "zmap_sr.nii.gz"
     results["physics"].zmap_sr_img.to_filename(zmap_sr)
     section = consistency_html(sr_file, zmap_sr, meta)
-    assert len(_images(section)) == 1
+    panels = [_pixels(png) for png in _images(section)]
+    assert len(panels) == 3 * 6 + 3 + 1  # three views x 6 slices, the cluster's three views, the z scale
+    for rgb in panels[18:21]:  # the cluster's panels: red (output brighter than the data) inside a green ring
+        red = (rgb[..., 0] > 150) & (rgb[..., 1] < 100) & (rgb[..., 2] < 100)
+        ring = np.all(rgb == (0, 255, 102), axis=-1)
+        assert red.sum() > 10 and ring.any()
+        ring_rows, ring_cols = np.nonzero(ring)
+        red_rows, red_cols = np.nonzero(red)
+        assert red_rows.min() <= ring_rows.mean() <= red_rows.max()  # the ring is centred on the cluster
+        assert red_cols.min() <= ring_cols.mean() <= red_cols.max()
+    scale = panels[-1]
+    assert scale[0, 0, 2] > scale[0, 0, 0] and scale[0, -1, 0] > scale[0, -1, 2]  # blue (z < 0) to red
     assert "RMS z in the head" in section and "largest cluster" in section
     cluster = meta["physics"]["largest_cluster"]
     assert cluster["peak_z"] > THRESHOLD
@@ -246,9 +261,9 @@ def test_report_section_and_native_scale_crops(lr_file, tmp_path):
     assert len(images) == 6  # input, bicubic, SR; at the hemisphere and at the cluster
     assert "largest inconsistency cluster" in crops
     for png in images:  # every voxel drawn as 3 x 3 pixels
-        pixels = mpimg.imread(io.BytesIO(png))
-        assert pixels.shape[:2] == (96, 96)
+        pixels = _pixels(png)
+        assert pixels.shape == (96, 96)
         assert np.array_equal(pixels[0::3], pixels[1::3]) and np.array_equal(pixels[:, 0::3], pixels[:, 2::3])
     # the crop at the cluster shows the lesion in the SR panel, not in the input's
-    nearest, bicubic, sr = (mpimg.imread(io.BytesIO(p))[..., 0] for p in images[3:])
+    nearest, bicubic, sr = (_pixels(p) for p in images[3:])
     assert sr.max() >= bicubic.max() and not np.array_equal(sr, bicubic)

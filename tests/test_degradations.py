@@ -85,6 +85,22 @@ def test_bicubic_upsample_volume_grid_and_crop():
         bicubic_upsample(vol, 2, axes=(1, 2), out_shape=(15, 15))
 
 
+@pytest.mark.parametrize("factors", [(1, 2, 2), (2, 2, 2), (3, 1, 2)])
+def test_bicubic_upsample_volume_region_is_the_same_box_of_the_whole(factors):
+    rng = np.random.default_rng(3)
+    vol = rng.uniform(size=(9, 11, 10))
+    whole = bicubic_upsample_volume(vol, factors)
+    boxes = [tuple(slice(0, n) for n in whole.shape),  # everything
+             (slice(4, 5), slice(0, 3), slice(whole.shape[2] - 2, whole.shape[2])),  # one slice, both edges
+             (slice(2, 9), slice(5, 17), slice(6, 13))]  # the interior, odd starts
+    boxes += [tuple(slice(int(a), int(a) + int(rng.integers(1, n - a + 1))) for a, n in
+                    zip((rng.integers(0, n) for n in whole.shape), whole.shape)) for _ in range(20)]
+    for box in boxes:
+        np.testing.assert_allclose(bicubic_upsample_volume(vol, factors, region=box), whole[box], atol=1e-12)
+    with pytest.raises(ValueError, match="step 1"):
+        bicubic_upsample_volume(vol, factors, region=(slice(0, 4, 2), slice(None), slice(None)))
+
+
 def test_kspace_truncation_rings_and_blurs_an_edge():
     x = np.zeros((64, 64))
     x[:, 32:] = 1.0

@@ -192,15 +192,17 @@ def _head_bounds(data, mask, *, level: float = 0.1, fraction: float = 0.005):
     return lo, hi
 
 
-def _png_rgb_uri(rgb) -> str:
-    """An (h, w, 3) uint8 array as a base64 PNG data URI (Pillow, which matplotlib already needs)."""
+def _png_uri(rgb) -> str:
+    """An (h, w, 3) RGB or (h, w) grey uint8 array as a base64 PNG data URI (Pillow, which matplotlib
+    already needs; no matplotlib import)."""
     import base64
     import io
 
+    import numpy as np
     from PIL import Image
 
     buffer = io.BytesIO()
-    Image.fromarray(rgb).save(buffer, format="PNG", compress_level=6)  # (h, w, 3) uint8: RGB
+    Image.fromarray(np.ascontiguousarray(rgb)).save(buffer, format="PNG", compress_level=6)
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
@@ -271,7 +273,7 @@ def before_after_svg(before_file, after_file, *, mask_file=None, n_cuts: int = 7
         height = width * pixels.shape[0] * zv / (pixels.shape[1] * zh)
         heights.append((y, height))
         for which in ("before", "after"):
-            uri = _png_rgb_uri(np.ascontiguousarray(rows[which][row][0]))
+            uri = _png_uri(np.ascontiguousarray(rows[which][row][0]))
             layers[which].append(
                 f'<image x="0" y="{y:.1f}" width="{width}" height="{height:.1f}" preserveAspectRatio="none" '
                 f'xlink:href="{uri}"/>')
@@ -330,22 +332,12 @@ class BeforeAfter(_Reportlet):
 # Data consistency and zoomed crops
 
 
-def _png_data_uri(fig_or_array, *, cmap: str = "gray", vmin=None, vmax=None) -> str:
-    """A matplotlib figure, or a 2D array written pixel for pixel, as a base64 PNG data URI.
+def _png_grey_uri(image, *, vmin: float, vmax: float) -> str:
+    """A 2D array written pixel for pixel as a grey PNG data URI (``vmin`` black, ``vmax`` white)."""
+    import numpy as np
 
-    Figures are :class:`matplotlib.figure.Figure` objects made without pyplot (no global figure
-    manager, nothing to close, and half a second less of import in every report node)."""
-    import base64
-    import io
-
-    buffer = io.BytesIO()
-    if hasattr(fig_or_array, "savefig"):
-        fig_or_array.savefig(buffer, format="png", dpi=fig_or_array.dpi)
-    else:
-        from matplotlib.image import imsave
-
-        imsave(buffer, fig_or_array, cmap=cmap, vmin=vmin, vmax=vmax, format="png", origin="upper")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    span = vmax - vmin if vmax > vmin else 1.0
+    return _png_uri((np.clip((np.asarray(image, dtype=np.float32) - vmin) / span, 0, 1) * 255).astype(np.uint8))
 
 
 def _window(data, mask):
@@ -394,14 +386,38 @@ def _figures_rows(summary: dict, label: str) -> list[tuple[str, str]]:
     return rows
 
 
+def _z_lut():
+    """RdBu_r as 256 RGB rows (uint8): the z colour scale from -Z_LIMIT to +Z_LIMIT."""
+    import matplotlib  # the colour maps only: no figure, no pyplot
+    import numpy as np
+
+    return (matplotlib.colormaps["RdBu_r"](np.linspace(0.0, 1.0, 256))[:, :3] * 255).round().astype(np.uint8)
+
+
+def _z_panel(grey_slice, z_slice, mask_slice, window, lut, *, ring=None):
+    """One panel of the consistency section as RGB pixels, top row first: the output in grey, z over it
+    where |z| >= Z_SHOWN inside the mask, the mask's outline in yellow and, with ``ring`` (a boolean
+    image), that ring in green. Inputs are ``_slice_view`` slices (rows: the vertical axis, bottom up)."""
+    import numpy as np
+
+    low, high = window
+    grey = (np.clip((grey_slice - low) / (high - low), 0, 1) * 255).astype(np.uint8)
+    rgb = np.repeat(grey[..., None], 3, axis=-1)
+    shown = (np.abs(z_slice) >= Z_SHOWN) & mask_slice
+    index = np.clip(np.round((z_slice[shown] + Z_LIMIT) / (2 * Z_LIMIT) * 255), 0, 255).astype(np.intp)
+    rgb[shown] = lut[index]
+    rgb[_outline(mask_slice)] = (229, 193, 0)
+    if ring is not None:
+        rgb[ring] = (0, 255, 102)
+    return rgb[::-1]
+
+
 def consistency_html(sr_file, zmap_sr_file, metadata: dict, *, mask_file=None, n_slices: int = 6) -> str:
     """The report section of the consistency map: the physics z-map over the super-resolved T1w on
     ``n_slices`` sagittal, coronal and axial slices through the brain (and the three through the peak of
-    the largest cluster, circled), then the figures of every map in ``metadata`` (DataConsistency's)."""
-    import matplotlib
+    the largest cluster, circled), then the figures of every map in ``metadata`` (DataConsistency's).
+    Each panel is a PNG of the voxels (Pillow; no matplotlib figure), shown with the voxels' aspect."""
     import numpy as np
-    from matplotlib.figure import Figure
-    from matplotlib.patches import Circle
     from nibabel.affines import apply_affine, voxel_sizes
 
     sr_ras, sr = _ras(sr_file)
@@ -409,7 +425,7 @@ def consistency_html(sr_file, zmap_sr_file, metadata: dict, *, mask_file=None, n
     if z.shape != sr.shape:
         raise ValueError(f"z-map grid {z.shape} differs from the super-resolved image's {sr.shape}")
     mask = _mask_on(sr, mask_file)
-    low, high = _window(sr, mask)
+    window = _window(sr, mask)
     zooms = voxel_sizes(sr_ras.affine)
     lo, hi = _bounds(mask)
     physics = metadata["physics"]
@@ -418,43 +434,39 @@ def consistency_html(sr_file, zmap_sr_file, metadata: dict, *, mask_file=None, n
     if cluster:
         peak = np.clip(np.round(apply_affine(np.linalg.inv(sr_ras.affine), cluster["peak_mm"])).astype(int), 0,
                        np.array(sr.shape) - 1)
-    n_rows = 3 + (peak is not None)
-    fig = Figure(figsize=(2.0 * n_slices, 2.1 * n_rows + 0.4), facecolor="black")
-    axes = fig.subplots(n_rows, n_slices, squeeze=False)
-    cmap = matplotlib.colormaps["RdBu_r"]
-    shown = None
-    for row in range(n_rows):
-        for col in range(n_slices):
-            ax = axes[row, col]
-            ax.set_facecolor("black")
-            ax.axis("off")
+    lut = _z_lut()
+    panel_mm = max(float(n * zoom) for n, zoom in zip(sr.shape, zooms))  # one scale for every panel
+    rows_html = []
+    for row in range(3 + (peak is not None)):
+        figures = []
+        for col in range(n_slices if row < 3 else 3):
             if row < 3:
                 axis = row
                 index = int(round(lo[axis] + (hi[axis] - lo[axis]) * (0.15 + 0.7 * col / max(n_slices - 1, 1))))
                 title = f"{_VIEW_NAMES[axis]} {index}"
-            elif col < 3:
+            else:
                 axis, index = col, int(peak[col])
                 title = f"largest cluster, {_VIEW_NAMES[axis]}"
-            else:
-                continue
             h_axis, v_axis = (a for a in range(3) if a != axis)
-            ax.imshow(_slice_view(sr, axis, index), cmap="gray", vmin=low, vmax=high, origin="lower",
-                      interpolation="nearest", aspect=zooms[v_axis] / zooms[h_axis])
-            zs = _slice_view(z, axis, index)
-            hidden = (np.abs(zs) < Z_SHOWN) | ~_slice_view(mask, axis, index)
-            shown = ax.imshow(np.ma.masked_where(hidden, zs), cmap=cmap, vmin=-Z_LIMIT, vmax=Z_LIMIT,
-                              origin="lower", interpolation="nearest", aspect=zooms[v_axis] / zooms[h_axis])
-            ax.contour(_slice_view(mask, axis, index).astype(float), [0.5], colors="#e5c100", linewidths=0.4)
-            if row == 3:
-                ax.add_patch(Circle((peak[h_axis], peak[v_axis]), radius=8 / min(zooms), fill=False,
-                                    color="#00ff66", linewidth=1.2))
-            ax.set_title(title, color="white", fontsize=7)
-    fig.subplots_adjust(left=0.01, right=0.9, bottom=0.02, top=0.95, wspace=0.02, hspace=0.15)
-    if shown is not None:
-        bar = fig.colorbar(shown, cax=fig.add_axes([0.92, 0.25, 0.015, 0.5]))
-        bar.set_label("z (output - data) / noise", color="white", fontsize=8)
-        bar.ax.tick_params(colors="white", labelsize=7)
-    uri = _png_data_uri(fig)
+            ring = None
+            if row == 3:  # a circle of 8 mm around the peak
+                v, h = np.meshgrid(np.arange(sr.shape[v_axis]), np.arange(sr.shape[h_axis]), indexing="ij")
+                dist = np.hypot((h - peak[h_axis]) * zooms[h_axis], (v - peak[v_axis]) * zooms[v_axis])
+                ring = np.abs(dist - 8.0) <= 0.6 * min(zooms[h_axis], zooms[v_axis])
+            rgb = _z_panel(_slice_view(sr, axis, index), _slice_view(z, axis, index),
+                           _slice_view(mask, axis, index), window, lut, ring=ring)
+            width = 190.0 * sr.shape[h_axis] * zooms[h_axis] / panel_mm
+            height = 190.0 * sr.shape[v_axis] * zooms[v_axis] / panel_mm
+            figures.append(
+                f'<figure style="display: inline-block; margin: 0 2px 4px 0; text-align: center">'
+                f'<img src="{_png_uri(rgb)}" width="{width:.0f}" height="{height:.0f}" alt="{title}">'
+                f'<figcaption style="color: #ffffff; font-size: 11px">{title}</figcaption></figure>')
+        rows_html.append("<div>" + "".join(figures) + "</div>")
+    bar = _png_uri(np.repeat(lut[None], 10, axis=0))
+    scale = (
+        f'<div style="color: #ffffff; font-size: 11px; padding: 4px 0">z (output - data) / noise: '
+        f'&minus;{Z_LIMIT:g} <img src="{bar}" width="256" height="10" alt="z colour scale" '
+        f'style="vertical-align: middle"> +{Z_LIMIT:g} (blank where |z| &lt; {Z_SHOWN:g})</div>')
     rows = [("Noise level of the input", f"{metadata['noise']['sigma']:.4g} (input intensity units; "
              f"{html.escape(metadata['noise']['method'])})")]
     rows += _figures_rows(physics, "Physics (area average)")
@@ -471,8 +483,8 @@ def consistency_html(sr_file, zmap_sr_file, metadata: dict, *, mask_file=None, n
         f"brighter than the data allow, blue: darker), over the output. |z| &gt; {physics['threshold']:g} "
         "means a disagreement that noise cannot explain: detail the network invented or removed, or a "
         "misalignment.</p>\n"
-        f'\t<img src="{uri}" style="width: 100%; max-width: {200 * n_slices}px" '
-        'alt="consistency z-map over the super-resolved T1w">\n'
+        '\t<div style="background: #000000; padding: 4px">\n\t\t' + "\n\t\t".join(rows_html) + "\n\t\t"
+        + scale + "\n\t</div>\n"
         f'\t<ul class="elem-desc">\n{items}\n\t</ul>\n'
     )
 
@@ -507,7 +519,6 @@ def crops_html(in_file, sr_file, *, metadata: dict | None = None, mask_file=None
     views = [a for a in range(3) if all(factors[b] > 1 for b in range(3) if b != a)]
     axis = views[0] if views else int(np.argmin(factors))  # the SR plane (sagittal first)
     nearest = upsample_nearest(lr, factors)
-    bicubic = bicubic_upsample_volume(lr, factors)
     mask = _mask_on(sr, mask_file)
     low, high = _window(nearest, mask)
     h_axis, v_axis = (a for a in range(3) if a != axis)
@@ -532,10 +543,12 @@ def crops_html(in_file, sr_file, *, metadata: dict | None = None, mask_file=None
         box = list(_crop_box(centre, sr.shape, size))
         box[axis] = slice(int(centre[axis]), int(centre[axis]) + 1)
         panels = []
-        for label, vol in (("input (nearest)", nearest), ("bicubic", bicubic), ("super-resolved", sr)):
-            crop = np.squeeze(vol[tuple(box)], axis=axis).T[::-1]  # vertical axis up
+        bicubic = bicubic_upsample_volume(lr, factors, region=tuple(box))  # only the crop's voxels
+        for label, crop in (("input (nearest)", nearest[tuple(box)]), ("bicubic", bicubic),
+                            ("super-resolved", sr[tuple(box)])):
+            crop = np.squeeze(crop, axis=axis).T[::-1]  # vertical axis up
             pixels = np.kron(crop, np.ones((zoom, zoom), dtype=np.float32))
-            uri = _png_data_uri(pixels, vmin=low, vmax=high)
+            uri = _png_grey_uri(pixels, vmin=low, vmax=high)
             panels.append(
                 f'<figure style="display: inline-block; margin: 0 6px 6px 0">'
                 f'<img src="{uri}" width="{pixels.shape[1]}" height="{pixels.shape[0]}" '
