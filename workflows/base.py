@@ -216,13 +216,14 @@ input BIDS dataset.
             )
 
         t1w_meta = pe.Node(
-            SidecarMetadata(kind="t1w", source_file=t1w, bids_dir=bids_dir), name=f"t1w_meta_{idx}"
+            SidecarMetadata(kind="t1w", source_file=t1w, bids_dir=bids_dir), name=f"t1w_meta_{idx}",
+            run_without_submitting=True,
         )
         ds_t1w = _sink("ds_t1w", desc=OUT_PATH_BASE, suffix="T1w", compress=True)
         summary = pe.Node(
             SRSummary(source_file=str(Path(t1w).relative_to(bids_dir)) if t1w.startswith(bids_dir)
                       else t1w),
-            name=f"summary_{idx}",
+            name=f"summary_{idx}", run_without_submitting=True,
         )
         ds_summary = _sink("ds_report_summary", desc="summary", datatype="figures", suffix="T1w")
         sr_report = pe.Node(
@@ -258,7 +259,7 @@ input BIDS dataset.
             continue
         mask_meta = pe.Node(
             SidecarMetadata(kind="mask", source_file=t1w, bids_dir=bids_dir),
-            name=f"mask_meta_{idx}",
+            name=f"mask_meta_{idx}", run_without_submitting=True,
         )
         ds_mask = _sink("ds_mask", desc="brain", suffix="mask", compress=True)
         workflow.connect([
@@ -271,7 +272,7 @@ input BIDS dataset.
             (sr_wf, crops, [("outputnode.brain_mask", "mask_file")]),
         ])
         staged += [(ds_mask, "out_file"), (ds_mask, "out_meta")]
-    merge = pe.Node(niu.Merge(len(staged), ravel_inputs=True), name="merge_outputs")
+    merge = pe.Node(niu.Merge(len(staged), ravel_inputs=True), name="merge_outputs", run_without_submitting=True)
     commit = pe.Node(
         CommitDerivatives(staging_dir=staging, output_dir=str(config.output_dir)),
         name="commit_derivatives", run_without_submitting=True,
@@ -294,7 +295,8 @@ def _add_consistency(workflow, sr_wf, crops, sink, t1w: str, sr_name: str, bids_
             field = ("zmap" if method == "physics" else "dsn_zmap") + ("_sr" if grid == "sr" else "")
             suffix = ("" if method == "physics" else "_dsn") + ("_sr" if grid == "sr" else "")
             meta = pe.Node(SidecarMetadata(kind="zmap", method=method, grid=grid, source_file=t1w,
-                                           sr_name=sr_name, bids_dir=bids_dir), name=f"zmap{suffix}_meta_{idx}")
+                                           sr_name=sr_name, bids_dir=bids_dir), name=f"zmap{suffix}_meta_{idx}",
+                           run_without_submitting=True)
             ds = sink(f"ds_zmap{suffix}", desc=CONSISTENCY_DESC[method], suffix="statmap", compress=True,
                       **({"resolution": SR_RESOLUTION} if grid == "sr" else {}))
             workflow.connect([

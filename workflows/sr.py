@@ -210,7 +210,9 @@ input's field of view and orientation.{bet_text}{consistency_text}
         ),
         name="super_resolve", n_procs=omp_nthreads, mem_gb=2.0,
     )
-    grid_metadata = pe.Node(GridMetadata(), name="grid_metadata")
+    # bookkeeping nodes (headers, dicts, a few lines of HTML) run in the scheduler's own process
+    # (``run_without_submitting``): no round trip through a worker and the next poll of the scheduler
+    grid_metadata = pe.Node(GridMetadata(), name="grid_metadata", run_without_submitting=True)
     workflow.connect([
         (inputnode, conform, [("t1w", "in_file")]),
         (inputnode, outputnode, [("t1w", "t1w_ref")]),
