@@ -421,19 +421,28 @@ def test_prepared_generator_is_channels_last_with_the_same_output():
     np.testing.assert_allclose(super_resolve_plane(vol, prepared), super_resolve_plane(vol, plain), atol=1e-5)
 
 
+def _blas_threads() -> set[int]:
+    from threadpoolctl import threadpool_info
+
+    return {pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"}
+
+
 class ThreadRecorder(torch.nn.Module):
-    """Wraps a generator; records the thread and torch's thread count of every call."""
+    """Wraps a generator; records the thread, torch's thread count and numpy's BLAS thread counts of every
+    call."""
 
     def __init__(self, generator):
         super().__init__()
         self.generator = generator
         self.config = generator.config
         self.seen: list[tuple[str, int]] = []
+        self.blas: set[int] = set()
 
     def forward(self, *args):
         import threading
 
         self.seen.append((threading.current_thread().name, torch.get_num_threads()))
+        self.blas |= _blas_threads()
         return self.generator(*args)
 
 
@@ -448,11 +457,17 @@ def test_cpu_slices_run_side_by_side_on_one_thread_each_with_the_same_output(mon
     mask = np.zeros(vol.shape, dtype=bool)
     mask[2:7, 4:20, 3:17] = True
     threads = torch.get_num_threads()
+    from threadpoolctl import threadpool_limits
+
     try:
         torch.set_num_threads(2)
         recorder = ThreadRecorder(generator)
         timings: dict[str, float] = {}
-        together = super_resolve_plane(vol, recorder, mask=mask, strength=0.8, timings=timings)
+        with threadpool_limits(limits=2, user_api="blas"):
+            together = super_resolve_plane(vol, recorder, mask=mask, strength=0.8, timings=timings)
+            assert _blas_threads() == {2}  # the caller's BLAS setting is back
+        # numpy's BLAS runs on one thread while the slices run side by side (its threads would spin beside torch's)
+        assert recorder.blas == {1}
         assert torch.get_num_threads() == 2  # the caller's setting is back
         assert {name.startswith("ddasr-slices") for name, _ in recorder.seen} == {True}
         assert {count for _, count in recorder.seen} == {1}
