@@ -466,7 +466,7 @@ def test_cpu_slices_run_side_by_side_on_one_thread_each_with_the_same_output(mon
         with threadpool_limits(limits=2, user_api="blas"):
             together = super_resolve_plane(vol, recorder, mask=mask, strength=0.8, timings=timings)
             assert _blas_threads() == {2}  # the caller's BLAS setting is back
-        # numpy's BLAS runs on one thread while the slices run side by side (its threads would spin beside torch's)
+        # numpy's BLAS runs on one thread while slices run (its threads would spin beside torch's)
         assert recorder.blas == {1}
         assert torch.get_num_threads() == 2  # the caller's setting is back
         assert {name.startswith("ddasr-slices") for name, _ in recorder.seen} == {True}
@@ -478,7 +478,7 @@ def test_cpu_slices_run_side_by_side_on_one_thread_each_with_the_same_output(mon
         one_by_one = super_resolve_plane(vol, alone, mask=mask, strength=0.8)
     finally:
         torch.set_num_threads(threads)
-    assert {name for name, _ in alone.seen} == {"MainThread"}
+    assert {name for name, _ in alone.seen} == {"MainThread"} and alone.blas == {1}
     np.testing.assert_allclose(together, one_by_one, atol=1e-6)
     assert inference.slice_workers("cpu", 1) == 1
 
