@@ -226,6 +226,7 @@ def _reports_only(config: Config) -> int:
 def run(config: Config) -> int:
     """Run the app for ``config``; return the exit status (0: every participant finished)."""
     from ddasr_nipype.errors import DDASRError
+    from ddasr_nipype.forksafe import MULTIPROC_START_METHOD, preload_forkserver
     from ddasr_nipype.workflows.base import staging_dir_for
 
     from .dataset import claim_staging, remove_stale_staging, write_derivative_description
@@ -265,6 +266,8 @@ def run(config: Config) -> int:
     # of those collections; they then scan only what the run itself creates.
     gc.collect()
     gc.freeze()
+    if config.plugin_args.get("mp_context") == MULTIPROC_START_METHOD:  # workers start with nipype imported
+        preload_forkserver()
     try:
         workflow.run(plugin=config.plugin, plugin_args=plugin_args)
         if config.plugin == "SLURMGraph":

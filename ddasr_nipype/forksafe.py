@@ -27,7 +27,8 @@ import signal
 import threading
 from typing import Any, Callable, TypeVar
 
-__all__ = ["MULTIPROC_START_METHOD", "call_in_fresh_thread", "in_fresh_thread", "multiproc_plugin_args"]
+__all__ = ["MULTIPROC_START_METHOD", "call_in_fresh_thread", "in_fresh_thread", "multiproc_plugin_args",
+           "preload_forkserver"]
 
 T = TypeVar("T")
 
@@ -90,3 +91,22 @@ def multiproc_plugin_args(**plugin_args: Any) -> dict[str, Any]:
     {'mp_context': 'forkserver', 'n_procs': 4}
     """
     return {"mp_context": MULTIPROC_START_METHOD, **plugin_args}
+
+
+#: modules every MultiProc worker of the app imports before its first node (nipype's node machinery and
+#: this package's interfaces; no torch): :func:`preload_forkserver`
+FORKSERVER_PRELOAD = ("nipype.pipeline.engine", "ddasr_nipype.interfaces")
+
+
+def preload_forkserver(modules: tuple[str, ...] = FORKSERVER_PRELOAD) -> None:
+    """Have the ``forkserver`` process import ``modules`` once, so that every worker forked from it starts
+    with them (besides ``__main__``, the server's default). Takes effect for a server started after the
+    call (the first MultiProc pool of the process).
+
+    Each worker otherwise imports nipype and the interfaces itself (0.3-0.4 s) before its first node: the
+    second worker of a short run starts in the middle of it, when two nodes first run side by side.
+    torch is left out: the server would hold the first node back while importing it.
+    """
+    import multiprocessing
+
+    multiprocessing.set_forkserver_preload(["__main__", *modules])

@@ -138,6 +138,29 @@ def test_the_app_gives_multiproc_a_forkserver(tmp_path, lr_bids):
     assert "mp_context" not in parse_args([*base, "--use-plugin", str(plugin)]).plugin_args
 
 
+def test_forkserver_workers_start_with_nipype_imported_and_without_torch(tmp_path):
+    code = """
+    import sys
+    from concurrent.futures import ProcessPoolExecutor
+    import multiprocessing
+
+    def modules():
+        return ["nipype.pipeline.engine" in sys.modules, "ddasr_nipype.interfaces" in sys.modules,
+                "torch" in sys.modules]
+
+    if __name__ == "__main__":
+        if sys.argv[2] == "preload":
+            from ddasr_nipype.forksafe import preload_forkserver
+            preload_forkserver()
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("forkserver")) as pool:
+            print(pool.submit(modules).result())
+    """
+    for mode, expected in (("preload", "[True, True, False]"), ("plain", "[False, False, False]")):
+        done = _run(code, str(tmp_path), mode, timeout=120)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert done.stdout.strip() == expected, (mode, done.stdout, done.stderr[-2000:])
+
+
 def test_signals_forward_outside_loops_and_record_inside_them():
     """The nodes' mode: outside a training loop a signal goes to the handler installed before; inside
     one (here in a fresh thread, as the nodes run it) it is recorded for the loop; one recorded but not
