@@ -236,6 +236,10 @@ def run(config: Config) -> int:
         return _reports_only(config)
     LOGGER.info("ddasr: %d participant(s): %s", len(config.participant_label),
                 ", ".join(f"sub-{s}" for s in config.participant_label))
+    if config.plugin_args.get("mp_context") == MULTIPROC_START_METHOD:
+        # the server that forks the workers starts now and imports nipype on an idle core while the
+        # workflow is built; its workers start with it imported
+        preload_forkserver(start=True)
     try:
         workflow = build_workflow(config)
     except (DDASRError, FileNotFoundError) as err:
@@ -266,8 +270,6 @@ def run(config: Config) -> int:
     # of those collections; they then scan only what the run itself creates.
     gc.collect()
     gc.freeze()
-    if config.plugin_args.get("mp_context") == MULTIPROC_START_METHOD:  # workers start with nipype imported
-        preload_forkserver()
     try:
         workflow.run(plugin=config.plugin, plugin_args=plugin_args)
         if config.plugin == "SLURMGraph":

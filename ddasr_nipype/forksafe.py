@@ -98,15 +98,19 @@ def multiproc_plugin_args(**plugin_args: Any) -> dict[str, Any]:
 FORKSERVER_PRELOAD = ("nipype.pipeline.engine", "ddasr_nipype.interfaces")
 
 
-def preload_forkserver(modules: tuple[str, ...] = FORKSERVER_PRELOAD) -> None:
+def preload_forkserver(modules: tuple[str, ...] = FORKSERVER_PRELOAD, *, start: bool = False) -> None:
     """Have the ``forkserver`` process import ``modules`` once, so that every worker forked from it starts
     with them (besides ``__main__``, the server's default). Takes effect for a server started after the
-    call (the first MultiProc pool of the process).
+    call (the first MultiProc pool of the process); ``start`` starts it now, its imports running in the
+    background while the caller goes on.
 
     Each worker otherwise imports nipype and the interfaces itself (0.3-0.4 s) before its first node: the
     second worker of a short run starts in the middle of it, when two nodes first run side by side.
     torch is left out: the server would hold the first node back while importing it.
     """
     import multiprocessing
+    from multiprocessing import forkserver
 
     multiprocessing.set_forkserver_preload(["__main__", *modules])
+    if start:
+        forkserver.ensure_running()

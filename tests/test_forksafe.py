@@ -150,8 +150,10 @@ def test_forkserver_workers_start_with_nipype_imported_and_without_torch(tmp_pat
 
     if __name__ == "__main__":
         if sys.argv[2] == "preload":
+            from multiprocessing import forkserver
             from ddasr_nipype.forksafe import preload_forkserver
-            preload_forkserver()
+            preload_forkserver(start=True)
+            assert forkserver._forkserver._forkserver_pid is not None  # started: imports under way
         with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("forkserver")) as pool:
             print(pool.submit(modules).result())
     """
