@@ -9,7 +9,9 @@ through :func:`ddasr_nipype.inference.super_resolve_image` (the app's normalizat
 head PSNR and SSIM are scored with :func:`ddasr_nipype.metrics.volume.reference_scores` inside deepbet's
 brain mask (cached in ``--cache-dir``). Each ``--variant`` (default: the network alone everywhere) runs
 with those output settings, ``throughplane=SIGMA`` smoothing the output across slices (a Gaussian of SIGMA
-slices: what the neighbouring slices could add, as a diagnostic), ``projection=MODEL:WEIGHT`` making the
+slices: what the neighbouring slices could add, as a diagnostic), ``znlm=C`` / ``prenlm=C`` a non-local
+means across slices of the output / of the LR before the network (h = C x the LR's noise level; a
+diagnostic), ``projection=MODEL:WEIGHT`` making the
 output consistent with the LR after the fact (:func:`ddasr_nipype.degradations.consistency_projection`, in the volume's own intensity units). Prints mean brain/head PSNR, SSIM and the paired difference to bicubic with the paired
 t-test p-value over slices.
 """
@@ -21,6 +23,37 @@ import re
 from pathlib import Path
 
 import numpy as np
+
+
+def _through_plane_nlm(vol, c: float, axis: int, *, lr=None, radius: int = 2, patch: int = 3):
+    """Non-local means across slices only (a diagnostic, not an app setting): each voxel averaged with the
+    same voxel of the ``radius`` slices on either side, weighted by a Gaussian of the slice distance (1
+    slice) times ``exp(-d / h^2)``, ``d`` the mean squared difference of the two slices over a ``patch`` x
+    ``patch`` in-plane window and ``h = c x`` the median Immerkaer noise level of the LR slices (``lr``,
+    else ``vol``'s own)."""
+    import numpy as np
+    import torch
+    from scipy.ndimage import uniform_filter
+
+    from ddasr_nipype.models import estimate_noise_sigma
+
+    ref = np.moveaxis(vol if lr is None else lr, axis, 0)
+    sigma = estimate_noise_sigma(torch.from_numpy(np.ascontiguousarray(ref, dtype=np.float32))[:, None]).numpy()
+    h = c * float(np.median(sigma[sigma > 0]))
+    y = np.moveaxis(np.asarray(vol, dtype=np.float64), axis, 0)
+    total, weights = y.copy(), np.ones_like(y)
+    for k in range(1, radius + 1):
+        for shift in (k, -k):
+            other = np.roll(y, shift, axis=0)
+            if shift > 0:
+                other[:shift] = y[:shift]
+            else:
+                other[shift:] = y[shift:]
+            d = uniform_filter((y - other) ** 2, size=(1, patch, patch))
+            w = np.exp(-0.5 * k * k) * np.exp(-d / h**2)
+            total += w * other
+            weights += w
+    return np.moveaxis(total / weights, 0, axis)
 
 
 def main(argv=None) -> None:
@@ -75,13 +108,18 @@ def main(argv=None) -> None:
                 settings = dict(item.split("=") for item in variant.split(",") if item)
                 projection = settings.pop("projection", None)
                 smooth = float(settings.pop("throughplane", 0) or 0)
-                img, _ = super_resolve_image(_lr_image(lr, hr_ras, down), b, planes=plane,
+                post_nlm = float(settings.pop("znlm", 0) or 0)
+                pre_nlm = float(settings.pop("prenlm", 0) or 0)
+                lr_in = _through_plane_nlm(lr, pre_nlm, plane_axis(plane)) if pre_nlm > 0 else lr
+                img, _ = super_resolve_image(_lr_image(lr_in, hr_ras, down), b, planes=plane,
                                              strength=float(settings["strength"]) if "strength" in settings else None,
                                              background=settings.get("background"))
                 sr = np.asarray(to_ras(img)[0].dataobj, dtype=np.float64)
                 if projection:
                     model, weight = projection.split(":")
                     sr = consistency_projection(sr, lr, scale, axes=axes, model=model, weight=float(weight))
+                if post_nlm > 0:
+                    sr = _through_plane_nlm(sr, post_nlm, plane_axis(plane), lr=lr)
                 if smooth > 0:  # diagnostic: what neighbouring slices add, a Gaussian across them
                     from scipy.ndimage import gaussian_filter1d
 
