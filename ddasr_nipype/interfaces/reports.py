@@ -260,8 +260,7 @@ def before_after_svg(before_file, after_file, *, mask_file=None, n_cuts: int = 7
             low, high = windows[which]
             panels = []
             for cut in cuts:
-                grey = (np.clip((cut[column] - low) / (high - low), 0, 1) * 255).astype(np.uint8)
-                rgb = np.repeat(grey[..., None], 3, axis=-1)
+                rgb = np.repeat(_grey8(cut[column], low, high)[..., None], 3, axis=-1)
                 rgb[_outline(cut[2])] = (255, 64, 32)
                 panels += [rgb.transpose(1, 0, 2)[::-1], np.zeros((rgb.shape[1], 2, 3), dtype=np.uint8)]
             rows[which].append((np.concatenate(panels[:-1], axis=1), zh, zv))  # rows: v from the top down
@@ -332,12 +331,17 @@ class BeforeAfter(_Reportlet):
 # Data consistency and zoomed crops
 
 
-def _png_grey_uri(image, *, vmin: float, vmax: float) -> str:
-    """A 2D array written pixel for pixel as a grey PNG data URI (``vmin`` black, ``vmax`` white)."""
+def _grey8(image, low: float, high: float):
+    """``image`` as uint8 grey levels: ``low`` black, ``high`` white, clipped."""
     import numpy as np
 
-    span = vmax - vmin if vmax > vmin else 1.0
-    return _png_uri((np.clip((np.asarray(image, dtype=np.float32) - vmin) / span, 0, 1) * 255).astype(np.uint8))
+    span = high - low if high > low else 1.0
+    return (np.clip((np.asarray(image, dtype=np.float32) - low) / span, 0, 1) * 255).astype(np.uint8)
+
+
+def _png_grey_uri(image, *, vmin: float, vmax: float) -> str:
+    """A 2D array written pixel for pixel as a grey PNG data URI (``vmin`` black, ``vmax`` white)."""
+    return _png_uri(_grey8(image, vmin, vmax))
 
 
 def _window(data, mask):
@@ -400,9 +404,7 @@ def _z_panel(grey_slice, z_slice, mask_slice, window, lut, *, ring=None):
     image), that ring in green. Inputs are ``_slice_view`` slices (rows: the vertical axis, bottom up)."""
     import numpy as np
 
-    low, high = window
-    grey = (np.clip((grey_slice - low) / (high - low), 0, 1) * 255).astype(np.uint8)
-    rgb = np.repeat(grey[..., None], 3, axis=-1)
+    rgb = np.repeat(_grey8(grey_slice, *window)[..., None], 3, axis=-1)
     shown = (np.abs(z_slice) >= Z_SHOWN) & mask_slice
     index = np.clip(np.round((z_slice[shown] + Z_LIMIT) / (2 * Z_LIMIT) * 255), 0, 255).astype(np.intp)
     rgb[shown] = lut[index]
