@@ -58,7 +58,7 @@ setup(
         "opencv-python-headless>=4.5",
         "tensorboard>=2.12",
         "tqdm>=4.60",
-        "threadpoolctl>=3.1",  # numpy's BLAS held to one thread beside torch's (inference.one_thread_each)
+        "threadpoolctl>=3.1",  # numpy's BLAS held to one thread beside torch's (inference.super_resolve_plane)
     ],
     extras_require={"test": ["pytest>=7"]},
     entry_points={

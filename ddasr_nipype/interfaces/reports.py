@@ -272,7 +272,7 @@ def before_after_svg(before_file, after_file, *, mask_file=None, n_cuts: int = 7
         height = width * pixels.shape[0] * zv / (pixels.shape[1] * zh)
         heights.append((y, height))
         for which in ("before", "after"):
-            uri = _png_uri(np.ascontiguousarray(rows[which][row][0]))
+            uri = _png_uri(rows[which][row][0])
             layers[which].append(
                 f'<image x="0" y="{y:.1f}" width="{width}" height="{height:.1f}" preserveAspectRatio="none" '
                 f'xlink:href="{uri}"/>')
