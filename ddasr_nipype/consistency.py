@@ -71,6 +71,7 @@ __all__ = [
     "half_sample_mode",
     "zmap",
     "summarize_zmap",
+    "resummarize",
     "upsample_nearest",
     "physics_consistency",
     "dsn_consistency",
@@ -494,6 +495,46 @@ def _dsn_notes(prep: _Prepared, bundle, plane: str) -> list[str]:
     return notes
 
 
+_DSN_OFFSET_NOTE = "the DSN's re-degradation is offset from this scan"
+
+
+def _dsn_offset_note(summary: ZMapSummary) -> str | None:
+    """The note of a DSN map whose median z in the mask is beyond ``DSN_OFFSET_TOLERANCE``, else None."""
+    if abs(summary.median_z) <= DSN_OFFSET_TOLERANCE:
+        return None
+    return (f"{_DSN_OFFSET_NOTE} by a median of {summary.median_z:+.2f} noise levels in the {summary.mask}: it "
+            "reproduces another contrast or intensity scale (another site?); read its map with care, the "
+            "physics map does not depend on it")
+
+
+def resummarize(zmap_img, mask_img, summary: ZMapSummary, *, mask_name: str = "brain") -> ZMapSummary:
+    """``summary`` of the z-map ``zmap_img`` (input grid, any orientation) computed again in ``mask_img``
+    (on the same grid, any orientation): what :func:`physics_consistency` / :func:`dsn_consistency` give
+    with that mask, for a map computed before the mask existed (the app computes the maps beside the brain
+    extraction). The DSN map's offset note follows the new mask; its other notes are kept. Raises
+    ``ValueError`` when the grids differ."""
+    from dataclasses import replace
+
+    from .data.io import to_ras
+
+    z_ras, _ = to_ras(zmap_img)
+    mask_ras, _ = to_ras(mask_img)
+    if mask_ras.shape[:3] != z_ras.shape[:3] or not np.allclose(mask_ras.affine, z_ras.affine, atol=1e-2):
+        raise ValueError(f"the mask's grid {mask_ras.shape[:3]} is not the z-map's {z_ras.shape[:3]} (or its "
+                         "affine differs)")
+    new = summarize_zmap(np.asarray(z_ras.dataobj, dtype=np.float64), np.asarray(mask_ras.dataobj) > 0,
+                         z_ras.affine, threshold=summary.threshold, redegradation=summary.redegradation,
+                         mask_name=mask_name, noise_sigma=summary.noise_sigma)
+    notes = list(summary.notes)
+    if summary.redegradation == "dsn":
+        notes = [note for note in notes if not note.startswith(_DSN_OFFSET_NOTE)]
+        offset = _dsn_offset_note(new)
+        if offset:
+            LOGGER.warning("consistency: %s", offset)
+            notes.append(offset)
+    return replace(new, notes=tuple(notes))
+
+
 def dsn_consistency(lr_img, sr_img, bundle, mask_img=None, *, threshold: float = THRESHOLD,
                     mask_name: str = "brain", noise: NoiseEstimate | None = None, device: str = "cpu",
                     batch_size: int = 4) -> ConsistencyResult:
@@ -525,10 +566,9 @@ def dsn_consistency(lr_img, sr_img, bundle, mask_img=None, *, threshold: float =
     notes = _dsn_notes(prep, bundle, plane)
     summary = summarize_zmap(z, prep.mask, prep.lr_ras.affine, threshold=threshold, redegradation="dsn",
                              mask_name=prep.mask_name, noise_sigma=noise.sigma)
-    if abs(summary.median_z) > DSN_OFFSET_TOLERANCE:
-        notes.append(f"the DSN's re-degradation is offset from this scan by a median of {summary.median_z:+.2f} "
-                     f"noise levels in the {summary.mask}: it reproduces another contrast or intensity scale "
-                     "(another site?); read its map with care, the physics map does not depend on it")
+    offset = _dsn_offset_note(summary)
+    if offset:
+        notes.append(offset)
     for note in notes:
         LOGGER.warning("consistency: %s", note)
     from dataclasses import replace

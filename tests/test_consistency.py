@@ -19,6 +19,7 @@ from ddasr_nipype.consistency import (
     half_sample_mode,
     physics_consistency,
     redegrade,
+    resummarize,
     summarize_zmap,
     upsample_nearest,
     zmap,
@@ -210,6 +211,82 @@ def test_bundle_without_a_dsn(lr_file, tmp_path):
     assert set(results) == {"physics"} and meta["dsn"] is None
     assert meta["physics"]["fraction_above"] < 0.05
     assert any("has no down-sampling network" in note for note in meta["notes"])
+
+
+def _psr_brain(in_file, tmp_path):
+    """A 'brain' mask of the PSR crop (its voxels above the 60th percentile), as a file in the input's
+    orientation, and a lesion added to the SR so that some of it is contradicted."""
+    img = nib.load(in_file)
+    data = np.asarray(img.dataobj, dtype=np.float32)
+    mask = nib.Nifti1Image((data > np.percentile(data, 60)).astype(np.uint8), img.affine)
+    mask.to_filename(tmp_path / "brain_mask.nii.gz")
+    return tmp_path / "brain_mask.nii.gz"
+
+
+def test_summary_in_a_later_mask_is_the_summary_computed_with_it(lr_file, tmp_path):
+    from ddasr_nipype.interfaces import ConsistencySummary, DataConsistency
+
+    def lesion(sr):  # a bright blob the scan does not have: a cluster above threshold
+        sr = sr.copy()
+        sr[20:30, 40:60, 40:60] += 400.0
+        return sr
+
+    in_file, sr_file = _psr_pair(lr_file, tmp_path, lesion)
+    mask_file = _psr_brain(in_file, tmp_path)
+    lr_img, sr_img, mask_img = nib.load(in_file), nib.load(sr_file), nib.load(mask_file)
+    with_mask = physics_consistency(lr_img, sr_img, mask_img)
+    without = physics_consistency(lr_img, sr_img)
+    assert without.summary.mask == "head" and with_mask.summary.mask == "brain"
+    assert without.summary.mask_voxels != with_mask.summary.mask_voxels  # a different mask, other figures
+    again = resummarize(without.zmap_img, mask_img, without.summary)
+    expected, got = with_mask.summary.to_dict(), again.to_dict()
+    assert got["largest_cluster"] == expected["largest_cluster"] and expected["largest_cluster"]["voxels"] > 10
+    for key in ("rms_z", "median_z", "fraction_above"):  # the stored map is float32
+        assert got.pop(key) == pytest.approx(expected.pop(key), rel=1e-4, abs=1e-4)
+    assert got == expected
+    # the mask in another orientation (RAS) gives the same; another grid is refused
+    assert resummarize(without.zmap_img, to_ras(mask_img)[0], without.summary) == again
+    with pytest.raises(ValueError, match="is not the z-map's"):
+        resummarize(without.zmap_img, nib.Nifti1Image(np.ones((7, 7, 7), np.uint8), np.eye(4)), without.summary)
+
+    # the nodes: DataConsistency without the mask, then ConsistencySummary in it, as the app chains them
+    node = DataConsistency(in_file=str(in_file), sr_file=str(sr_file)).run(cwd=str(tmp_path))
+    (tmp_path / "masked").mkdir()
+    with_node = DataConsistency(in_file=str(in_file), sr_file=str(sr_file), mask_file=str(mask_file)).run(
+        cwd=str(tmp_path / "masked")).outputs.metadata
+    summary = ConsistencySummary(zmap_file=node.outputs.out_zmap, mask_file=str(mask_file),
+                                 metadata=node.outputs.metadata).run(cwd=str(tmp_path)).outputs.metadata
+    assert set(summary) == set(with_node) and summary["noise"] == with_node["noise"]
+    assert summary["physics"]["mask"] == "brain"
+    assert summary["physics"]["mask_voxels"] == with_node["physics"]["mask_voxels"]
+    assert summary["physics"]["largest_cluster"] == with_node["physics"]["largest_cluster"]
+    with pytest.raises(ValueError, match="has a dsn summary but no dsn z-map"):
+        ConsistencySummary(zmap_file=node.outputs.out_zmap, mask_file=str(mask_file),
+                           metadata={**node.outputs.metadata, "dsn": node.outputs.metadata["physics"]}).run(
+            cwd=str(tmp_path))
+
+
+def test_a_dsn_maps_offset_note_follows_the_new_mask(lr_file, tmp_path):
+    from dataclasses import replace
+
+    in_file, sr_file = _psr_pair(lr_file, tmp_path)
+    mask_img = nib.load(_psr_brain(in_file, tmp_path))
+    lr_img = nib.load(in_file)
+    head = physics_consistency(lr_img, nib.load(sr_file)).summary
+    dsn_like = replace(head, redegradation="dsn", notes=("trained on other voxels",
+                                                         "the DSN's re-degradation is offset from this scan by 5"))
+    z = np.zeros(lr_img.shape, np.float32)
+    brain = np.asarray(mask_img.dataobj) > 0
+    z[brain] = 2.5  # offset in the brain only
+    offset = resummarize(nib.Nifti1Image(z, lr_img.affine), mask_img, dsn_like)
+    assert offset.median_z == 2.5
+    assert offset.notes[0] == "trained on other voxels" and len(offset.notes) == 2
+    assert "offset from this scan by a median of +2.50 noise levels in the brain" in offset.notes[1]
+    z[brain] = 0.0
+    centred = resummarize(nib.Nifti1Image(z, lr_img.affine), mask_img, dsn_like)
+    assert centred.notes == ("trained on other voxels",)
+    physics = resummarize(nib.Nifti1Image(z + 2.5, lr_img.affine), mask_img, head)
+    assert physics.notes == ()  # the physics map has no such note
 
 
 def _images(html_text: str) -> list[bytes]:

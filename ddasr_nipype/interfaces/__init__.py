@@ -3,7 +3,7 @@ the model layer (torch is imported only when a node runs)."""
 
 from .brain_extraction import BrainExtraction
 from .conform import Conform, Reorient, Reslice
-from .consistency import DataConsistency
+from .consistency import ConsistencySummary, DataConsistency
 from .dsn import DSNDegrade
 from .reports import ConsistencyReport, SRSummary, ZoomedCrops
 from .super_resolve import GridMetadata, SuperResolve
@@ -12,6 +12,7 @@ __all__ = [
     "BrainExtraction",
     "Conform",
     "ConsistencyReport",
+    "ConsistencySummary",
     "DataConsistency",
     "DSNDegrade",
     "GridMetadata",

@@ -136,3 +136,44 @@ class DataConsistency(SimpleInterface):
                 self._results[key] = path
         self._results["metadata"] = metadata
         return runtime
+
+
+class _ConsistencySummaryInputSpec(BaseInterfaceInputSpec):
+    zmap_file = File(exists=True, mandatory=True, desc="physics z-map on the input grid (DataConsistency's out_zmap)")
+    dsn_zmap_file = File(exists=True, desc="DSN z-map on the input grid (out_dsn_zmap), when there is one")
+    mask_file = File(exists=True, mandatory=True, desc="brain mask on the input grid (any orientation)")
+    metadata = traits.Dict(mandatory=True, desc="DataConsistency's metadata")
+
+
+class _ConsistencySummaryOutputSpec(TraitedSpec):
+    metadata = traits.Dict(desc="the metadata, each map's summary computed in mask_file")
+
+
+class ConsistencySummary(SimpleInterface):
+    """The figures of DataConsistency's maps in a brain mask that came later: the same metadata as
+    DataConsistency given ``mask_file`` (within float32 rounding of the stored maps). The app computes the
+    maps beside the brain extraction, then summarizes them in its mask with this node.
+
+    >>> ConsistencySummary().inputs.mask_file  # doctest: +ELLIPSIS
+    <undefined>
+    """
+
+    input_spec = _ConsistencySummaryInputSpec
+    output_spec = _ConsistencySummaryOutputSpec
+
+    def _run_interface(self, runtime):
+        from ..consistency import ZMapSummary, resummarize
+        from ..data.io import load_volume
+
+        metadata = dict(self.inputs.metadata)
+        mask_img = load_volume(self.inputs.mask_file)
+        maps = {"physics": self.inputs.zmap_file,
+                "dsn": self.inputs.dsn_zmap_file if isdefined(self.inputs.dsn_zmap_file) else None}
+        for kind, path in maps.items():
+            if metadata.get(kind) is None:
+                continue
+            if path is None:
+                raise ValueError(f"the metadata has a {kind} summary but no {kind} z-map was given")
+            metadata[kind] = resummarize(load_volume(path), mask_img, ZMapSummary.from_dict(metadata[kind])).to_dict()
+        self._results["metadata"] = metadata
+        return runtime
