@@ -63,7 +63,7 @@ setup(
     extras_require={"test": ["pytest>=7"]},
     entry_points={
         "console_scripts": [
-            "ddasr=ddasr_nipype.bids_app.run:main",
+            "ddasr=ddasr_nipype.bids_app.run:cli",
             "ddasr-train=ddasr_nipype.bids_app.train:main",
             "ddasr-eval=ddasr_nipype.bids_app.evaluate:main",
         ]

@@ -324,5 +324,14 @@ def main(argv=None) -> int:
         return EXIT_INTERRUPTED
 
 
+def cli() -> int:
+    """The ``ddasr`` command: :func:`main`, then everything the process holds frozen out of the garbage
+    collector for the interpreter's exit, whose final collections over it took 0.45 s of the bundled
+    example's run (0.2 s frozen). Not for a caller that goes on: frozen objects are never collected."""
+    status = main()
+    gc.freeze()
+    return status
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli())

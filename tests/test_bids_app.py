@@ -60,6 +60,22 @@ def test_default_parse_imports_no_torch(bids_copy, tmp_path, tiny_bundle):
     assert out.stdout.strip() == "False"
 
 
+def test_consistency_map_in_the_scheduler_only_on_one_machine(bids_copy, tmp_path, tiny_bundle):
+    from ddasr_nipype.workflows.base import init_ddasr_wf
+
+    def consistency_node(*extra):
+        config = parse_args(_args(bids_copy, tmp_path / "o", "--skip-bids-validation", *extra, model=tiny_bundle))
+        wf = init_ddasr_wf(config=config)
+        return wf.get_node(next(n for n in wf.list_node_names() if n.endswith("data_consistency")))
+
+    node = consistency_node()  # MultiProc: beside the brain extraction, in the scheduler's process
+    assert node.run_without_submitting and node.n_procs == 0
+    plugin = tmp_path / "slurm.yml"
+    plugin.write_text("plugin: SLURM\nplugin_args: {sbatch_args: '-p cpu'}\n")
+    node = consistency_node("--use-plugin", str(plugin))  # on a cluster: a job of its own
+    assert not node.run_without_submitting and node.n_procs == 1
+
+
 def test_no_consistency_flag(bids_copy, tmp_path, tiny_bundle):
     from ddasr_nipype.workflows.base import init_ddasr_wf
 
@@ -563,3 +579,23 @@ def test_only_the_staging_folders_of_dead_runs_on_this_host_are_removed(tmp_path
     unknown.mkdir()  # no owner record
     assert remove_stale_staging(ours) == [dead]
     assert sorted(p.name for p in root.iterdir()) == ["alive", "ours", "remote", "unknown"]
+
+
+def test_the_command_freezes_the_heap_for_the_exit(monkeypatch):
+    """``ddasr`` (the console script, ``run.cli``) returns main's status with everything frozen out of the
+    garbage collector, so that the interpreter's exit does not scan it; main itself does not freeze."""
+    import gc
+
+    from ddasr_nipype.bids_app import run as run_module
+
+    monkeypatch.setattr(run_module, "main", lambda: 3)
+    gc.unfreeze()
+    try:
+        assert run_module.cli() == 3
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+    import importlib.metadata
+
+    scripts = {ep.name: ep.value for ep in importlib.metadata.entry_points(group="console_scripts")}
+    assert scripts["ddasr"] == "ddasr_nipype.bids_app.run:cli"

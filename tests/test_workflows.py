@@ -57,9 +57,34 @@ def test_sr_wf_graph():
     assert wf.get_node("data_consistency").n_procs == 1  # /models/m cannot be read here: no DSN
     with_dsn = init_sr_wf(model="ixi-t1w-x2-gan", omp_nthreads=3).get_node("data_consistency")
     assert with_dsn.n_procs == 3 and with_dsn.inputs.num_threads == 3
+    # the maps do not wait for the brain mask: their figures are computed in it afterwards
+    edges = {(u.name, v.name): d["connect"] for u, v, d in wf._graph.edges(data=True)}
+    assert ("brain_extraction", "data_consistency") not in edges
+    assert ("out_mask", "mask_file") in edges[("brain_extraction", "consistency_summary")]
+    assert ("metadata", "consistency") in edges[("consistency_summary", "outputnode")]
+    assert ("metadata", "consistency") not in edges[("data_consistency", "outputnode")]
+    # on one machine the physics map runs in the scheduler's process, taking no worker slot, beside the
+    # brain extraction; a DSN map (torch) keeps its worker and threads
+    assert not wf.get_node("data_consistency").run_without_submitting
+    local = init_sr_wf(model="/models/m", consistency_in_scheduler=True)
+    assert local.get_node("data_consistency").run_without_submitting
+    assert local.get_node("data_consistency").n_procs == 0
+    for node in ("grid_metadata", "consistency_summary"):
+        assert local.get_node(node).run_without_submitting and local.get_node(node).n_procs == 0
+    dsn_node = init_sr_wf(model="ixi-t1w-x2-gan", omp_nthreads=3, consistency_in_scheduler=True)
+    assert not dsn_node.get_node("data_consistency").run_without_submitting
+    assert dsn_node.get_node("data_consistency").n_procs == 3
+    assert ("out_dsn_zmap", "dsn_zmap_file") in {
+        c for (u, v), conns in {(u.name, v.name): d["connect"] for u, v, d in dsn_node._graph.edges(data=True)}.items()
+        if (u, v) == ("data_consistency", "consistency_summary") for c in conns}
+    # without brain extraction the maps' own figures (the input's head mask) go out
+    skipped = init_sr_wf(model="/models/m", skip_brain_extraction=True)
+    assert "consistency_summary" not in skipped.list_node_names()
+    assert ("metadata", "consistency") in {
+        c for u, v, d in skipped._graph.edges(data=True) if (u.name, v.name) == ("data_consistency", "outputnode")
+        for c in d["connect"]}
     assert "all three" not in wf.__desc__ and "averaged into an isotropic volume" in wf.__desc__
     # the SR node is told the input's orientation, and the mask is resliced onto its output's grid
-    edges = {(u.name, v.name): d["connect"] for u, v, d in wf._graph.edges(data=True)}
     assert ("in_orientation", "out_orientation") in edges[("conform", "super_resolve")]
     assert ("out_file", "reference_file") in edges[("super_resolve", "reslice_mask")]
     assert ("conform", "brain_extraction") in edges and ("conform", "super_resolve") in edges

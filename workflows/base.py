@@ -21,7 +21,7 @@ from ddasr_nipype.interfaces.bids import (
 from ddasr_nipype.interfaces.datasink import DerivativesDataSink, derivative_path
 from ddasr_nipype.interfaces.reports import ConsistencyReport, SRSummary, ZoomedCrops
 
-from .sr import bundle_has_dsn, init_sr_wf
+from .sr import bundle_has_dsn, init_sr_wf, scheduler_node
 
 T1W_EXTENSIONS = [".nii", ".nii.gz"]
 
@@ -202,7 +202,10 @@ input BIDS dataset.
             skip_brain_extraction=config.skip_brain_extraction,
             omp_nthreads=config.omp_nthreads, batch_size=config.batch_size,
             tile_size=config.tile_size, strength=config.strength, background=config.background,
-            consistency=consistency, max_memory_gb=memory_limit_gb(config), name=f"t1w_{idx}_wf",
+            consistency=consistency, max_memory_gb=memory_limit_gb(config),
+            # on one machine the physics map runs in the scheduler's process beside the brain extraction
+            consistency_in_scheduler=getattr(config, "plugin", "MultiProc") in ("MultiProc", "LegacyMultiProc"),
+            name=f"t1w_{idx}_wf",
         )
         sr_wf.inputs.inputnode.t1w = t1w
         # the description is the same for every run: keep it once
@@ -210,20 +213,19 @@ input BIDS dataset.
             sr_wf.__desc__ = None
 
         def _sink(name, source_file=t1w, suffix_idx=idx, **kwargs):
-            return pe.Node(
+            return scheduler_node(
                 DerivativesDataSink(base_directory=staging, source_file=source_file, **kwargs),
-                name=f"{name}_{suffix_idx}", run_without_submitting=True, mem_gb=0.1,
+                f"{name}_{suffix_idx}", mem_gb=0.1,
             )
 
-        t1w_meta = pe.Node(
-            SidecarMetadata(kind="t1w", source_file=t1w, bids_dir=bids_dir), name=f"t1w_meta_{idx}",
-            run_without_submitting=True,
+        t1w_meta = scheduler_node(
+            SidecarMetadata(kind="t1w", source_file=t1w, bids_dir=bids_dir), f"t1w_meta_{idx}",
         )
         ds_t1w = _sink("ds_t1w", desc=OUT_PATH_BASE, suffix="T1w", compress=True)
         summary = pe.Node(
             SRSummary(source_file=str(Path(t1w).relative_to(bids_dir)) if t1w.startswith(bids_dir)
                       else t1w),
-            name=f"summary_{idx}", run_without_submitting=True,
+            f"summary_{idx}",
         )
         ds_summary = _sink("ds_report_summary", desc="summary", datatype="figures", suffix="T1w")
         sr_report = pe.Node(
@@ -257,9 +259,8 @@ input BIDS dataset.
                                        with_dsn=with_dsn, with_mask=not config.skip_brain_extraction)
         if config.skip_brain_extraction:
             continue
-        mask_meta = pe.Node(
-            SidecarMetadata(kind="mask", source_file=t1w, bids_dir=bids_dir),
-            name=f"mask_meta_{idx}", run_without_submitting=True,
+        mask_meta = scheduler_node(
+            SidecarMetadata(kind="mask", source_file=t1w, bids_dir=bids_dir), f"mask_meta_{idx}",
         )
         ds_mask = _sink("ds_mask", desc="brain", suffix="mask", compress=True)
         workflow.connect([
@@ -272,10 +273,9 @@ input BIDS dataset.
             (sr_wf, crops, [("outputnode.brain_mask", "mask_file")]),
         ])
         staged += [(ds_mask, "out_file"), (ds_mask, "out_meta")]
-    merge = pe.Node(niu.Merge(len(staged), ravel_inputs=True), name="merge_outputs", run_without_submitting=True)
-    commit = pe.Node(
-        CommitDerivatives(staging_dir=staging, output_dir=str(config.output_dir)),
-        name="commit_derivatives", run_without_submitting=True,
+    merge = scheduler_node(niu.Merge(len(staged), ravel_inputs=True), "merge_outputs")
+    commit = scheduler_node(
+        CommitDerivatives(staging_dir=staging, output_dir=str(config.output_dir)), "commit_derivatives",
     )
     workflow.connect(merge, "out", commit, "in_files")
     for number, (node, field) in enumerate(staged, 1):
@@ -294,9 +294,8 @@ def _add_consistency(workflow, sr_wf, crops, sink, t1w: str, sr_name: str, bids_
         for grid in ("input", "sr"):
             field = ("zmap" if method == "physics" else "dsn_zmap") + ("_sr" if grid == "sr" else "")
             suffix = ("" if method == "physics" else "_dsn") + ("_sr" if grid == "sr" else "")
-            meta = pe.Node(SidecarMetadata(kind="zmap", method=method, grid=grid, source_file=t1w,
-                                           sr_name=sr_name, bids_dir=bids_dir), name=f"zmap{suffix}_meta_{idx}",
-                           run_without_submitting=True)
+            meta = scheduler_node(SidecarMetadata(kind="zmap", method=method, grid=grid, source_file=t1w,
+                                                  sr_name=sr_name, bids_dir=bids_dir), f"zmap{suffix}_meta_{idx}")
             ds = sink(f"ds_zmap{suffix}", desc=CONSISTENCY_DESC[method], suffix="statmap", compress=True,
                       **({"resolution": SR_RESOLUTION} if grid == "sr" else {}))
             workflow.connect([

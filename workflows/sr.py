@@ -11,11 +11,21 @@ from niworkflows.engine.workflows import LiterateWorkflow as Workflow
 from ddasr_nipype.interfaces import (
     BrainExtraction,
     Conform,
+    ConsistencySummary,
     DataConsistency,
     GridMetadata,
     Reslice,
     SuperResolve,
 )
+
+
+def scheduler_node(interface, name: str, **kwargs) -> pe.Node:
+    """A bookkeeping node (headers, dicts, sidecars, sinks, a few lines of HTML) run in the scheduler's own
+    process (``run_without_submitting``): no round trip through a worker and the next poll of the
+    scheduler. ``n_procs=0``: nipype's MultiProc runs such a node only when it has a free processor to count
+    it against; with none it would wait for the brain extraction, which holds them all, although it takes
+    no worker. Only for nodes that take a small fraction of a second."""
+    return pe.Node(interface, name=name, run_without_submitting=True, n_procs=0, **kwargs)
 
 
 def bundle_has_dsn(model) -> bool:
@@ -77,6 +87,7 @@ def init_sr_wf(
     background: str | None = None,
     consistency: bool = True,
     max_memory_gb: float | None = None,
+    consistency_in_scheduler: bool = False,
     name: str = "sr_wf",
 ):
     """Super-resolve one T1w image with a DDASR model.
@@ -124,6 +135,11 @@ def init_sr_wf(
     max_memory_gb : :obj:`float`, optional
         Refuse, from its header and before reading its data, an input whose super-resolution would
         need more memory than this (:func:`ddasr_nipype.inference.sr_memory_gb`). Default: no limit.
+    consistency_in_scheduler : :obj:`bool`
+        Compute the physics consistency map (numpy, one thread) in the scheduler's own process, taking
+        no worker slot (``run_without_submitting``, ``n_procs=0``), so that it runs while the brain
+        extraction holds the workers: for MultiProc on one machine (the ``ddasr`` app sets it there).
+        A bundle with a DSN keeps its worker (torch). Off: an ordinary node.
     name : :obj:`str`
         Name of the workflow.
 
@@ -157,8 +173,8 @@ def init_sr_wf(
     --------
     >>> wf = init_sr_wf(model="t1w-x2", planes="all", omp_nthreads=2)
     >>> sorted(wf.list_node_names())  # doctest: +NORMALIZE_WHITESPACE
-    ['brain_extraction', 'conform', 'data_consistency', 'grid_metadata', 'inputnode', 'outputnode',
-     'reslice_mask', 'super_resolve']
+    ['brain_extraction', 'conform', 'consistency_summary', 'data_consistency', 'grid_metadata',
+     'inputnode', 'outputnode', 'reslice_mask', 'super_resolve']
     >>> "data_consistency" in init_sr_wf(model="t1w-x2", consistency=False).list_node_names()
     False
     """
@@ -210,9 +226,7 @@ input's field of view and orientation.{bet_text}{consistency_text}
         ),
         name="super_resolve", n_procs=omp_nthreads, mem_gb=2.0,
     )
-    # bookkeeping nodes (headers, dicts, a few lines of HTML) run in the scheduler's own process
-    # (``run_without_submitting``): no round trip through a worker and the next poll of the scheduler
-    grid_metadata = pe.Node(GridMetadata(), name="grid_metadata", run_without_submitting=True)
+    grid_metadata = scheduler_node(GridMetadata(), "grid_metadata")
     workflow.connect([
         (inputnode, conform, [("t1w", "in_file")]),
         (inputnode, outputnode, [("t1w", "t1w_ref")]),
@@ -228,19 +242,22 @@ input's field of view and orientation.{bet_text}{consistency_text}
     data_consistency = None
     if consistency:
         # torch threads only for a bundle's DSN map; the physics map alone is one thread of numpy, so the
-        # node leaves the other CPUs to the mask's reslicing and the report sections
-        dsn_threads = omp_nthreads if bundle_has_dsn(model) else 1
-        data_consistency = pe.Node(
-            DataConsistency(model=model, device=device, num_threads=dsn_threads),
-            name="data_consistency", n_procs=dsn_threads, mem_gb=1.5,
-        )
+        # node leaves the other CPUs to the brain extraction (it does not wait for the mask: the maps'
+        # figures are computed in the mask afterwards, by consistency_summary)
+        with_dsn = bundle_has_dsn(model)
+        dsn_threads = omp_nthreads if with_dsn else 1
+        in_scheduler = consistency_in_scheduler and not with_dsn
+        interface = DataConsistency(model=model, device=device, num_threads=dsn_threads)
+        data_consistency = (scheduler_node(interface, "data_consistency", mem_gb=1.5) if in_scheduler else
+                            pe.Node(interface, name="data_consistency", n_procs=dsn_threads, mem_gb=1.5))
         workflow.connect([
             (inputnode, data_consistency, [("t1w", "in_file")]),
             (super_resolve, data_consistency, [("out_file", "sr_file")]),
             (data_consistency, outputnode, [("out_zmap", "zmap"), ("out_zmap_sr", "zmap_sr"),
-                                            ("out_dsn_zmap", "dsn_zmap"), ("out_dsn_zmap_sr", "dsn_zmap_sr"),
-                                            ("metadata", "consistency")]),
+                                            ("out_dsn_zmap", "dsn_zmap"), ("out_dsn_zmap_sr", "dsn_zmap_sr")]),
         ])
+        if skip_brain_extraction:  # the figures in the input's head mask
+            workflow.connect(data_consistency, "metadata", outputnode, "consistency")
     if skip_brain_extraction:
         return workflow
 
@@ -259,6 +276,13 @@ input's field of view and orientation.{bet_text}{consistency_text}
         (brain_extraction, outputnode, [("info", "mask_info")]),
     ])
     if data_consistency is not None:
-        # the mask on the input's own grid (reoriented only): no reslicing back and forth
-        workflow.connect(brain_extraction, "out_mask", data_consistency, "mask_file")
+        # the figures in the brain mask, on the input's own grid (reoriented only): no reslicing
+        consistency_summary = scheduler_node(ConsistencySummary(), "consistency_summary", mem_gb=0.5)
+        workflow.connect([
+            (data_consistency, consistency_summary, [("out_zmap", "zmap_file"), ("metadata", "metadata")]),
+            (brain_extraction, consistency_summary, [("out_mask", "mask_file")]),
+            (consistency_summary, outputnode, [("metadata", "consistency")]),
+        ])
+        if with_dsn:
+            workflow.connect(data_consistency, "out_dsn_zmap", consistency_summary, "dsn_zmap_file")
     return workflow
