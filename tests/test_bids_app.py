@@ -63,13 +63,25 @@ def test_default_parse_imports_no_torch(bids_copy, tmp_path, tiny_bundle):
 def test_consistency_map_in_the_scheduler_only_on_one_machine(bids_copy, tmp_path, tiny_bundle):
     from ddasr_nipype.workflows.base import init_ddasr_wf
 
-    def consistency_node(*extra):
+    def workflow(*extra):
         config = parse_args(_args(bids_copy, tmp_path / "o", "--skip-bids-validation", *extra, model=tiny_bundle))
-        wf = init_ddasr_wf(config=config)
+        return init_ddasr_wf(config=config)
+
+    def consistency_node(*extra):
+        wf = workflow(*extra)
         return wf.get_node(next(n for n in wf.list_node_names() if n.endswith("data_consistency")))
 
     node = consistency_node()  # MultiProc: beside the brain extraction, in the scheduler's process
     assert node.run_without_submitting and node.n_procs == 0
+    # the bookkeeping nodes too, each taking no processor; the report sections keep their workers
+    wf = workflow()
+    names = {n.rsplit(".", 1)[-1]: n for n in wf.list_node_names()}
+    for name in ("summary_0", "t1w_meta_0", "mask_meta_0", "zmap_meta_0", "ds_t1w_0", "ds_report_sr_0",
+                 "merge_outputs", "commit_derivatives", "grid_metadata", "consistency_summary"):
+        node = wf.get_node(names[name])
+        assert node.run_without_submitting and node.n_procs == 0, name
+    for name in ("sr_report_0", "crops_report_0", "consistency_report_0", "super_resolve", "brain_extraction"):
+        assert not wf.get_node(names[name]).run_without_submitting, name
     plugin = tmp_path / "slurm.yml"
     plugin.write_text("plugin: SLURM\nplugin_args: {sbatch_args: '-p cpu'}\n")
     node = consistency_node("--use-plugin", str(plugin))  # on a cluster: a job of its own

@@ -222,7 +222,7 @@ input BIDS dataset.
             SidecarMetadata(kind="t1w", source_file=t1w, bids_dir=bids_dir), f"t1w_meta_{idx}",
         )
         ds_t1w = _sink("ds_t1w", desc=OUT_PATH_BASE, suffix="T1w", compress=True)
-        summary = pe.Node(
+        summary = scheduler_node(
             SRSummary(source_file=str(Path(t1w).relative_to(bids_dir)) if t1w.startswith(bids_dir)
                       else t1w),
             f"summary_{idx}",

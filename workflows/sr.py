@@ -20,11 +20,12 @@ from ddasr_nipype.interfaces import (
 
 
 def scheduler_node(interface, name: str, **kwargs) -> pe.Node:
-    """A bookkeeping node (headers, dicts, sidecars, sinks, a few lines of HTML) run in the scheduler's own
-    process (``run_without_submitting``): no round trip through a worker and the next poll of the
-    scheduler. ``n_procs=0``: nipype's MultiProc runs such a node only when it has a free processor to count
-    it against; with none it would wait for the brain extraction, which holds them all, although it takes
-    no worker. Only for nodes that take a small fraction of a second."""
+    """A node run in the scheduler's own process (``run_without_submitting``): no round trip through a
+    worker and the next poll of the scheduler. ``n_procs=0``: nipype's MultiProc runs such a node only when
+    it has a free processor to count it against; with none it would wait for the brain extraction, which
+    holds them all, although it takes no worker. For bookkeeping (headers, dicts, sidecars, sinks, a few
+    lines of HTML) and, in the app, the physics consistency map (one thread of numpy, about a second):
+    the scheduler starts nothing else while one runs."""
     return pe.Node(interface, name=name, run_without_submitting=True, n_procs=0, **kwargs)
 
 
