@@ -11,7 +11,8 @@ brain mask (cached in ``--cache-dir``). Each ``--variant`` (default: the network
 with those output settings, ``throughplane=SIGMA`` smoothing the output across slices (a Gaussian of SIGMA
 slices: what the neighbouring slices could add, as a diagnostic), ``znlm=C`` / ``prenlm=C`` a non-local
 means across slices of the output / of the LR before the network (h = C x the LR's noise level; a
-diagnostic), ``projection=MODEL:WEIGHT`` making the
+diagnostic), ``noisescale=K`` telling a noise-level generator K times each slice's estimated noise
+level, ``projection=MODEL:WEIGHT`` making the
 output consistent with the LR after the fact (:func:`ddasr_nipype.degradations.consistency_projection`, in the volume's own intensity units). Prints mean brain/head PSNR, SSIM and the paired difference to bicubic with the paired
 t-test p-value over slices.
 """
@@ -54,6 +55,24 @@ def _through_plane_nlm(vol, c: float, axis: int, *, lr=None, radius: int = 2, pa
             total += w * other
             weights += w
     return np.moveaxis(total / weights, 0, axis)
+
+
+def _scale_noise_level(factor: float) -> None:
+    """Variant ``noisescale=K``: a noise-level generator is told K times the noise level estimated on each
+    slice (FFDNet's denoising-strength knob; 1: as the app runs it), on the app's own path."""
+    import ddasr_nipype.inference as inference
+
+    estimate = getattr(inference, "_estimated_noise_level", inference.slice_noise_level)
+    inference._estimated_noise_level = estimate
+    if factor == 1:
+        inference.slice_noise_level = estimate
+        return
+
+    def scaled(generator, batch):
+        sigma = estimate(generator, batch)
+        return None if sigma is None else sigma * factor
+
+    inference.slice_noise_level = scaled
 
 
 def main(argv=None) -> None:
@@ -110,6 +129,7 @@ def main(argv=None) -> None:
                 smooth = float(settings.pop("throughplane", 0) or 0)
                 post_nlm = float(settings.pop("znlm", 0) or 0)
                 pre_nlm = float(settings.pop("prenlm", 0) or 0)
+                _scale_noise_level(float(settings.pop("noisescale", 1) or 1))
                 lr_in = _through_plane_nlm(lr, pre_nlm, plane_axis(plane)) if pre_nlm > 0 else lr
                 img, _ = super_resolve_image(_lr_image(lr_in, hr_ras, down), b, planes=plane,
                                              strength=float(settings["strength"]) if "strength" in settings else None,
