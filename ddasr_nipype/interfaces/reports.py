@@ -371,8 +371,8 @@ def _ras(path):
 
 
 def _slice_view(vol, axis: int, index: int):
-    """The 2D slice of a RAS volume across ``axis`` (a view), transposed for ``imshow(origin="lower")``."""
-    return vol[(slice(None),) * axis + (int(index),)].T
+    """The 2D slice of a RAS volume across ``axis`` (a view), transposed: rows the vertical axis."""
+    return _cut(vol, axis, int(index)).T
 
 
 _VIEW_NAMES = ("sagittal", "coronal", "axial")

@@ -32,7 +32,6 @@ def _through_plane_nlm(vol, c: float, axis: int, *, lr=None, radius: int = 2, pa
     slice) times ``exp(-d / h^2)``, ``d`` the mean squared difference of the two slices over a ``patch`` x
     ``patch`` in-plane window and ``h = c x`` the median Immerkaer noise level of the LR slices (``lr``,
     else ``vol``'s own)."""
-    import numpy as np
     import torch
     from scipy.ndimage import uniform_filter
 
