@@ -111,7 +111,8 @@ def _model_source(ctx, param, value):
 @click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]),
               help="auto: CUDA when available.")
 @click.option("--precision", default="auto", show_default=True, type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
-              help="Autocast on CUDA (auto = bf16 where supported, else fp16); CPU always runs fp32.")
+              help="Autocast: on CUDA auto = bf16 where supported, else fp16; on the CPU auto = fp32, and bf16 halves "
+                   "the step time on CPUs with AVX512-BF16 or AMX.")
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the networks (CUDA, PyTorch 2).")
 @click.option("--resume", is_flag=True, help="Continue from the last checkpoints in the work directory.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of every random draw.")

@@ -1351,6 +1351,61 @@ def test_the_2p5d_preset_starts_from_the_default_generator_as_it_is(tmp_path, vg
         torch.testing.assert_close(trainer.ema(x), base(x[:, :1]), rtol=1e-4, atol=1e-5)
 
 
+def test_a_deeper_generator_starts_from_the_default_one_as_it_is_and_grows_its_new_blocks(tmp_path, vgg):
+    from ddasr_nipype.bundle import load_bundle
+    from ddasr_nipype.errors import ModelBundleError
+    from ddasr_nipype.training.srn_trainer import check_generator_fits
+    from ddasr_nipype.training.synthesis import degrade_pairs
+
+    preset = load_preset("t1w-x2-nl-cpu")
+    deeper = {**preset.srn.generator, "num_bottleneck_blocks": 5}
+    preset = preset.replace(srn=preset.srn.replace(batch_size=2, patch_size=32, generator=deeper))
+    rng = np.random.default_rng(0)
+    hr = SliceSet([SliceStack("a", rng.uniform(0.2, 0.8, (4, 32, 32)).astype(np.float32), 1.0, {})])
+    trainer = SRNTrainer(preset, tmp_path / "deep", degrade_pairs(hr, "area", scale=2, rng=rng), **_kwargs(vgg))
+    bundle = load_bundle("t1w-x2")
+    assert check_generator_fits(bundle, trainer.generator_config)
+    trainer.init_generator_from("t1w-x2")
+    base = bundle.load_generator("cpu").eval()
+    x, sigma = torch.rand(2, 1, 20, 24), torch.tensor([0.0, 0.03])
+    with torch.no_grad():
+        torch.testing.assert_close(trainer.ema(x, sigma), base(x, sigma), rtol=1e-4, atol=1e-5)
+    new = trainer.generator.bottleneck[4]
+    assert float(new.rdb2.conv5.weight.detach().abs().sum()) == 0
+    assert float(new.rdb2.conv1.weight.detach().abs().sum()) > 0
+    trainer.run(until=2)
+    assert float(new.rdb2.conv5.weight.detach().abs().sum()) > 0  # the new blocks learn
+    assert "sha256" in trainer.initialized_from
+    # a shallower preset cannot start from it
+    shallow = preset.replace(srn=preset.srn.replace(generator={**deeper, "num_bottleneck_blocks": 2}))
+    other = SRNTrainer(shallow, tmp_path / "shallow", degrade_pairs(hr, "area", scale=2, rng=rng), **_kwargs(vgg))
+    with pytest.raises(ModelBundleError, match="num_bottleneck_blocks"):
+        other.init_generator_from("t1w-x2")
+
+
+def test_bf16_on_the_cpu_only_when_asked_for_with_fp32_weights(tmp_path, smoke, vgg):
+    from ddasr_nipype.training.engine import precision_dtype
+    from ddasr_nipype.training.synthesis import degrade_pairs
+
+    cpu = torch.device("cpu")
+    assert precision_dtype("auto", cpu) is None and precision_dtype("fp32", cpu) is None
+    assert precision_dtype("bf16", cpu) == torch.bfloat16
+    with pytest.raises(ValueError, match="fp16 needs a CUDA GPU"):
+        precision_dtype("fp16", cpu)
+    rng = np.random.default_rng(0)
+    hr = SliceSet([SliceStack("a", rng.uniform(0.2, 0.8, (4, 64, 64)).astype(np.float32), 1.0, {})])
+    trainer = SRNTrainer(smoke, tmp_path / "bf16", degrade_pairs(hr, "area", scale=2, rng=rng),
+                         **{**_kwargs(vgg), "precision": "bf16"})
+    before = trainer.generator.conv_last.weight.detach().clone()
+    with trainer.autocast():
+        assert trainer.generator.conv_first(torch.rand(1, trainer.generator.conv_first.in_channels, 8, 8)).dtype \
+            == torch.bfloat16
+    trainer.run(until=2)
+    assert all(p.dtype == torch.float32 for p in trainer.generator.parameters())
+    assert np.isfinite(trainer.last_losses["g_total"])
+    assert not torch.equal(before, trainer.generator.conv_last.weight)
+
+
 def test_a_checkpoint_written_before_context_slices_existed_still_resumes(tmp_path, smoke, vgg):
     from ddasr_nipype.training.synthesis import degrade_pairs
 

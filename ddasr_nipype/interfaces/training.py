@@ -61,7 +61,7 @@ class _CommonInputSpec(BaseInterfaceInputSpec):
     patch_size = traits.Int(desc="override the preset's HR patch size (both stages)")
     seed = traits.Int(0, usedefault=True, desc="seed of every random draw")
     device = traits.Enum(*DEVICES, usedefault=True, desc="torch device; 'auto' picks CUDA when available")
-    precision = traits.Enum("auto", "fp32", "bf16", "fp16", usedefault=True, desc="autocast precision on CUDA")
+    precision = traits.Enum("auto", "fp32", "bf16", "fp16", usedefault=True, desc="autocast precision (CPU: fp32 unless bf16 is asked for)")
     use_gpu = traits.Bool(False, usedefault=True, nohash=True,
                           desc="tell nipype's MultiProc scheduler that this node occupies a GPU")
     num_threads = traits.Int(desc="number of CPU threads for torch", nohash=True)

@@ -58,12 +58,24 @@ def resolve_device(device: str = "auto"):
 
 
 def precision_dtype(precision: str, device) -> Any:
-    """Autocast dtype: ``auto`` is bf16 on CUDA GPUs that support it, else fp16 on CUDA, fp32 on CPU."""
+    """Autocast dtype: ``auto`` is bf16 on CUDA GPUs that support it, else fp16 on CUDA, and fp32 on the CPU.
+
+    On the CPU ``bf16`` must be asked for: it halves the time of a training step on CPUs with native
+    bfloat16 instructions (AVX512-BF16 or AMX; measured on a 2-core AMD EPYC: the default generator's
+    step 1.20 -> 0.60 s on one thread) and is slower than fp32 on CPUs without them. The weights and the
+    optimizer stay fp32. ``fp16`` is CUDA only."""
     import torch
 
     if precision not in ("auto", "fp32", "bf16", "fp16"):
         raise ValueError(f"precision must be auto, fp32, bf16 or fp16, got {precision!r}")
-    if device.type != "cuda" or precision == "fp32":
+    if precision == "fp32":
+        return None
+    if device.type != "cuda":
+        if precision == "bf16":
+            return torch.bfloat16
+        if precision == "fp16":
+            raise ValueError("precision fp16 needs a CUDA GPU; on the CPU use bf16 (CPUs with AVX512-BF16 or "
+                             "AMX) or fp32")
         return None
     if precision == "auto":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16

@@ -75,8 +75,9 @@ def build_discriminator_config(preset: TrainingPreset):
 
 def check_generator_fits(bundle, generator_config) -> bool:
     """Whether ``bundle``'s generator can start a generator of ``generator_config``: equal configs, or
-    the bundle's without the ``noise_level_input`` channel or with fewer ``context_slices`` than
-    ``generator_config`` has (returns True: widen the first layer with zero weights). Raises
+    the bundle's without the ``noise_level_input`` channel, with fewer ``context_slices`` or with fewer
+    ``num_bottleneck_blocks`` than ``generator_config`` has (returns True: the state is adapted by
+    :func:`grown_generator_state`, which starts the new generator as the bundle's). Raises
     :class:`~ddasr_nipype.errors.ModelBundleError` naming the settings that differ otherwise."""
     from ddasr_nipype.errors import ModelBundleError
 
@@ -86,6 +87,8 @@ def check_generator_fits(bundle, generator_config) -> bool:
         widened["noise_level_input"] = True
     if ours.get("context_slices", 0) > theirs.get("context_slices", 0):
         widened["context_slices"] = ours["context_slices"]
+    if ours.get("num_bottleneck_blocks", 0) > theirs.get("num_bottleneck_blocks", 0):
+        widened["num_bottleneck_blocks"] = ours["num_bottleneck_blocks"]
     widen = widened != theirs
     if widened != ours:
         differ = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k))
@@ -95,6 +98,31 @@ def check_generator_fits(bundle, generator_config) -> bool:
             "the bundle's srn.generator settings"
         )
     return widen
+
+
+def grown_generator_state(state: dict, theirs, ours, fresh: dict, share: float = 0.0) -> dict:
+    """The state dict of generator config ``theirs`` laid out for the larger config ``ours`` (see
+    :func:`check_generator_fits`), starting as the same function:
+
+    - more input channels (``noise_level_input``, ``context_slices``): :func:`_widened_first_layer`;
+    - more bottleneck RRDBs: the new blocks are appended, with the weights of ``fresh`` (the new
+      generator's own initialization) except that the last convolution of each of their dense blocks
+      starts at zero. Such an RRDB computes ``1.2 x`` (``x + 0.2 x``), so ``conv_body``'s weights are
+      divided by 1.2 per new block; training then grows the new blocks from there (zero-initialized
+      residual branches, as in Fixup / ReZero).
+    """
+    state = dict(state)
+    if (theirs.image_channels, theirs.noise_level_input) != (ours.image_channels, ours.noise_level_input):
+        state["conv_first.weight"] = _widened_first_layer(state["conv_first.weight"], theirs, ours, share)
+    new_blocks = range(theirs.num_bottleneck_blocks, ours.num_bottleneck_blocks)
+    for k in new_blocks:
+        prefix = f"bottleneck.{k}."
+        for key, value in fresh.items():
+            if key.startswith(prefix):
+                state[key] = value.clone().zero_() if ".conv5." in key else value.clone()
+    if len(new_blocks):
+        state["conv_body.weight"] = state["conv_body.weight"] / 1.2 ** len(new_blocks)
+    return state
 
 
 class SRNTrainer(StageTrainer):
@@ -148,9 +176,9 @@ class SRNTrainer(StageTrainer):
         """Start from the generator of a model bundle (weights into the generator and its EMA copy).
 
         The bundle's generator config must equal this preset's (``srn.generator`` and the scale), except
-        that a generator without ``noise_level_input``, or with fewer ``context_slices``, may start one
-        with them: the new input channels' first-layer weights start at zero, so the new generator
-        begins as the bundle's. Raises
+        that a generator without ``noise_level_input``, with fewer ``context_slices`` or with fewer
+        ``num_bottleneck_blocks`` may start one with them (:func:`grown_generator_state`: the new
+        generator begins as the bundle's). Raises
         :class:`~ddasr_nipype.errors.ModelBundleError` otherwise. Recorded in the new bundle.
         """
         from ddasr_nipype.bundle import load_bundle
@@ -158,9 +186,9 @@ class SRNTrainer(StageTrainer):
         bundle = load_bundle(bundle_path)
         widen = check_generator_fits(bundle, self.generator_config)
         state = bundle.load_generator(str(self.device)).state_dict()
-        if widen:  # more input channels, zero weights: the same function as the bundle's generator
-            state["conv_first.weight"] = _widened_first_layer(state["conv_first.weight"], bundle.generator_config,
-                                                              self.generator_config, self.preset.srn.context_share)
+        if widen:  # more inputs or blocks, started so that the new generator computes the bundle's function
+            state = grown_generator_state(state, bundle.generator_config, self.generator_config,
+                                          self.generator.state_dict(), self.preset.srn.context_share)
         self.generator.load_state_dict(state)
         self.ema.load_state_dict(state)
         self.initialized_from = {"name": bundle.name, "path": str(bundle.path), "sha256": bundle.sha256}
