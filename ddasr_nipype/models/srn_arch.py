@@ -31,6 +31,9 @@ def _check_positive(owner: str, **values: int) -> None:
             raise ValueError(f"{owner}.{name} must be a positive integer, got {value!r}")
 
 
+RESIDUAL_SCALE = 0.2  # ESRGAN's residual scaling in RDB and RRDB: out * RESIDUAL_SCALE + x
+
+
 @torch.no_grad()
 def default_init_weights(module: nn.Module, scale: float = 1.0) -> None:
     """Kaiming-normal init of every conv scaled by ``scale``, zero bias (BasicSR/ESRGAN)."""
@@ -61,7 +64,7 @@ class ResidualDenseBlock(nn.Module):
         x3 = self.lrelu(self.conv3(torch.cat((x, x1, x2), 1)))
         x4 = self.lrelu(self.conv4(torch.cat((x, x1, x2, x3), 1)))
         x5 = self.conv5(torch.cat((x, x1, x2, x3, x4), 1))
-        return x5 * 0.2 + x
+        return x5 * RESIDUAL_SCALE + x
 
 
 class RRDB(nn.Module):
@@ -74,7 +77,7 @@ class RRDB(nn.Module):
         self.rdb3 = ResidualDenseBlock(num_feat, num_grow_ch)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.rdb3(self.rdb2(self.rdb1(x))) * 0.2 + x
+        return self.rdb3(self.rdb2(self.rdb1(x))) * RESIDUAL_SCALE + x
 
 
 def _upsampler(num_feat: int, scale: int) -> nn.Sequential:

@@ -107,10 +107,12 @@ def grown_generator_state(state: dict, theirs, ours, fresh: dict, share: float =
     - more input channels (``noise_level_input``, ``context_slices``): :func:`_widened_first_layer`;
     - more bottleneck RRDBs: the new blocks are appended, with the weights of ``fresh`` (the new
       generator's own initialization) except that the last convolution of each of their dense blocks
-      starts at zero. Such an RRDB computes ``1.2 x`` (``x + 0.2 x``), so ``conv_body``'s weights are
-      divided by 1.2 per new block; training then grows the new blocks from there (zero-initialized
+      starts at zero. Such an RRDB computes ``(1 + RESIDUAL_SCALE) x`` (1.2 x), so ``conv_body``'s
+      weights are divided by that per new block; training then grows the new blocks from there (zero-initialized
       residual branches, as in Fixup / ReZero).
     """
+    from ddasr_nipype.models.srn_arch import RESIDUAL_SCALE
+
     state = dict(state)
     if (theirs.image_channels, theirs.noise_level_input) != (ours.image_channels, ours.noise_level_input):
         state["conv_first.weight"] = _widened_first_layer(state["conv_first.weight"], theirs, ours, share)
@@ -121,7 +123,7 @@ def grown_generator_state(state: dict, theirs, ours, fresh: dict, share: float =
             if key.startswith(prefix):
                 state[key] = value.clone().zero_() if ".conv5." in key else value.clone()
     if len(new_blocks):
-        state["conv_body.weight"] = state["conv_body.weight"] / 1.2 ** len(new_blocks)
+        state["conv_body.weight"] = state["conv_body.weight"] / (1 + RESIDUAL_SCALE) ** len(new_blocks)
     return state
 
 

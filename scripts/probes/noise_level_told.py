@@ -23,6 +23,7 @@ from ddasr_nipype.evaluation import _inplane_axes, crop_to_scale
 from ddasr_nipype.metrics.volume import foreground_mask, normalize_volume
 from ddasr_nipype.models import SRGenerator, estimate_noise_sigma
 from ddasr_nipype.models.srn_arch import GeneratorConfig
+from ddasr_nipype.training.checkpoint import load_checkpoint
 
 SUBJECTS = [
     ("sub-vxm", "../shared/data/hr-brain/sub-vxm/anat/sub-vxm_T1w.nii.gz", "out/cache/sub-vxm_brain_160x224x192.npy",
@@ -41,7 +42,7 @@ def _slices(path, cache, index):
 
 def _generator(path: str):
     if path.endswith(".pt"):
-        state = torch.load(path, map_location="cpu", weights_only=False)["models"]
+        state = load_checkpoint(path, stage="srn")["models"]
         gen = SRGenerator(GeneratorConfig.from_dict(state["generator_config"]))
         gen.load_state_dict(state["ema"])
         return gen.eval()
