@@ -589,6 +589,29 @@ def test_srn_trainer_gives_a_noise_level_generator_each_crops_level(tmp_path, sl
     assert "SR (EMA)" in trainer.image_columns()
 
 
+def test_noise_level_jitter_tells_the_generator_each_crops_level_off_by_a_bounded_factor(tmp_path, slices, smoke,
+                                                                                        vgg):
+    hr, lr, _ = slices
+    from ddasr_nipype.models import DSN
+    from ddasr_nipype.training.dsn_trainer import build_dsn_config
+
+    with pytest.raises(ValueError, match="noise_level_jitter"):
+        smoke.srn.replace(noise_level_jitter=-0.1)
+    torch.manual_seed(0)
+    pairs = synthesize_pairs(DSN(build_dsn_config(smoke)), hr, lr, scale=2, rng=np.random.default_rng(0))
+    srn = smoke.srn.replace(generator={**smoke.srn.generator, "noise_level_input": True},
+                            lr_noise={"probability": 1.0, "sigma": [0.1, 0.1]}, batch_size=16,
+                            noise_level_jitter=0.4)
+    trainer = SRNTrainer(smoke.replace(srn=srn), tmp_path / "jitter", pairs, **_kwargs(vgg))
+    trainer.run(until=2)
+    (sigma,) = trainer._last_batch["extra"]
+    levels = np.sqrt(pairs.lr_noise_sigma() ** 2 + 0.1**2)  # every crop got 0.1 on its slice's level
+    # each told level is some slice's level times a factor in [exp(-0.4), exp(0.4)], and not all the same one
+    ratios = sigma.numpy()[:, None] / levels[None, :]
+    assert ((ratios > np.exp(-0.4) - 1e-6) & (ratios < np.exp(0.4) + 1e-6)).any(axis=1).all()
+    assert np.ptp(np.log(sigma.numpy())) > 0.2 > np.ptp(np.log(levels))
+
+
 def test_add_lr_noise_can_correlate_the_noise_and_reports_the_level_the_estimator_sees():
     from ddasr_nipype.training.datasets import PairSet
 

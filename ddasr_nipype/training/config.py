@@ -261,6 +261,13 @@ class SRNStageConfig(_Config):
     weights given to each new neighbour. 0 starts as the 2D generator (the neighbours' weights at zero);
     0.2 starts as it would on the slices averaged 0.2 / 0.6 / 0.2 across the slice direction, a start
     that already uses the neighbours to average out noise.
+
+    ``noise_level_jitter`` (0 by default) is for a generator with ``generator.noise_level_input``: the
+    noise level it is told for each crop is multiplied by ``exp(u)``, ``u`` drawn uniformly from
+    ``[-noise_level_jitter, noise_level_jitter]`` (0.4: within a factor 1.5 either way). The level
+    inference tells it is an estimate, off by a subject-dependent factor (anatomy the estimator reads as
+    noise, resampled or quantized scans); a generator that never saw a level off the training estimate
+    learns to trust it fully and sharpens (or smooths) a scan whose estimate is off.
     """
 
     iterations: int = 250_000
@@ -282,9 +289,13 @@ class SRNStageConfig(_Config):
     augment: bool = False
     intensity_scale: tuple[float, float] = (1.0, 1.0)
     context_share: float = 0.0
+    noise_level_jitter: float = 0.0
 
     def __post_init__(self):
         lr_noise_settings(self.lr_noise)  # validates
+        if not 0.0 <= float(self.noise_level_jitter) <= 2.0:
+            raise ValueError("SRNStageConfig: noise_level_jitter must be in [0, 2] (a log factor), "
+                             f"got {self.noise_level_jitter!r}")
         if not 0.0 <= float(self.context_share) < 0.5:
             raise ValueError(f"SRNStageConfig: context_share must be in [0, 0.5), got {self.context_share!r}")
         try:

@@ -12,7 +12,7 @@ Each iteration crops ``batch_size`` aligned pairs (LR ``p x p`` at ``(i, j)``, H
 With ``srn.lr_noise`` the LR crops get Gaussian noise first (:meth:`PairSet.add_lr_noise`). A generator with
 ``noise_level_input`` is given each crop's noise level: the Immerkaer estimate on its whole LR slice
 (:meth:`PairSet.lr_noise_sigma`, as inference estimates it on whole slices) combined with the noise added
-to the crop, ``sqrt(slice_sigma**2 + added**2)``.
+to the crop, ``sqrt(slice_sigma**2 + added**2)``, times a random factor with ``noise_level_jitter``.
 
 Both networks use Adam (``lr``, betas ``(0.9, 0.99)``) and ``CosineAnnealingWarmRestarts(T_0 =
 restart_period, T_mult = restart_mult, eta_min = 1e-7)``, stepped once per iteration.
@@ -219,7 +219,11 @@ class SRNTrainer(StageTrainer):
         added = self.pairs.add_lr_noise(lr_np, self.rng, *self._lr_noise, return_sigma=True)
         extra = ()
         if self.generator_config.noise_level_input:
-            sigma_np = np.sqrt(self.pairs.lr_noise_sigma()[index] ** 2 + added**2).astype(np.float32)
+            sigma_np = np.sqrt(self.pairs.lr_noise_sigma()[index] ** 2 + added**2)
+            if cfg.noise_level_jitter:
+                sigma_np = sigma_np * np.exp(self.rng.uniform(-cfg.noise_level_jitter, cfg.noise_level_jitter,
+                                                              size=len(sigma_np)))
+            sigma_np = sigma_np.astype(np.float32)
             extra = (torch.from_numpy(sigma_np).to(self.device),)
         lr, hr = self.to_tensor(lr_np), self.to_tensor(hr_np)
         weight = self._loss_weight(hr, index)
