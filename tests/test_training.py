@@ -605,6 +605,13 @@ def test_noise_level_jitter_tells_the_generator_each_crops_level_off_by_a_bounde
     trainer = SRNTrainer(smoke.replace(srn=srn), tmp_path / "jitter", pairs, **_kwargs(vgg))
     trainer.run(until=2)
     (sigma,) = trainer._last_batch["extra"]
+    # the slice's own noise scales with the intensity (here x2 on every crop, noise added after it)
+    scaled = SRNTrainer(smoke.replace(srn=srn.replace(intensity_scale=[2.0, 2.0],
+                                                      lr_noise={}, noise_level_jitter=0.0)),
+                        tmp_path / "scaled", pairs, **_kwargs(vgg))
+    scaled.run(until=1)
+    (told,) = scaled._last_batch["extra"]
+    assert np.isin(told.numpy().round(5), (2 * pairs.lr_noise_sigma()).astype(np.float32).round(5)).all()
     levels = np.sqrt(pairs.lr_noise_sigma() ** 2 + 0.1**2)  # every crop got 0.1 on its slice's level
     # each told level is some slice's level times a factor in [exp(-0.4), exp(0.4)], and not all the same one
     ratios = sigma.numpy()[:, None] / levels[None, :]

@@ -11,8 +11,8 @@ Each iteration crops ``batch_size`` aligned pairs (LR ``p x p`` at ``(i, j)``, H
 
 With ``srn.lr_noise`` the LR crops get Gaussian noise first (:meth:`PairSet.add_lr_noise`). A generator with
 ``noise_level_input`` is given each crop's noise level: the Immerkaer estimate on its whole LR slice
-(:meth:`PairSet.lr_noise_sigma`, as inference estimates it on whole slices) combined with the noise added
-to the crop, ``sqrt(slice_sigma**2 + added**2)``, times a random factor with ``noise_level_jitter``.
+(:meth:`PairSet.lr_noise_sigma`, as inference estimates it on whole slices; times the crop's
+``intensity_scale`` factor) combined with the noise added to the crop, ``sqrt(slice_sigma**2 + added**2)``, times a random factor with ``noise_level_jitter``.
 
 Both networks use Adam (``lr``, betas ``(0.9, 0.99)``) and ``CosineAnnealingWarmRestarts(T_0 =
 restart_period, T_mult = restart_mult, eta_min = 1e-7)``, stepped once per iteration.
@@ -212,14 +212,17 @@ class SRNTrainer(StageTrainer):
                                                       min_fraction=data.min_patch_fraction, return_index=True)
         if cfg.augment:
             self.pairs.augment(lr_np, hr_np, self.rng)
+        factor = np.ones((len(lr_np), 1, 1, 1), dtype=np.float32)
         if cfg.intensity_scale != (1.0, 1.0):
-            factor = self.rng.uniform(*cfg.intensity_scale, size=(len(lr_np), 1, 1, 1)).astype(np.float32)
+            factor = self.rng.uniform(*cfg.intensity_scale, size=factor.shape).astype(np.float32)
             lr_np *= factor
             hr_np *= factor
         added = self.pairs.add_lr_noise(lr_np, self.rng, *self._lr_noise, return_sigma=True)
         extra = ()
         if self.generator_config.noise_level_input:
-            sigma_np = np.sqrt(self.pairs.lr_noise_sigma()[index] ** 2 + added**2)
+            # the slice's own noise was scaled with it; the added noise came after the scaling
+            slice_sigma = self.pairs.lr_noise_sigma()[index] * factor.ravel()
+            sigma_np = np.sqrt(slice_sigma**2 + added**2)
             if cfg.noise_level_jitter:
                 sigma_np = sigma_np * np.exp(self.rng.uniform(-cfg.noise_level_jitter, cfg.noise_level_jitter,
                                                               size=len(sigma_np)))
