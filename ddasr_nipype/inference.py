@@ -228,6 +228,8 @@ def slice_noise_level(generator, batch):
     (``GeneratorConfig.noise_level_input``), else ``None``."""
     if not getattr(getattr(generator, "config", None), "noise_level_input", False):
         return None
+    if hasattr(generator, "estimate_noise"):
+        return generator.estimate_noise(batch[:, :1])
     from .models import estimate_noise_sigma
 
     return estimate_noise_sigma(batch[:, :1])

@@ -286,6 +286,53 @@ def test_estimate_noise_sigma_measures_each_image_and_ignores_smooth_structure()
     torch.testing.assert_close(estimate_noise_sigma(faint), estimate_noise_sigma(faint, foreground=None))
 
 
+def test_learned_noise_estimator_starts_as_the_mean_response_over_the_head_and_a_generator_uses_it():
+    from ddasr_nipype.models import LearnedNoiseEstimator, with_learned_noise_estimator
+
+    torch.manual_seed(0)
+    # a head inside air, as slices are: the fresh estimator is Immerkaer's mean response over the head
+    head = torch.zeros(2, 1, 48, 48)
+    head[..., 8:40, 8:40] = 0.6 + torch.tensor([0.01, 0.04]).view(2, 1, 1, 1) * torch.randn(2, 1, 32, 32)
+    estimator = LearnedNoiseEstimator().eval()
+    with torch.no_grad():
+        fresh = estimator(head)
+    torch.testing.assert_close(fresh, estimate_noise_sigma(head), rtol=0.05, atol=0)
+    assert estimator(torch.full((1, 1, 16, 16), 0.5)).item() == 0.0  # flat and noise-free: 0
+    with pytest.raises(ValueError, match="B, 1, H>=3"):
+        estimator(torch.zeros(1, 2, 8, 8))
+    # the config: "learned" needs the noise-level input; older configs read "immerkaer"
+    with pytest.raises(ValueError, match="noise_estimator"):
+        GeneratorConfig(**TINY_GEN, noise_estimator="learned")
+    with pytest.raises(ValueError, match="noise_estimator"):
+        GeneratorConfig(**TINY_GEN, noise_level_input=True, noise_estimator="wavelet")
+    assert GeneratorConfig.from_dict(GeneratorConfig(**TINY_GEN).to_dict()).noise_estimator == "immerkaer"
+    # a generator packed with a trained estimator (here: one whose weights favour nothing but differ
+    # from the fresh ones) reads the level with it when none is given, and is otherwise the same network
+    plain = SRGenerator(GeneratorConfig(**TINY_GEN, noise_level_input=True)).eval()
+    trained = LearnedNoiseEstimator()
+    with torch.no_grad():
+        trained.body[-1].bias.fill_(0.5)
+        trained.body[-1].weight.normal_(0.0, 0.1)
+    config, state = with_learned_noise_estimator(plain.config, plain.state_dict(), trained.state_dict())
+    assert config.noise_estimator == "learned" and plain.config.noise_estimator == "immerkaer"
+    learned = SRGenerator(config).eval()
+    learned.load_state_dict(state, strict=True)
+    x = torch.rand(2, 1, 13, 10) * 0.8 + 0.1
+    with torch.no_grad():
+        level = learned.estimate_noise(x)
+        torch.testing.assert_close(level, trained(x))
+        assert not torch.allclose(level, estimate_noise_sigma(x))
+        torch.testing.assert_close(learned(x), plain(x, level))
+        torch.testing.assert_close(plain.estimate_noise(x), estimate_noise_sigma(x))
+        # the app's path reads each slice's level with the generator's own estimator
+        from ddasr_nipype.inference import slice_noise_level
+
+        torch.testing.assert_close(slice_noise_level(learned, x), level)
+        torch.testing.assert_close(slice_noise_level(plain, x), estimate_noise_sigma(x))
+    with pytest.raises(ValueError, match="noise_level_input"):
+        with_learned_noise_estimator(GeneratorConfig(**TINY_GEN), {}, trained.state_dict())
+
+
 def test_generator_noise_level_input_is_an_extra_channel_of_the_given_or_estimated_sigma():
     torch.manual_seed(0)
     gen = SRGenerator(GeneratorConfig(**TINY_GEN, global_residual=True, noise_level_input=True)).eval()

@@ -619,6 +619,65 @@ def test_noise_level_jitter_tells_the_generator_each_crops_level_off_by_a_bounde
     assert np.ptp(np.log(sigma.numpy())) > 0.2 > np.ptp(np.log(levels))
 
 
+def test_a_learned_estimator_generator_is_told_the_added_level_and_keeps_its_estimator(tmp_path, slices, smoke, vgg):
+    hr, lr, _ = slices
+    from ddasr_nipype.bundle import load_bundle, save_bundle
+    from ddasr_nipype.models import DSN, LearnedNoiseEstimator
+    from ddasr_nipype.training.dsn_trainer import build_dsn_config
+
+    torch.manual_seed(0)
+    pairs = synthesize_pairs(DSN(build_dsn_config(smoke)), hr, lr, scale=2, rng=np.random.default_rng(0))
+    generator = {**smoke.srn.generator, "noise_level_input": True, "noise_estimator": "learned"}
+    srn = smoke.srn.replace(generator=generator, lr_noise={"probability": 0.5, "sigma": [0.1, 0.1]}, batch_size=16,
+                            intensity_scale=[0.7, 1.4])
+    with pytest.raises(ValueError, match="noise_estimator_weights"):
+        SRNTrainer(smoke.replace(srn=srn), tmp_path / "none", pairs, **_kwargs(vgg))
+    estimator = LearnedNoiseEstimator()
+    with torch.no_grad():
+        estimator.body[-1].bias.fill_(0.3)
+    torch.save(estimator.state_dict(), tmp_path / "estimator.pt")
+    srn = srn.replace(noise_estimator_weights=str(tmp_path / "estimator.pt"))
+    trainer = SRNTrainer(smoke.replace(srn=srn), tmp_path / "learned", pairs, **_kwargs(vgg))
+    trainer.run(until=2)
+    (sigma,) = trainer._last_batch["extra"]
+    # told the added level only: 0 or 0.1, whatever the slice's anatomy or the intensity scale
+    assert set(np.round(sigma.numpy().astype(float), 6)) == {0.0, 0.1}
+    # the estimator is frozen in the generator and its EMA copy, and goes into the bundle
+    for module in (trainer.generator, trainer.ema):
+        for key, value in estimator.state_dict().items():
+            torch.testing.assert_close(module.noise_estimator.state_dict()[key], value)
+    bundle = save_bundle(
+        tmp_path / "bundle", name="learned-smoke", generator_state=trainer.ema.state_dict(),
+        generator_config=trainer.generator_config, backbone={"source": "random", "seed": 0},
+        preprocessing={"plane": "sagittal", "scale": 2, "normalization": {"method": "percentile",
+                       "percentiles": [0.5, 99.5]}, "hr_voxel_size": 1.0, "lr_voxel_size": 2.0},
+        training={"note": "smoke"})
+    bundle = load_bundle(bundle.path)  # read back from disk
+    assert bundle.generator_config.noise_estimator == "learned"
+    x = torch.rand(2, 1, 20, 20)
+    with torch.no_grad():
+        torch.testing.assert_close(bundle.load_generator().estimate_noise(x), estimator(x))
+
+
+def test_train_noise_estimator_script_learns_from_a_pair_set_and_writes_estimator_weights(tmp_path, slices, smoke):
+    from _scripts import load_script
+
+    from ddasr_nipype.models import DSN, LearnedNoiseEstimator
+    from ddasr_nipype.training.dsn_trainer import build_dsn_config
+
+    hr, lr, _ = slices
+    torch.manual_seed(0)
+    pairs = synthesize_pairs(DSN(build_dsn_config(smoke)), hr, lr, scale=2, rng=np.random.default_rng(0))
+    pairs.save(tmp_path / "pairs.npz")
+    script = load_script("train_noise_estimator")
+    script.main([str(tmp_path / "pairs.npz"), str(tmp_path / "estimator.pt"), "--iterations", "3", "--crop", "16"])
+    fresh, trained = LearnedNoiseEstimator().state_dict(), torch.load(tmp_path / "estimator.pt", weights_only=True)
+    assert trained.keys() == fresh.keys()
+    assert not torch.equal(trained["body.6.bias"], fresh["body.6.bias"])  # it learned from zero
+    with pytest.raises(SystemExit, match="adds no LR noise"):
+        script.main([str(tmp_path / "pairs.npz"), str(tmp_path / "x.pt"), "--preset", "smoke", "--iterations", "1"])
+
+
 def test_add_lr_noise_can_correlate_the_noise_and_reports_the_level_the_estimator_sees():
     from ddasr_nipype.training.datasets import PairSet
 

@@ -12,9 +12,9 @@ from .common import ModelConfig, build_model, load_model, save_model
 from .discriminator_arch import AttentionUNetDiscriminator, DiscriminatorConfig
 from .deepbet_arch import DeepbetFeatures, load_deepbet_features
 from .dsn_arch import DSN, DSNConfig
-from .srn_arch import (NOISE_MAP_SCALE, RRDB, GeneratorConfig, RRDBNet, RRDBNetConfig, SRGenerator, context_index,
-                       context_offsets,
-                       estimate_noise_sigma)
+from .srn_arch import (NOISE_MAP_SCALE, RRDB, GeneratorConfig, LearnedNoiseEstimator, RRDBNet, RRDBNetConfig,
+                       SRGenerator, context_index, context_offsets, estimate_noise_sigma,
+                       with_learned_noise_estimator)
 from .vgg_arch import VGG19Features, load_vgg19
 
 __all__ = [
@@ -25,6 +25,8 @@ __all__ = [
     "context_index",
     "context_offsets",
     "estimate_noise_sigma",
+    "LearnedNoiseEstimator",
+    "with_learned_noise_estimator",
     "NOISE_MAP_SCALE",
     "AttentionUNetDiscriminator",
     "DiscriminatorConfig",

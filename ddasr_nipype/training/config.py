@@ -268,6 +268,11 @@ class SRNStageConfig(_Config):
     inference tells it is an estimate, off by a subject-dependent factor (anatomy the estimator reads as
     noise, resampled or quantized scans); a generator that never saw a level off the training estimate
     learns to trust it fully and sharpens (or smooths) a scan whose estimate is off.
+
+    ``noise_estimator_weights`` (for ``generator.noise_estimator: learned``; required there) is the file of
+    the :class:`~ddasr_nipype.models.LearnedNoiseEstimator` weights (``scripts/train_noise_estimator.py``). The
+    estimator is loaded into the generator and frozen; each crop's told level is the level of the noise
+    added to it, which the estimator was trained to read.
     """
 
     iterations: int = 250_000
@@ -290,6 +295,7 @@ class SRNStageConfig(_Config):
     intensity_scale: tuple[float, float] = (1.0, 1.0)
     context_share: float = 0.0
     noise_level_jitter: float = 0.0
+    noise_estimator_weights: str | None = None
 
     def __post_init__(self):
         lr_noise_settings(self.lr_noise)  # validates

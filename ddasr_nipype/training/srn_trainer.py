@@ -89,6 +89,8 @@ def check_generator_fits(bundle, generator_config) -> bool:
         widened["context_slices"] = ours["context_slices"]
     if ours.get("num_bottleneck_blocks", 0) > theirs.get("num_bottleneck_blocks", 0):
         widened["num_bottleneck_blocks"] = ours["num_bottleneck_blocks"]
+    if ours.get("noise_level_input") and ours.get("noise_estimator") == "learned":
+        widened["noise_estimator"] = "learned"  # the estimator's weights come from srn.noise_estimator_weights
     widen = widened != theirs
     if widened != ours:
         differ = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k))
@@ -124,6 +126,8 @@ def grown_generator_state(state: dict, theirs, ours, fresh: dict, share: float =
                 state[key] = value.clone().zero_() if ".conv5." in key else value.clone()
     if len(new_blocks):
         state["conv_body.weight"] = state["conv_body.weight"] / (1 + RESIDUAL_SCALE) ** len(new_blocks)
+    if ours.noise_estimator == "learned":  # the new generator's own (srn.noise_estimator_weights)
+        state.update({k: v.clone() for k, v in fresh.items() if k.startswith("noise_estimator.")})
     return state
 
 
@@ -151,7 +155,15 @@ class SRNTrainer(StageTrainer):
         self.initialized_from: dict[str, str] | None = None
         self._lr_noise = lr_noise_settings(cfg.lr_noise)
         self.discriminator_config = build_discriminator_config(preset)
-        self.generator = self.prepare_module(SRGenerator(self.generator_config))
+        generator = SRGenerator(self.generator_config)
+        if self.generator_config.noise_estimator == "learned":
+            if not cfg.noise_estimator_weights:
+                raise ValueError("srn.generator.noise_estimator 'learned' needs srn.noise_estimator_weights (a file "
+                                 "written by scripts/train_noise_estimator.py)")
+            estimator = torch.load(cfg.noise_estimator_weights, map_location="cpu", weights_only=True)
+            generator.noise_estimator.load_state_dict(estimator)
+            generator.noise_estimator.requires_grad_(False)  # trained on its own; the generator is told its reading
+        self.generator = self.prepare_module(generator)
         self.discriminator = self.prepare_module(AttentionUNetDiscriminator(self.discriminator_config))
         self.ema = copy.deepcopy(self.generator).eval().requires_grad_(False)
         self._g = self.maybe_compile(self.generator)
@@ -221,7 +233,10 @@ class SRNTrainer(StageTrainer):
         extra = ()
         if self.generator_config.noise_level_input:
             # the slice's own noise was scaled with it; the added noise came after the scaling
-            slice_sigma = self.pairs.lr_noise_sigma()[index] * factor.ravel()
+            if self.generator_config.noise_estimator == "learned":
+                slice_sigma = 0.0  # its estimator reads the noise, not the slice (GeneratorConfig.noise_estimator)
+            else:
+                slice_sigma = self.pairs.lr_noise_sigma()[index] * factor.ravel()
             sigma_np = np.sqrt(slice_sigma**2 + added**2)
             if cfg.noise_level_jitter:
                 sigma_np = sigma_np * np.exp(self.rng.uniform(-cfg.noise_level_jitter, cfg.noise_level_jitter,

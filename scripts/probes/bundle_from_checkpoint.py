@@ -2,6 +2,7 @@
 evaluate a training run before it ends (``ddasr-eval --model OUT``).
 
     python scripts/probes/bundle_from_checkpoint.py CHECKPOINT OUT [--name NAME] [--generator ema|generator]
+        [--noise-estimator WEIGHTS.pt]
 
 The bundle records the checkpoint, its iteration and the preset; preprocessing is the preset's (LR voxel
 size = ``data.hr_voxel_size`` x scale). Output settings: the network alone (override with ddasr-eval's
@@ -16,7 +17,7 @@ from pathlib import Path
 import torch
 
 from ddasr_nipype.bundle import save_bundle
-from ddasr_nipype.models import GeneratorConfig
+from ddasr_nipype.models import GeneratorConfig, with_learned_noise_estimator
 
 
 def main(argv=None) -> None:
@@ -25,6 +26,8 @@ def main(argv=None) -> None:
     parser.add_argument("out", type=Path)
     parser.add_argument("--name", default=None)
     parser.add_argument("--generator", choices=["ema", "generator"], default="ema")
+    parser.add_argument("--noise-estimator", type=Path,
+                        help="pack this LearnedNoiseEstimator (scripts/train_noise_estimator.py) with the generator")
     opts = parser.parse_args(argv)
     state = torch.load(opts.checkpoint, map_location="cpu", weights_only=True)
     preset = state["preset"]
@@ -37,9 +40,14 @@ def main(argv=None) -> None:
                 "from_checkpoint": {"path": str(opts.checkpoint.resolve()), "iteration": int(state["iteration"]),
                                     "generator": opts.generator},
                 "srn": {"iterations": int(state["iteration"]), "final_losses": state.get("last_losses", {})}}
-    bundle = save_bundle(opts.out, name=opts.name or opts.out.name,
-                         generator_state=state["models"][opts.generator],
-                         generator_config=GeneratorConfig.from_dict(state["models"]["generator_config"]),
+    config = GeneratorConfig.from_dict(state["models"]["generator_config"])
+    generator_state = state["models"][opts.generator]
+    if opts.noise_estimator:
+        config, generator_state = with_learned_noise_estimator(
+            config, generator_state, torch.load(opts.noise_estimator, map_location="cpu", weights_only=True))
+        training["noise_estimator"] = {"path": str(opts.noise_estimator.resolve())}
+    bundle = save_bundle(opts.out, name=opts.name or opts.out.name, generator_state=generator_state,
+                         generator_config=config,
                          preprocessing=preprocessing, backbone=state.get("backbone") or {}, training=training)
     print(f"{bundle.path}: iteration {state['iteration']}, generator sha256 {bundle.sha256[:12]}")
 

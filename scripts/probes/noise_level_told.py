@@ -21,7 +21,7 @@ from ddasr_nipype.bundle import load_bundle
 from ddasr_nipype.data.io import to_ras
 from ddasr_nipype.evaluation import _inplane_axes, crop_to_scale
 from ddasr_nipype.metrics.volume import foreground_mask, normalize_volume
-from ddasr_nipype.models import SRGenerator, estimate_noise_sigma
+from ddasr_nipype.models import SRGenerator
 from ddasr_nipype.models.srn_arch import GeneratorConfig
 from ddasr_nipype.training.checkpoint import load_checkpoint
 
@@ -59,7 +59,7 @@ def main(paths) -> None:
             bicubic_error = ((F.interpolate(lr, scale_factor=2, mode="bicubic") - hr)[brain] ** 2).mean()
             with torch.no_grad():
                 told, zero = (float(10 * torch.log10(bicubic_error / ((out - hr)[brain] ** 2).mean()))
-                              for out in (gen(lr, estimate_noise_sigma(lr)), gen(lr, torch.zeros(len(lr)))))
+                              for out in (gen(lr, gen.estimate_noise(lr)), gen(lr, torch.zeros(len(lr)))))
             row.append(f"{key}: estimated {told:+.2f} dB, told 0 {zero:+.2f} dB")
         print(" | ".join(row))
 
