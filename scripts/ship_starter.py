@@ -2,7 +2,7 @@
 
     python scripts/ship_starter.py TRAINED_BUNDLE [--dest ddasr_nipype/resources/models/ixi-t1w-x2]
                                    [--card CARD.md] [--panel PNG ...] [--dsn-from BUNDLE]
-                                   [--strength S] [--background input|model]
+                                   [--strength S] [--background input|model] [--noise-estimator PT]
 
 The weights are re-saved in half precision (about half the size); the manifest keeps the training
 recipe and records where the weights came from. Evaluate the *packed* bundle (scripts/evaluate_starter.sh)
@@ -10,6 +10,8 @@ and give its card with ``--card`` (MODEL_CARD.md is not part of the checksummed 
 can be rewritten after the evaluation without touching them). ``--dsn-from`` takes the DSN from another
 bundle (a generator trained on classical pairs has none of its own); ``--strength`` and ``--background``
 record the output settings the model was evaluated with, which inference then uses by default.
+``--noise-estimator`` packs a learned noise-level estimator with a generator trained told the added noise
+level (``GeneratorConfig.noise_estimator``).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pathlib import Path
 import torch
 
 from ddasr_nipype.bundle import GENERATOR_FILE, DSN_FILE, CARD_FILE, load_bundle, save_bundle, sha256sum
+from ddasr_nipype.models import with_learned_noise_estimator
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -39,6 +42,9 @@ def main(argv=None) -> None:
     parser.add_argument("--dsn-from", type=Path, help="bundle whose DSN to ship (default: the trained bundle's)")
     parser.add_argument("--strength", type=float, help="recommended network weight against bicubic (0-1)")
     parser.add_argument("--background", choices=["input", "model"], help="recommended background")
+    parser.add_argument("--noise-estimator", type=Path,
+                        help="pack this LearnedNoiseEstimator (scripts/train_noise_estimator.py) with the generator: "
+                             "for one trained told the added noise level (scripts/probes/known_noise_level.py)")
     opts = parser.parse_args(argv)
 
     trained = load_bundle(opts.trained)
@@ -66,9 +72,15 @@ def main(argv=None) -> None:
         generator_state = ckpt["models"][opts.generator]
         training["shipped_from"].update(checkpoint=str(opts.checkpoint), generator=opts.generator,
                                         iteration=int(ckpt["iteration"]))
+    generator_config = trained.generator_config
+    if opts.noise_estimator:
+        generator_config, generator_state = with_learned_noise_estimator(
+            generator_config, generator_state,
+            torch.load(opts.noise_estimator, map_location="cpu", weights_only=True))
+        training["noise_estimator"] = {"path": str(opts.noise_estimator), "sha256": sha256sum(opts.noise_estimator)}
     bundle = save_bundle(
         opts.dest, name=opts.name or trained.name, generator_state=generator_state,
-        generator_config=trained.generator_config,
+        generator_config=generator_config,
         dsn_state=dsn_state, dsn_config=dsn_bundle.dsn_config if dsn_state is not None else None,
         preprocessing=trained.preprocessing, backbone=trained.backbone, training=training,
         card_text=(opts.card or trained.path / CARD_FILE).read_text(), weights_dtype="float16",
