@@ -47,6 +47,7 @@ def test_default_bundle_is_the_documented_one():
     config = bundle.generator_config
     assert config.noise_level_input and config.global_residual and config.num_down == 2
     assert config.num_feat == 24 and config.num_bottleneck_blocks == 3
+    assert config.noise_estimator == "learned"  # reads each slice's noise, not its anatomy
     assert bundle.output == {"strength": 1.0, "background": "input"}
     assert not bundle.has_dsn  # trained on physically grounded classical pairs, no DSN of its own
     assert bundle.manifest["backbone"]["source"] == "random"  # recorded, though its losses are L1 only
@@ -74,7 +75,9 @@ def test_default_output_on_a_real_lr_scan_scores_as_documented(tables):
 def test_gan_bundle_is_the_documented_one():
     gan = load_bundle("ixi-t1w-x2-gan")  # verifies every checksum
     default = load_bundle(DEFAULT_MODEL)
-    assert gan.generator_config == default.generator_config  # fine-tuned from the default generator
+    # fine-tuned from the default generator as shipped before its learned noise estimator (0d23dd2207a8)
+    assert {**gan.generator_config.to_dict(), "noise_estimator": "learned"} == default.generator_config.to_dict()
+    assert gan.manifest["training"]["srn"]["initialized_from"]["sha256"].startswith("0d23dd2207a8")
     assert gan.has_dsn  # the DSN whose pairs it was trained on, for DSNDegrade and the consistency map
     srn = gan.manifest["training"]["srn"]
     assert srn["perceptual_backbone"]["name"] == "deepbet" and srn["initialized_from"]["name"] == DEFAULT_MODEL
