@@ -82,7 +82,7 @@ def _eval(argv) -> None:
         return F.interpolate(x, scale_factor=2, mode="bicubic", align_corners=False)
 
     base = {"noisy": mse(bicubic(n), h), "clean": mse(bicubic(c), h)}
-    print(f"{key}: {len(rows)} slices, added sigma {params.sigma:.4f}; estimate on noisy "
+    print(f"{key}: {len(rows)} slices, added sigma {params.sigma:.4f}; Immerkaer estimate on noisy "
           f"{estimate_noise_sigma(n).median():.4f}, on noise-free {estimate_noise_sigma(c).median():.4f}")
     print(f"bicubic: noisy {10 * np.log10(1 / base['noisy']):.3f} dB, noise-free {10 * np.log10(1 / base['clean']):.3f} dB, "
           f"|noisy - noise-free|^2 {mse(bicubic(n), bicubic(c)):.3e}")
