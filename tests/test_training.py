@@ -1438,6 +1438,14 @@ def test_the_2p5d_preset_starts_from_the_default_generator_as_it_is(tmp_path, vg
     x = torch.rand(2, 3, 20, 24)
     with torch.no_grad():
         torch.testing.assert_close(trainer.ema(x), base(x[:, :1]), rtol=1e-4, atol=1e-5)
+    # the default's learned noise estimator comes along (the preset does not name one), frozen, and a
+    # checkpoint of such a run loads into a trainer built from the same preset (--resume)
+    assert trainer.generator_config.noise_estimator == bundle.generator_config.noise_estimator == "learned"
+    assert not any(p.requires_grad for p in trainer.generator.noise_estimator.parameters())
+    resumed = SRNTrainer(preset, tmp_path / "ctx2", trainer.pairs, **_kwargs(vgg))
+    resumed.load_model_state(trainer.model_state())
+    with torch.no_grad():
+        torch.testing.assert_close(resumed.ema(x), trainer.ema(x))
 
 
 def test_a_deeper_generator_starts_from_the_default_one_as_it_is_and_grows_its_new_blocks(tmp_path, vgg):

@@ -91,6 +91,9 @@ def check_generator_fits(bundle, generator_config) -> bool:
         widened["num_bottleneck_blocks"] = ours["num_bottleneck_blocks"]
     if ours.get("noise_level_input") and ours.get("noise_estimator") == "learned":
         widened["noise_estimator"] = "learned"  # the estimator's weights come from srn.noise_estimator_weights
+    if theirs.get("noise_estimator") == "learned" and ours.get("noise_estimator", "immerkaer") == "immerkaer":
+        widened["noise_estimator"] = "immerkaer"  # the trainer adopts the bundle's estimator (init_generator_from)
+        ours = {**ours, "noise_estimator": "immerkaer"}
     widen = widened != theirs
     if widened != ours:
         differ = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k))
@@ -200,6 +203,8 @@ class SRNTrainer(StageTrainer):
         bundle = load_bundle(bundle_path)
         widen = check_generator_fits(bundle, self.generator_config)
         state = bundle.load_generator(str(self.device)).state_dict()
+        if bundle.generator_config.noise_estimator == "learned" and self.generator_config.noise_estimator != "learned":
+            self._adopt_noise_estimator(state)
         if widen:  # more inputs or blocks, started so that the new generator computes the bundle's function
             state = grown_generator_state(state, bundle.generator_config, self.generator_config,
                                           self.generator.state_dict(), self.preset.srn.context_share)
@@ -207,6 +212,21 @@ class SRNTrainer(StageTrainer):
         self.ema.load_state_dict(state)
         self.initialized_from = {"name": bundle.name, "path": str(bundle.path), "sha256": bundle.sha256}
         return self.initialized_from
+
+    def _adopt_noise_estimator(self, state: dict) -> None:
+        """Take the learned noise estimator of the bundle a preset without one starts from (its weights in
+        ``state``, frozen): the bundle's generator was trained told what that estimator reads, so keeping it
+        keeps the bundle's function, and crops are then told their added noise level."""
+        from ddasr_nipype.models import GeneratorConfig, LearnedNoiseEstimator
+
+        self.generator_config = GeneratorConfig.from_dict({**self.generator_config.to_dict(),
+                                                           "noise_estimator": "learned"})
+        weights = {k[len("noise_estimator."):]: v for k, v in state.items() if k.startswith("noise_estimator.")}
+        for module in (self.generator, self.ema):
+            module.config = self.generator_config
+            module.noise_estimator = LearnedNoiseEstimator().to(self.device)
+            module.noise_estimator.load_state_dict(weights)
+            module.noise_estimator.requires_grad_(False)
 
     @property
     def stage_config(self) -> SRNStageConfig:
@@ -350,7 +370,10 @@ class SRNTrainer(StageTrainer):
         from ddasr_nipype.models import GeneratorConfig
 
         # read through the config class: a checkpoint written before a setting existed has its default
-        if GeneratorConfig.from_dict(state["generator_config"]).to_dict() != self.generator_config.to_dict():
+        saved = GeneratorConfig.from_dict(state["generator_config"])
+        if saved.noise_estimator == "learned" and self.generator_config.noise_estimator != "learned":
+            self._adopt_noise_estimator(state["generator"])  # adopted from the bundle it started from
+        if saved.to_dict() != self.generator_config.to_dict():
             raise ValueError("the checkpoint's generator config differs from this preset's")
         self.generator.load_state_dict(state["generator"])
         self.ema.load_state_dict(state["ema"])
