@@ -12,7 +12,9 @@ Each iteration crops ``batch_size`` aligned pairs (LR ``p x p`` at ``(i, j)``, H
 With ``srn.lr_noise`` the LR crops get Gaussian noise first (:meth:`PairSet.add_lr_noise`). A generator with
 ``noise_level_input`` is given each crop's noise level: the Immerkaer estimate on its whole LR slice
 (:meth:`PairSet.lr_noise_sigma`, as inference estimates it on whole slices; times the crop's
-``intensity_scale`` factor) combined with the noise added to the crop, ``sqrt(slice_sigma**2 + added**2)``, times a random factor with ``noise_level_jitter``.
+``intensity_scale`` factor) combined with the noise added to the crop, ``sqrt(slice_sigma**2 + added**2)``,
+times a random factor with ``noise_level_jitter``. A generator with ``noise_estimator: learned`` is told the
+added level alone: its estimator reads the noise, not the slice's anatomy.
 
 Both networks use Adam (``lr``, betas ``(0.9, 0.99)``) and ``CosineAnnealingWarmRestarts(T_0 =
 restart_period, T_mult = restart_mult, eta_min = 1e-7)``, stepped once per iteration.
