@@ -102,6 +102,16 @@ NOISE_MAP_SCALE = 50.0
 _IMMERKAER = ((1.0, -2.0, 1.0), (-2.0, 4.0, -2.0), (1.0, -2.0, 1.0))
 
 
+def _immerkaer_response(x: torch.Tensor, replicate: bool = False) -> torch.Tensor:
+    """Immerkaer's noise response of ``x [B, 1, H, W]`` (float32), ``|x * mask| * sqrt(pi/2) / 6``: its mean
+    over pure Gaussian noise is the noise's standard deviation. ``[B, 1, H-2, W-2]``, or ``[B, 1, H, W]`` with
+    ``replicate`` (the image replicated past its edge, which then reads as no edge)."""
+    mask = torch.tensor(_IMMERKAER, dtype=torch.float32, device=x.device).view(1, 1, 3, 3)
+    if replicate:
+        x = F.pad(x, (1, 1, 1, 1), mode="replicate")
+    return F.conv2d(x, mask).abs() * (math.sqrt(math.pi / 2.0) / 6.0)
+
+
 def estimate_noise_sigma(x: torch.Tensor, foreground: float | None = 0.1) -> torch.Tensor:
     """Noise standard deviation of each image of ``x [B, 1, H, W]`` (``H, W >= 3``) by Immerkaer's
     method (CVIU 1996): the mean absolute response to a Laplacian-difference mask that cancels smooth
@@ -116,14 +126,13 @@ def estimate_noise_sigma(x: torch.Tensor, foreground: float | None = 0.1) -> tor
     if x.ndim != 4 or x.shape[1] != 1 or min(x.shape[-2:]) < 3:
         raise ValueError(f"estimate_noise_sigma expects [B, 1, H>=3, W>=3], got {tuple(x.shape)}")
     x = x.float()
-    mask = torch.tensor(_IMMERKAER, dtype=torch.float32, device=x.device).view(1, 1, 3, 3)
-    response = F.conv2d(x, mask).abs()
+    response = _immerkaer_response(x)
     level = response.mean(dim=(1, 2, 3))
     if foreground is not None:
         inside = (-F.max_pool2d(-x, 3, 1)) > foreground  # the 3x3 minimum, aligned with the response
         count = inside.sum(dim=(1, 2, 3))
         level = torch.where(count >= 16, (response * inside).sum(dim=(1, 2, 3)) / count.clamp(min=1), level)
-    return level * (math.sqrt(math.pi / 2.0) / 6.0)
+    return level
 
 
 class LearnedNoiseEstimator(nn.Module):
@@ -153,9 +162,7 @@ class LearnedNoiseEstimator(nn.Module):
         if x.ndim != 4 or x.shape[1] != 1 or min(x.shape[-2:]) < 3:
             raise ValueError(f"LearnedNoiseEstimator expects [B, 1, H>=3, W>=3], got {tuple(x.shape)}")
         x = x.float()
-        kernel = torch.tensor(_IMMERKAER, dtype=torch.float32, device=x.device).view(1, 1, 3, 3)
-        # replicate padding: the image's edge is no edge to the response (an image cropped inside the head)
-        response = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), kernel).abs() * (math.sqrt(math.pi / 2.0) / 6.0)
+        response = _immerkaer_response(x, replicate=True)  # an image cropped inside the head has no edge
         inside = ((-F.max_pool2d(-x, 3, 1, 1)) > self.foreground).float()
         inside = torch.where(inside.sum(dim=(1, 2, 3), keepdim=True) >= 16, inside, torch.ones_like(inside))
         # the response x 20 brings noise of 0.01-0.05 to the order of the image

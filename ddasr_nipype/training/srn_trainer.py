@@ -91,11 +91,9 @@ def check_generator_fits(bundle, generator_config) -> bool:
         widened["context_slices"] = ours["context_slices"]
     if ours.get("num_bottleneck_blocks", 0) > theirs.get("num_bottleneck_blocks", 0):
         widened["num_bottleneck_blocks"] = ours["num_bottleneck_blocks"]
-    if ours.get("noise_level_input") and ours.get("noise_estimator") == "learned":
-        widened["noise_estimator"] = "learned"  # the estimator's weights come from srn.noise_estimator_weights
-    if theirs.get("noise_estimator") == "learned" and ours.get("noise_estimator", "immerkaer") == "immerkaer":
-        widened["noise_estimator"] = "immerkaer"  # the trainer adopts the bundle's estimator (init_generator_from)
-        ours = {**ours, "noise_estimator": "immerkaer"}
+    # any estimator fits: a learned one comes from srn.noise_estimator_weights, or a preset that names none
+    # adopts the bundle's (SRNTrainer.init_generator_from)
+    widened["noise_estimator"] = ours.get("noise_estimator", "immerkaer")
     widen = widened != theirs
     if widened != ours:
         differ = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k))
@@ -136,6 +134,16 @@ def grown_generator_state(state: dict, theirs, ours, fresh: dict, share: float =
     return state
 
 
+def _frozen_noise_estimator(weights: dict):
+    """A :class:`~ddasr_nipype.models.LearnedNoiseEstimator` with ``weights``, frozen: it is trained on its own
+    (``scripts/train_noise_estimator.py``); the generator is only told what it reads."""
+    from ddasr_nipype.models import LearnedNoiseEstimator
+
+    estimator = LearnedNoiseEstimator()
+    estimator.load_state_dict(weights)
+    return estimator.requires_grad_(False)
+
+
 class SRNTrainer(StageTrainer):
     """Trains :class:`~ddasr_nipype.models.SRGenerator` (``trainer.generator``, EMA in ``trainer.ema``)."""
 
@@ -165,9 +173,8 @@ class SRNTrainer(StageTrainer):
             if not cfg.noise_estimator_weights:
                 raise ValueError("srn.generator.noise_estimator 'learned' needs srn.noise_estimator_weights (a file "
                                  "written by scripts/train_noise_estimator.py)")
-            estimator = torch.load(cfg.noise_estimator_weights, map_location="cpu", weights_only=True)
-            generator.noise_estimator.load_state_dict(estimator)
-            generator.noise_estimator.requires_grad_(False)  # trained on its own; the generator is told its reading
+            generator.noise_estimator = _frozen_noise_estimator(
+                torch.load(cfg.noise_estimator_weights, map_location="cpu", weights_only=True))
         self.generator = self.prepare_module(generator)
         self.discriminator = self.prepare_module(AttentionUNetDiscriminator(self.discriminator_config))
         self.ema = copy.deepcopy(self.generator).eval().requires_grad_(False)
@@ -219,16 +226,14 @@ class SRNTrainer(StageTrainer):
         """Take the learned noise estimator of the bundle a preset without one starts from (its weights in
         ``state``, frozen): the bundle's generator was trained told what that estimator reads, so keeping it
         keeps the bundle's function, and crops are then told their added noise level."""
-        from ddasr_nipype.models import GeneratorConfig, LearnedNoiseEstimator
+        from ddasr_nipype.models import GeneratorConfig
 
         self.generator_config = GeneratorConfig.from_dict({**self.generator_config.to_dict(),
                                                            "noise_estimator": "learned"})
         weights = {k[len("noise_estimator."):]: v for k, v in state.items() if k.startswith("noise_estimator.")}
         for module in (self.generator, self.ema):
             module.config = self.generator_config
-            module.noise_estimator = LearnedNoiseEstimator().to(self.device)
-            module.noise_estimator.load_state_dict(weights)
-            module.noise_estimator.requires_grad_(False)
+            module.noise_estimator = _frozen_noise_estimator(weights).to(self.device)
 
     @property
     def stage_config(self) -> SRNStageConfig:
