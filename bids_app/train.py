@@ -192,6 +192,13 @@ def build_options(*, hr_dir, lr_dir, out_dir, preset, work_dir, device, precisio
         hr_filters, lr_filters = load_filters(hr_filter_file), load_filters(lr_filter_file)
     except (ValueError, TrainingDataError) as err:
         raise click.BadParameter(str(err)) from err
+    weights = recipe.srn.noise_estimator_weights
+    if recipe.srn.generator.get("noise_estimator") == "learned" and not (weights and Path(weights).is_file()):
+        # before any data is read: the trainer would fail only after the pairs are synthesized
+        raise click.BadParameter(
+            f"preset {recipe.name}: srn.generator.noise_estimator 'learned' needs the estimator's weights at "
+            f"srn.noise_estimator_weights ({weights or 'not set'}: not found); write them with "
+            "scripts/train_noise_estimator.py", param_hint="--preset")
     return TrainingOptions(
         hr_dir=hr_dir, lr_dir=lr_dir, out_dir=out_dir, preset=recipe, work_dir=work_dir, device=device,
         seed=seed, resume=resume, vgg19_weights=vgg19_weights, allow_random_vgg19=allow_random_vgg19,

@@ -488,6 +488,12 @@ def test_cli_usage_errors(tmp_path, hr_bids, lr_bids):
     assert res.exit_code == 2 and "--lr is required" in res.output
     res = runner.invoke(main, _cli_args(hr_bids, lr_bids, tmp_path / "m", "--preset", "nope"))
     assert res.exit_code == 2 and "unknown preset" in res.output
+    # a learned-estimator preset whose estimator weights are not there: refused before any work
+    shipped = (Path(__file__).resolve().parents[1] / "ddasr_nipype/training/presets/t1w-x2-ln-cpu.yml").read_text()
+    (tmp_path / "ln.yml").write_text(shipped.replace("out/ln/noise-estimator.pt", str(tmp_path / "none.pt")))
+    res = runner.invoke(main, _cli_args(hr_bids, lr_bids, tmp_path / "ln-out", "--preset", str(tmp_path / "ln.yml")))
+    assert res.exit_code == 2 and "noise_estimator_weights" in res.output and "none.pt" in res.output
+    assert not (tmp_path / "ln-out").exists()
 
 
 def test_ema_decay_warms_up_so_short_runs_forget_the_random_init():
