@@ -19,7 +19,6 @@ about the subject. A diagnostic, not an app setting: inference cannot know the t
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from pathlib import Path
 
@@ -36,15 +35,14 @@ def _train(argv) -> None:
 
 
 def _eval(argv) -> None:
-    import nibabel as nib
     import torch
     import torch.nn.functional as F
 
+    from _heldout import load_heldout
+
     from ddasr_nipype.bundle import load_bundle
-    from ddasr_nipype.data.io import to_ras
     from ddasr_nipype.degradations import get_degradation, kspace_truncation
-    from ddasr_nipype.evaluation import _brain_mask, _inplane_axes, _seed_sequence, crop_to_scale
-    from ddasr_nipype.metrics.volume import foreground_mask, normalize_volume
+    from ddasr_nipype.evaluation import _inplane_axes, _seed_sequence
     from ddasr_nipype.models import estimate_noise_sigma
 
     parser = argparse.ArgumentParser()
@@ -55,13 +53,8 @@ def _eval(argv) -> None:
     opts = parser.parse_args(argv)
     torch.set_num_threads(1)
     axes = _inplane_axes("sagittal")
-    key = re.search(r"sub-[A-Za-z0-9]+", opts.hr.name).group(0)
-    hr_ras = crop_to_scale(to_ras(nib.load(str(opts.hr)))[0], axes, 2)
-    hr = np.asarray(hr_ras.dataobj, dtype=np.float64)
-    hr01 = normalize_volume(hr, foreground_mask(hr))
-    cache = opts.cache_dir / f"{key}_brain_{'x'.join(map(str, hr.shape))}.npy"
-    brain = np.load(cache) if cache.is_file() else _brain_mask(hr_ras)
-    brain = brain.astype(bool)
+    held = load_heldout(opts.hr, opts.cache_dir)
+    key, hr01, brain = held.key, held.hr01, held.brain
     degradation = get_degradation("kspace-rician", 2, axes=axes)
     params = degradation.draw(np.random.default_rng(_seed_sequence(0, key, "kspace-rician")))
     noisy = degradation.apply(hr01, params)

@@ -11,7 +11,8 @@ brain mask (cached in ``--cache-dir``). Each ``--variant`` (default: the network
 with those output settings, ``throughplane=SIGMA`` smoothing the output across slices (a Gaussian of SIGMA
 slices: what the neighbouring slices could add, as a diagnostic), ``znlm=C`` / ``prenlm=C`` a non-local
 means across slices of the output / of the LR before the network (h = C x the LR's noise level; a
-diagnostic), ``noisescale=K`` telling a noise-level generator K times each slice's estimated noise
+diagnostic; ``nlmlevel=learned``: h from the level the bundle's generator reads instead of Immerkaer's),
+``noisescale=K`` telling a noise-level generator K times each slice's estimated noise
 level, ``projection=MODEL:WEIGHT`` making the
 output consistent with the LR after the fact (:func:`ddasr_nipype.degradations.consistency_projection`, in the volume's own intensity units). Prints mean brain/head PSNR, SSIM and the paired difference to bicubic with the paired
 t-test p-value over slices.
@@ -20,26 +21,27 @@ t-test p-value over slices.
 from __future__ import annotations
 
 import argparse
-import re
 from pathlib import Path
 
 import numpy as np
 
 
-def _through_plane_nlm(vol, c: float, axis: int, *, lr=None, radius: int = 2, patch: int = 3):
+def _through_plane_nlm(vol, c: float, axis: int, *, lr=None, level=None, radius: int = 2, patch: int = 3):
     """Non-local means across slices only (a diagnostic, not an app setting): each voxel averaged with the
     same voxel of the ``radius`` slices on either side, weighted by a Gaussian of the slice distance (1
     slice) times ``exp(-d / h^2)``, ``d`` the mean squared difference of the two slices over a ``patch`` x
     ``patch`` in-plane window and ``h = c x`` the median Immerkaer noise level of the LR slices (``lr``,
-    else ``vol``'s own)."""
+    else ``vol``'s own), or ``c x level`` where given."""
     import torch
     from scipy.ndimage import uniform_filter
 
     from ddasr_nipype.models import estimate_noise_sigma
 
-    ref = np.moveaxis(vol if lr is None else lr, axis, 0)
-    sigma = estimate_noise_sigma(torch.from_numpy(np.ascontiguousarray(ref, dtype=np.float32))[:, None]).numpy()
-    h = c * float(np.median(sigma[sigma > 0]))
+    if level is None:
+        ref = np.moveaxis(vol if lr is None else lr, axis, 0)
+        sigma = estimate_noise_sigma(torch.from_numpy(np.ascontiguousarray(ref, dtype=np.float32))[:, None]).numpy()
+        level = float(np.median(sigma[sigma > 0]))
+    h = c * level
     y = np.moveaxis(np.asarray(vol, dtype=np.float64), axis, 0)
     total, weights = y.copy(), np.ones_like(y)
     for k in range(1, radius + 1):
@@ -54,6 +56,17 @@ def _through_plane_nlm(vol, c: float, axis: int, *, lr=None, radius: int = 2, pa
             total += w * other
             weights += w
     return np.moveaxis(total / weights, 0, axis)
+
+
+def _learned_level(bundle, lr, axis: int) -> float:
+    """The median noise level of the LR slices as the bundle's generator reads them (``nlmlevel=learned``)."""
+    import torch
+
+    generator = bundle.load_generator().float().eval()
+    slices = torch.from_numpy(np.ascontiguousarray(np.moveaxis(lr, axis, 0), dtype=np.float32))[:, None]
+    with torch.inference_mode():
+        sigma = generator.estimate_noise(slices).numpy()
+    return float(np.median(sigma[sigma > 0]))
 
 
 def _scale_noise_level(factor: float) -> None:
@@ -86,41 +99,31 @@ def main(argv=None) -> None:
     parser.add_argument("--threads", type=int, default=None)
     opts = parser.parse_args(argv)
 
-    import nibabel as nib
     import torch
     from scipy.stats import ttest_rel
 
+    from _heldout import load_heldout
+
     from ddasr_nipype.bundle import load_bundle
     from ddasr_nipype.degradations import bicubic_upsample, consistency_projection, get_degradation
-    from ddasr_nipype.evaluation import _brain_mask, _inplane_axes, _lr_image, _seed_sequence, crop_to_scale
+    from ddasr_nipype.evaluation import _inplane_axes, _lr_image, _seed_sequence
     from ddasr_nipype.inference import super_resolve_image
     from ddasr_nipype.data.io import to_ras
     from ddasr_nipype.data.slicing import plane_axis
-    from ddasr_nipype.metrics.volume import foreground_mask, normalize_volume, reference_scores
+    from ddasr_nipype.metrics.volume import reference_scores
 
     if opts.threads:
         torch.set_num_threads(opts.threads)
     plane, scale = "sagittal", 2
     axes = _inplane_axes(plane)
     down = (1.0, 0.5, 0.5)
-    match = re.search(r"sub-[A-Za-z0-9]+", opts.hr.name)
-    key = match.group(0) if match else opts.hr.name
-    hr_ras = crop_to_scale(to_ras(nib.load(str(opts.hr)))[0], axes, scale)
-    hr = np.asarray(hr_ras.dataobj, dtype=np.float64)
-    mask = foreground_mask(hr)
-    hr01 = normalize_volume(hr, mask)
-    cache = opts.cache_dir / f"{key}_brain_{'x'.join(map(str, hr.shape))}.npy"
-    if cache.is_file():
-        brain = np.load(cache)
-    else:
-        brain = _brain_mask(hr_ras)
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        np.save(cache, brain)
+    held = load_heldout(opts.hr, opts.cache_dir, plane, scale)
+    key, hr_ras, hr01, mask, brain = held.key, held.hr_ras, held.hr01, held.head, held.brain
     bundles = [load_bundle(b) for b in opts.bundles]
     for name in opts.degradation or ["kspace-rician", "bicubic"]:
         rng = np.random.default_rng(_seed_sequence(opts.seed, key, name))
         lr, _ = get_degradation(name, scale, axes=axes)(hr01, rng)
-        outputs = {"bicubic": bicubic_upsample(lr, scale, axes=axes, out_shape=[hr.shape[a] for a in axes])}
+        outputs = {"bicubic": bicubic_upsample(lr, scale, axes=axes, out_shape=[hr01.shape[a] for a in axes])}
         for b in bundles:
             for variant in opts.variant or ["strength=1,background=model"]:
                 settings = dict(item.split("=") for item in variant.split(",") if item)
@@ -128,8 +131,9 @@ def main(argv=None) -> None:
                 smooth = float(settings.pop("throughplane", 0) or 0)
                 post_nlm = float(settings.pop("znlm", 0) or 0)
                 pre_nlm = float(settings.pop("prenlm", 0) or 0)
+                level = _learned_level(b, lr, plane_axis(plane)) if settings.pop("nlmlevel", "") == "learned" else None
                 _scale_noise_level(float(settings.pop("noisescale", 1) or 1))
-                lr_in = _through_plane_nlm(lr, pre_nlm, plane_axis(plane)) if pre_nlm > 0 else lr
+                lr_in = _through_plane_nlm(lr, pre_nlm, plane_axis(plane), level=level) if pre_nlm > 0 else lr
                 img, _ = super_resolve_image(_lr_image(lr_in, hr_ras, down), b, planes=plane,
                                              strength=float(settings["strength"]) if "strength" in settings else None,
                                              background=settings.get("background"))
@@ -138,7 +142,7 @@ def main(argv=None) -> None:
                     model, weight = projection.split(":")
                     sr = consistency_projection(sr, lr, scale, axes=axes, model=model, weight=float(weight))
                 if post_nlm > 0:
-                    sr = _through_plane_nlm(sr, post_nlm, plane_axis(plane), lr=lr)
+                    sr = _through_plane_nlm(sr, post_nlm, plane_axis(plane), lr=lr, level=level)
                 if smooth > 0:  # diagnostic: what neighbouring slices add, a Gaussian across them
                     from scipy.ndimage import gaussian_filter1d
 
