@@ -41,6 +41,7 @@ class Config:
     tile_size: int | None = None
     strength: float | None = None
     background: str | None = None
+    slice_denoise: float | None = None
     consistency: bool = True
     run_uuid: str = ""
 

@@ -40,6 +40,16 @@ def _unit_float(value: str) -> float:
     return number
 
 
+def _nonnegative_float(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        number = float("nan")
+    if not 0.0 <= number < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {value}")
+    return number
+
+
 def _mem_gb(value: str) -> float:
     """``--mem`` as fMRIPrep reads it: ``8GB``, ``8G``, ``8000MB`` or a number of MB."""
     match = re.fullmatch(r"\s*([0-9.]+)\s*([KMGT]?)B?\s*", value.upper())
@@ -116,6 +126,10 @@ def _build_parser() -> argparse.ArgumentParser:
                       help="'input': keep the bicubic interpolation of the input in the air around the "
                       "head; 'model': the network's output everywhere (default: the model's "
                       "recommendation)")
+    g_sr.add_argument("--slice-denoise", type=_nonnegative_float, metavar="H",
+                      help="denoise the network's input across neighbouring slices first: non-local means of "
+                      "each slice with the two slices on either side, h = H x the noise level the model reads "
+                      "(0: off; default: the model's recommendation, 2 for t1w-x2)")
     g_sr.add_argument("--skip-brain-extraction", action="store_true",
                       help="do not compute a brain mask (no deepbet run)")
     g_sr.add_argument("--no-consistency", dest="consistency", action="store_false",
@@ -283,6 +297,7 @@ def parse_args(args=None) -> Config:
         tile_size=opts.tile_size,
         strength=opts.strength,
         background=opts.background,
+        slice_denoise=opts.slice_denoise,
         consistency=opts.consistency,
         run_uuid=run_uuid,
     )

@@ -22,8 +22,15 @@ PLANE_AXES = {plane: plane_axis(plane) for plane in PLANES}
 PLANE_CHOICES = (*PLANES, "all")
 #: what fills the air around the head: the network's output, or the bicubic interpolation of the input
 BACKGROUNDS = ("model", "input")
-#: output settings of bundles whose manifest gives none (the network's output everywhere)
-DEFAULT_OUTPUT = {"strength": 1.0, "background": "model"}
+#: output settings of bundles whose manifest gives none (the network's output everywhere, no denoising
+#: across slices)
+DEFAULT_OUTPUT = {"strength": 1.0, "background": "model", "slice_denoise": 0.0}
+#: ``slice_denoise``: neighbouring slices on each side that the non-local means across slices compares,
+#: the width (mm) of the Gaussian of their distance that weighs each, and the in-plane patch it compares
+#: them on
+SLICE_DENOISE_RADIUS = 2
+SLICE_DENOISE_WIDTH_MM = 1.0
+SLICE_DENOISE_PATCH = 3
 #: ``background="input"``: the head mask is dilated by this many input voxels, and the transition to
 #: the interpolated input is feathered by a Gaussian of this width (output voxels)
 HEAD_MARGIN_VOXELS = 2
@@ -168,14 +175,16 @@ def _tiles(length: int, tile: int, overlap: int) -> Iterator[tuple[int, int]]:
         start += step
 
 
-def output_settings(bundle=None, *, strength: float | None = None, background: str | None = None
-                    ) -> dict[str, Any]:
-    """The output settings of a run: ``strength`` and ``background`` where given, else the bundle's
-    recommendation (its manifest's ``output``), else :data:`DEFAULT_OUTPUT`.
+def output_settings(bundle=None, *, strength: float | None = None, background: str | None = None,
+                    slice_denoise: float | None = None) -> dict[str, Any]:
+    """The output settings of a run: ``strength``, ``background`` and ``slice_denoise`` where given, else
+    the bundle's recommendation (its manifest's ``output``), else :data:`DEFAULT_OUTPUT`.
 
     ``strength`` (0-1) is the weight of the network's output against the bicubic interpolation of the
     input: 1 is the network alone, 0 plain bicubic. ``background="input"`` keeps the bicubic
     interpolation of the input outside the head (the air), ``"model"`` the network's output there.
+    ``slice_denoise`` (>= 0; 0: off) denoises the network's input across neighbouring slices first
+    (:func:`denoise_across_slices`, ``h`` = this x the noise level the generator reads).
     """
     recommended = dict(DEFAULT_OUTPUT)
     if bundle is not None:
@@ -183,12 +192,75 @@ def output_settings(bundle=None, *, strength: float | None = None, background: s
     settings = {
         "strength": float(recommended["strength"] if strength is None else strength),
         "background": str(recommended["background"] if background is None else background),
+        "slice_denoise": float(recommended["slice_denoise"] if slice_denoise is None else slice_denoise),
     }
     if not 0.0 <= settings["strength"] <= 1.0:
         raise ValueError(f"strength must be between 0 and 1, got {settings['strength']}")
     if settings["background"] not in BACKGROUNDS:
         raise ValueError(f"background must be one of {BACKGROUNDS}, got {settings['background']!r}")
+    if not 0.0 <= settings["slice_denoise"] < math.inf:
+        raise ValueError(f"slice_denoise must be a finite number >= 0, got {settings['slice_denoise']}")
     return settings
+
+
+def volume_noise_level(generator, slices: np.ndarray, max_slices: int = 24) -> float:
+    """The noise level of a stack of normalized slices ``[N, H, W]``: the median over (up to
+    ``max_slices``, evenly spaced) slices of the level the generator reads on each
+    (:func:`slice_noise_level`; Immerkaer's estimate for a generator without a noise-level input), 0
+    where no slice reads any."""
+    import torch
+
+    from .models import estimate_noise_sigma
+
+    index = np.unique(np.linspace(0, len(slices) - 1, min(max_slices, len(slices))).round().astype(int))
+    levels = []
+    first = next(iter(generator.parameters()), None) if hasattr(generator, "parameters") else None
+    device = "cpu" if first is None else first.device
+    with torch.inference_mode():
+        for start in range(0, len(index), 8):
+            batch = torch.from_numpy(np.ascontiguousarray(slices[index[start:start + 8]], dtype=np.float32))
+            batch = batch[:, None].to(device)
+            sigma = slice_noise_level(generator, batch)
+            if sigma is None:
+                sigma = estimate_noise_sigma(batch)
+            levels.append(sigma.float().cpu().numpy())
+    levels = np.concatenate(levels) if levels else np.zeros(0)
+    levels = levels[levels > 0]
+    return float(np.median(levels)) if levels.size else 0.0
+
+
+def denoise_across_slices(slices: np.ndarray, level: float, strength: float, *, spacing: float = 1.0,
+                          radius: int = SLICE_DENOISE_RADIUS, patch: int = SLICE_DENOISE_PATCH) -> np.ndarray:
+    """Non-local means across the slices of ``slices [N, H, W]`` (float32): each pixel averaged with the
+    same pixel of the ``radius`` slices on either side, weighted by ``exp(-(k x spacing)^2 / 2)`` for a
+    slice ``k`` away (``spacing``: the slice spacing in units of the Gaussian's width,
+    :data:`SLICE_DENOISE_WIDTH_MM`) times ``exp(-d / h^2)``, ``d`` the mean squared difference of the two
+    slices over a ``patch`` x ``patch`` window around it and ``h = strength x level``. Off (a copy) where
+    ``h`` is 0.
+
+    Anatomy changes little from one thin slice to the next and noise does not repeat: where two slices
+    agree to within the noise the average keeps the anatomy and loses noise; where they differ by more
+    (an edge leaving the slice) the weight falls to nothing, and slices further apart weigh less. It works on
+    whole slices across the stack, which the 2D generator cannot see (its input is one slice). At the
+    ends of the stack a missing neighbour counts as the slice itself.
+    """
+    from scipy.ndimage import uniform_filter
+
+    y = np.asarray(slices, dtype=np.float32)
+    h2 = float(strength * level) ** 2
+    if h2 <= 0 or len(y) < 2:
+        return y.copy()
+    total, weights = y.copy(), np.ones_like(y)
+    for k in range(1, radius + 1):
+        for shift in (k, -k):
+            index = np.arange(len(y)) - shift
+            outside = (index < 0) | (index >= len(y))
+            other = y[np.where(outside, np.arange(len(y)), index)]  # no neighbour that far: the slice itself
+            d = uniform_filter((y - other) ** 2, size=(1, patch, patch))
+            w = np.float32(math.exp(-0.5 * (k * spacing) ** 2)) * np.exp(-d / np.float32(h2))
+            total += w * other
+            weights += w
+    return total / weights
 
 
 def head_mask(data: np.ndarray, margin: int = HEAD_MARGIN_VOXELS) -> np.ndarray | None:
@@ -280,6 +352,8 @@ def super_resolve_plane(
     mask: np.ndarray | None = None,
     residual: np.ndarray | None = None,
     timings: dict[str, float] | None = None,
+    slice_denoise: float = 0.0,
+    slice_spacing_mm: float | None = None,
 ) -> np.ndarray:
     """Super-resolve every slice of a normalized RAS volume along one plane.
 
@@ -289,8 +363,12 @@ def super_resolve_plane(
     network's output weighs ``strength`` inside the mask and nothing outside it. ``residual`` (like
     ``data``) is what the normalization clipped off the input: it is added back to the interpolated
     input, so the blend keeps the input's own values (negative air, very bright vessels).
-    ``batch_size`` defaults to :func:`default_batch_size`. ``timings`` (a dict), when given, is added
-    the seconds spent in the network (``network``) and in the blend (``blend``).
+    ``batch_size`` defaults to :func:`default_batch_size`. ``slice_denoise > 0`` gives the network the
+    slices denoised across the stack (:func:`denoise_across_slices`, ``h`` = ``slice_denoise`` x
+    :func:`volume_noise_level`; slices ``slice_spacing_mm`` apart, by default
+    :data:`SLICE_DENOISE_WIDTH_MM`); the blend keeps the input as it is. ``timings`` (a dict), when given, is
+    added the seconds spent in the network (``network``), in the blend (``blend``) and denoising across
+    slices (``slice_denoise``).
     """
     import torch
 
@@ -306,6 +384,14 @@ def super_resolve_plane(
     axis = PLANE_AXES[plane]
     moved = np.moveaxis(data, axis, 0)  # [N, H, W], a view
     n_slices, height, width = moved.shape
+    network_input = moved
+    if slice_denoise > 0:
+        t0 = time.perf_counter()
+        spacing = (slice_spacing_mm or SLICE_DENOISE_WIDTH_MM) / SLICE_DENOISE_WIDTH_MM
+        network_input = denoise_across_slices(moved, volume_noise_level(generator, moved), slice_denoise,
+                                              spacing=spacing)
+        if timings is not None:
+            timings["slice_denoise"] = timings.get("slice_denoise", 0.0) + time.perf_counter() - t0
     if mask is not None and mask.shape != data.shape:
         raise ValueError(f"mask shape {mask.shape} differs from the volume's {data.shape}")
     if residual is not None and residual.shape != data.shape:
@@ -325,8 +411,8 @@ def super_resolve_plane(
         with torch.inference_mode():  # thread-local: entered in every worker
             t0 = time.perf_counter()
             index = context_index(np.arange(start, min(start + batch_size, n_slices)), n_slices, context)
-            stack = np.ascontiguousarray(moved[index], dtype=np.float32)  # [B, 1 + 2c, H, W]
-            chunk = stack[:, 0]
+            stack = np.ascontiguousarray(network_input[index], dtype=np.float32)  # [B, 1 + 2c, H, W]
+            chunk = np.asarray(moved[start:start + len(stack)], dtype=np.float32)
             batch = torch.from_numpy(stack).to(torch_device)
             sr = _run_tiled(generator, batch, scale, tile_size, tile_overlap)[:, 0].float().cpu().numpy()
         t1 = time.perf_counter()
@@ -396,32 +482,40 @@ def super_resolve_volume(
     background: str = "model",
     residual: np.ndarray | None = None,
     timings: dict[str, float] | None = None,
+    slice_denoise: float = 0.0,
+    voxel_size_mm: tuple[float, float, float] | None = None,
 ) -> np.ndarray:
     """Super-resolve a normalized RAS volume.
 
     ``plane`` is one of sagittal/coronal/axial (x``scale`` on the two in-plane axes, as in the paper)
     or ``all``: the three single-plane results, each brought to the isotropic x``scale`` grid by linear
     interpolation along its slice axis, are averaged into an isotropic volume. ``strength`` and
-    ``background`` blend the network's output with bicubic interpolation (:func:`output_settings`);
+    ``background`` blend the network's output with bicubic interpolation, ``slice_denoise`` denoises its
+    input across each plane's slices first (:func:`output_settings`; ``voxel_size_mm``, the RAS voxel size,
+    gives the slice spacing);
     ``residual`` is what the normalization clipped off (:func:`super_resolve_plane`). ``timings`` (a
     dict), when given, is added the seconds of each step: ``head_mask``, ``network``, ``blend`` and,
     for ``all``, ``fuse``.
     """
     _check_plane(plane)
-    settings = output_settings(strength=strength, background=background)
+    settings = output_settings(strength=strength, background=background, slice_denoise=slice_denoise)
     t0 = time.perf_counter()
     mask = head_mask(data) if settings["background"] == "input" else None
     if timings is not None:
         timings["head_mask"] = timings.get("head_mask", 0.0) + time.perf_counter() - t0
     kwargs = dict(scale=scale, batch_size=batch_size, device=device, tile_size=tile_size,
                   tile_overlap=tile_overlap, strength=settings["strength"], mask=mask, residual=residual,
-                  timings=timings)
+                  timings=timings, slice_denoise=settings["slice_denoise"])
+
+    def spacing(name: str) -> float | None:
+        return None if voxel_size_mm is None else float(voxel_size_mm[PLANE_AXES[name]])
+
     if plane != "all":
-        return super_resolve_plane(data, generator, plane=plane, **kwargs)
+        return super_resolve_plane(data, generator, plane=plane, slice_spacing_mm=spacing(plane), **kwargs)
     fused = np.zeros(tuple(n * scale for n in data.shape), dtype=np.float32)
     fuse_s = 0.0
     for name, axis in PLANE_AXES.items():
-        in_plane = super_resolve_plane(data, generator, plane=name, **kwargs)
+        in_plane = super_resolve_plane(data, generator, plane=name, slice_spacing_mm=spacing(name), **kwargs)
         t0 = time.perf_counter()
         _upsample_axis_linear(in_plane, axis, scale, fused)
         del in_plane
@@ -459,18 +553,20 @@ def super_resolve_image(
     generator=None,
     strength: float | None = None,
     background: str | None = None,
+    slice_denoise: float | None = None,
 ) -> tuple[Any, dict[str, Any]]:
     """Super-resolve a nibabel image with a model bundle.
 
     The image is reoriented to RAS, normalized with the bundle's percentile rule, super-resolved, mapped
     back to the input's intensity range and orientation, and given a field-of-view-preserving affine.
-    ``strength`` and ``background`` default to the bundle's recommendation (:func:`output_settings`),
+    ``strength``, ``background`` and ``slice_denoise`` default to the bundle's recommendation
+    (:func:`output_settings`),
     ``batch_size`` to :func:`default_batch_size`. Without ``generator`` the bundle's is loaded and
     prepared (:func:`prepare_generator`); a given one is used as it is.
     Returns ``(out_img, info)``; ``info["warnings"]`` lists what :func:`resolution_warnings` found (also
     logged on the ``ddasr_nipype`` logger), ``info["timings_s"]`` the seconds of each step
-    (``load_model``, ``normalize``, ``head_mask``, ``network``, ``blend``, ``fuse`` for ``planes="all"``,
-    ``restore``: back to the input's intensities and orientation).
+    (``load_model``, ``normalize``, ``head_mask``, ``slice_denoise`` where on, ``network``, ``blend``,
+    ``fuse`` for ``planes="all"``, ``restore``: back to the input's intensities and orientation).
     """
     import torch
 
@@ -479,7 +575,7 @@ def super_resolve_image(
     from .data.slicing import upsampled_affine
 
     _check_plane(planes)
-    settings = output_settings(bundle, strength=strength, background=background)
+    settings = output_settings(bundle, strength=strength, background=background, slice_denoise=slice_denoise)
     warnings = resolution_warnings(ras_voxel_sizes(img), bundle, planes)
     for message in warnings:
         LOGGER.warning("%s", message)
@@ -509,7 +605,8 @@ def super_resolve_image(
     timings["normalize"] = time.perf_counter() - t0 - timings["load_model"]
     sr = super_resolve_volume(
         normalized, generator, plane=planes, scale=scale, batch_size=batch_size,
-        device=str(torch_device), tile_size=tile_size, residual=residual, timings=timings, **settings,
+        device=str(torch_device), tile_size=tile_size, residual=residual, timings=timings,
+        voxel_size_mm=tuple(float(v) for v in ras_voxel_sizes(img_ras)), **settings,
     )
     t_restore = time.perf_counter()
     del normalized, residual

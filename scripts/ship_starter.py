@@ -2,14 +2,16 @@
 
     python scripts/ship_starter.py TRAINED_BUNDLE [--dest ddasr_nipype/resources/models/ixi-t1w-x2]
                                    [--card CARD.md] [--panel PNG ...] [--dsn-from BUNDLE]
-                                   [--strength S] [--background input|model] [--noise-estimator PT]
+                                   [--strength S] [--background input|model] [--slice-denoise H]
+                                   [--noise-estimator PT]
 
 The weights are re-saved in half precision (about half the size); the manifest keeps the training
 recipe and records where the weights came from. Evaluate the *packed* bundle (scripts/evaluate_starter.sh)
 and give its card with ``--card`` (MODEL_CARD.md is not part of the checksummed weights, so the card
 can be rewritten after the evaluation without touching them). ``--dsn-from`` takes the DSN from another
-bundle (a generator trained on classical pairs has none of its own); ``--strength`` and ``--background``
-record the output settings the model was evaluated with, which inference then uses by default.
+bundle (a generator trained on classical pairs has none of its own); ``--strength``, ``--background`` and
+``--slice-denoise`` record the output settings the model was evaluated with, which inference then uses by
+default.
 ``--noise-estimator`` packs a learned noise-level estimator with a generator trained told the added noise
 level (``GeneratorConfig.noise_estimator``).
 """
@@ -42,6 +44,8 @@ def main(argv=None) -> None:
     parser.add_argument("--dsn-from", type=Path, help="bundle whose DSN to ship (default: the trained bundle's)")
     parser.add_argument("--strength", type=float, help="recommended network weight against bicubic (0-1)")
     parser.add_argument("--background", choices=["input", "model"], help="recommended background")
+    parser.add_argument("--slice-denoise", type=float,
+                        help="recommended denoising across slices before the network (h / noise level; 0: off)")
     parser.add_argument("--noise-estimator", type=Path,
                         help="pack this LearnedNoiseEstimator (scripts/train_noise_estimator.py) with the generator: "
                              "for one trained told the added noise level (scripts/probes/known_noise_level.py)")
@@ -51,7 +55,8 @@ def main(argv=None) -> None:
     shipped = load_bundle(opts.dest) if (opts.dest / "manifest.json").is_file() else None
     same_weights = (shipped is not None and shipped.manifest["training"].get("shipped_from", {})
                     .get("srn_sha256_float32") == trained.sha256)
-    if same_weights and opts.card and not opts.panel and opts.strength is None and opts.background is None:
+    if same_weights and opts.card and not opts.panel and opts.strength is None and opts.background is None \
+            and opts.slice_denoise is None:
         # card-only update: the weights stay exactly as they are
         shutil.copyfile(opts.card, opts.dest / CARD_FILE)
         print(f"updated {opts.dest / CARD_FILE}")
@@ -66,7 +71,8 @@ def main(argv=None) -> None:
     if opts.dsn_from:
         training["dsn_shipped_from"] = {"path": str(opts.dsn_from), "dsn_sha256":
                                         dsn_bundle.manifest["files"][DSN_FILE]["sha256"]}
-    output = {k: v for k, v in (("strength", opts.strength), ("background", opts.background)) if v is not None}
+    output = {k: v for k, v in (("strength", opts.strength), ("background", opts.background),
+                                ("slice_denoise", opts.slice_denoise)) if v is not None}
     if opts.checkpoint:
         ckpt = torch.load(opts.checkpoint, map_location="cpu", weights_only=True)
         generator_state = ckpt["models"][opts.generator]

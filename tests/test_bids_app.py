@@ -265,6 +265,11 @@ def test_plugin_mem_filters_and_validation(bids_copy, tmp_path, tiny_bundle, cap
     for bad in ("1.5", "-0.1", "half"):
         assert "between 0 and 1" in _usage_error(
             capsys, _args(bids_copy, tmp_path / "o", "--strength", bad, model=tiny_bundle))
+    assert config.slice_denoise is None  # the model's recommendation
+    assert parse_args(_args(bids_copy, tmp_path / "o", "--slice-denoise", "0", model=tiny_bundle)).slice_denoise == 0.0
+    for bad in ("-1", "inf", "nan", "strong"):
+        assert "finite number >= 0" in _usage_error(
+            capsys, _args(bids_copy, tmp_path / "o", "--slice-denoise", bad, model=tiny_bundle))
 
     (bids_copy / "dataset_description.json").unlink()
     assert "not a BIDS dataset" in _usage_error(capsys, _args(bids_copy, tmp_path / "o",

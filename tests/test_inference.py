@@ -369,26 +369,107 @@ def test_a_run_off_the_training_resolution_is_flagged_in_its_info_and_log(lr_fil
 
 
 def test_output_settings_come_from_the_bundle_unless_given(lr_file):
-    assert inference.output_settings() == inference.DEFAULT_OUTPUT == {"strength": 1.0, "background": "model"}
+    assert inference.output_settings() == inference.DEFAULT_OUTPUT == {"strength": 1.0, "background": "model",
+                                                                       "slice_denoise": 0.0}
 
     class Recommends(_FakeBundle):
-        output = {"strength": 0.5, "background": "input"}
+        output = {"strength": 0.5, "background": "input"}  # a manifest from before slice_denoise
 
+    expected = {"strength": 0.5, "background": "input", "slice_denoise": 0.0}
     assert inference.output_settings(_FakeBundle()) == inference.DEFAULT_OUTPUT
-    assert inference.output_settings(Recommends()) == {"strength": 0.5, "background": "input"}
-    assert inference.output_settings(Recommends(), strength=1.0) == {"strength": 1.0, "background": "input"}
+    assert inference.output_settings(Recommends()) == expected
+    assert inference.output_settings(Recommends(), strength=1.0) == {**expected, "strength": 1.0}
     assert inference.output_settings(Recommends(), background="model")["background"] == "model"
+    assert inference.output_settings(Recommends(), slice_denoise=2)["slice_denoise"] == 2.0
     with pytest.raises(ValueError, match="strength must be between 0 and 1"):
         inference.output_settings(strength=1.5)
     with pytest.raises(ValueError, match="background must be one of"):
         inference.output_settings(background="air")
+    for bad in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="slice_denoise must be a finite number >= 0"):
+            inference.output_settings(slice_denoise=bad)
 
     img = nib.load(lr_file)
     recommended, info = inference.super_resolve_image(img, Recommends())
-    assert info["output"] == {"strength": 0.5, "background": "input"}
+    assert info["output"] == expected
     plain, info = inference.super_resolve_image(img, Recommends(), strength=1.0, background="model")
     assert info["output"] == inference.DEFAULT_OUTPUT
     assert not np.allclose(recommended.get_fdata(), plain.get_fdata())
+
+
+def _noisy_stack(seed: int = 0, n: int = 12, sigma: float = 0.05):
+    """A smooth image repeated over ``n`` slices with independent Gaussian noise: (noisy, clean)."""
+    yy, xx = np.mgrid[0:40, 0:48] / 40.0
+    clean = np.repeat((0.5 + 0.3 * np.sin(3 * yy) * np.cos(2 * xx))[None], n, axis=0).astype(np.float32)
+    noisy = clean + np.random.default_rng(seed).normal(0, sigma, clean.shape).astype(np.float32)
+    return noisy, clean
+
+
+def test_denoise_across_slices_averages_alike_slices_and_leaves_different_ones():
+    noisy, clean = _noisy_stack()
+    assert np.array_equal(inference.denoise_across_slices(noisy, 0.05, 0.0), noisy)  # off: a copy
+    out = inference.denoise_across_slices(noisy, 0.05, 2.0)
+    assert out.shape == noisy.shape and out.dtype == np.float32 and np.isfinite(out).all()
+    before, after = np.mean((noisy - clean) ** 2), np.mean((out - clean) ** 2)
+    assert after < 0.5 * before  # alike slices: the noise of up to five averaged
+    assert np.mean((out[0] - clean[0]) ** 2) < 0.8 * np.mean((noisy[0] - clean[0]) ** 2)  # the ends too
+
+    # slices twice as far apart (2 mm against the Gaussian's 1 mm) weigh less: less of the noise goes
+    far = inference.denoise_across_slices(noisy, 0.05, 2.0, spacing=2.0)
+    assert after < np.mean((far - clean) ** 2) < before
+    assert np.abs(far - noisy).mean() < np.abs(out - noisy).mean()
+
+    # every other slice brighter by far more than the noise: nothing of the even slices is mixed in
+    striped = noisy.copy()
+    striped[1::2] += 0.5
+    out = inference.denoise_across_slices(striped, 0.05, 2.0)
+    assert np.abs(out - striped).max() < 0.15  # a pull towards the other slices would be ~0.5 x its weight
+    # the odd slices still lose noise, from the odd slices two away (weight exp(-2) each)
+    assert np.mean((out[1::2] - clean[1::2] - 0.5) ** 2) < 0.9 * np.mean((noisy[1::2] - clean[1::2]) ** 2)
+
+
+def test_volume_noise_level_reads_the_noise_of_the_slices():
+    noisy, _ = _noisy_stack(sigma=0.04)
+    flat = 0.6 + np.random.default_rng(1).normal(0, 0.04, noisy.shape).astype(np.float32)
+    # a generator without a noise-level input: Immerkaer's estimate (exact on a flat image)
+    assert inference.volume_noise_level(NearestX2(), flat) == pytest.approx(0.04, rel=0.1)
+    assert inference.volume_noise_level(NearestX2(), np.zeros_like(flat)) == 0.0  # nothing to read
+    assert inference.volume_noise_level(NearestX2(), noisy, max_slices=3) > 0
+
+
+def test_slice_denoise_feeds_the_network_denoised_slices_and_blends_with_the_input(lr_file):
+    """``slice_denoise`` changes what the network sees, not the input that the blend keeps."""
+    noisy, _ = _noisy_stack()
+    seen = []
+
+    class Recording(NearestX2):
+        def forward(self, x):
+            seen.append(x.detach().clone())
+            return super().forward(x)
+
+    # one batch of all the slices: the network sees them in order
+    on = inference.super_resolve_volume(noisy, Recording(), plane="sagittal", slice_denoise=2.0, batch_size=12)
+    denoised_input = torch.cat(seen)[:, 0].numpy()
+    seen.clear()
+    off = inference.super_resolve_volume(noisy, Recording(), plane="sagittal", batch_size=12)
+    assert np.allclose(torch.cat(seen)[:, 0].numpy(), noisy)  # off: the input itself
+    assert not np.allclose(on, off)
+    level = inference.volume_noise_level(NearestX2(), noisy)
+    assert np.allclose(denoised_input, inference.denoise_across_slices(noisy, level, 2.0), atol=1e-6)
+    # the slice spacing in mm, from the voxel size along the slice axis (sagittal: R-L)
+    thick = inference.super_resolve_volume(noisy, NearestX2(), plane="sagittal", slice_denoise=2.0,
+                                           voxel_size_mm=(2.0, 1.0, 1.0))
+    thin = inference.super_resolve_volume(noisy, NearestX2(), plane="sagittal", slice_denoise=2.0,
+                                          voxel_size_mm=(1.0, 2.0, 2.0))
+    assert np.allclose(thin, on) and not np.allclose(thick, on)
+    # strength 0: only the blend's bicubic interpolation, of the input as it is
+    bicubic_only = inference.super_resolve_volume(noisy, NearestX2(), plane="sagittal", strength=0.0,
+                                                  slice_denoise=2.0)
+    assert np.allclose(bicubic_only, inference.super_resolve_volume(noisy, NearestX2(), plane="sagittal",
+                                                                     strength=0.0), atol=1e-6)
+    img = nib.load(lr_file)
+    _, info = inference.super_resolve_image(img, _FakeBundle(), slice_denoise=1.5)
+    assert info["output"]["slice_denoise"] == 1.5 and "slice_denoise" in info["timings_s"]
 
 
 def test_cpu_runs_one_slice_per_forward_pass_unless_told_otherwise():

@@ -190,24 +190,29 @@ def test_super_resolve_output_settings_reach_the_image_and_the_sidecar(lr_crop, 
 
     runs = {}
     for label, settings in (("default", {}), ("bicubic", {"strength": 0.0}),
-                            ("air", {"strength": 1.0, "background": "input"})):
+                            ("air", {"strength": 1.0, "background": "input"}), ("slices", {"slice_denoise": 2.0})):
         (tmp_path / label).mkdir()
         res = SuperResolve(in_file=str(lr_crop), model=str(tiny_bundle), device="cpu", num_threads=1,
                            **settings).run(cwd=str(tmp_path / label))
         runs[label] = (nib.load(res.outputs.out_file).get_fdata(), res.outputs.metadata)
     # the tiny bundle recommends nothing: its network alone
-    assert runs["default"][1]["output"] == {"strength": 1.0, "background": "model"}
-    assert runs["bicubic"][1]["output"] == {"strength": 0.0, "background": "model"}
-    assert runs["air"][1]["output"] == {"strength": 1.0, "background": "input"}
+    assert runs["default"][1]["output"] == {"strength": 1.0, "background": "model", "slice_denoise": 0.0}
+    assert runs["bicubic"][1]["output"] == {"strength": 0.0, "background": "model", "slice_denoise": 0.0}
+    assert runs["air"][1]["output"] == {"strength": 1.0, "background": "input", "slice_denoise": 0.0}
+    assert runs["slices"][1]["output"] == {"strength": 1.0, "background": "model", "slice_denoise": 2.0}
+    assert not np.allclose(runs["slices"][0], runs["default"][0])  # the network saw denoised slices
     default, bicubic, air = (runs[k][0] for k in ("default", "bicubic", "air"))
     assert not np.allclose(default, bicubic)
     changed = ~np.isclose(air, default)  # only the air around the head changes, and there to bicubic
     assert 0 < changed.mean() < 0.9
     assert np.corrcoef(air[changed], bicubic[changed])[0, 1] > np.corrcoef(default[changed], bicubic[changed])[0, 1]
     sidecar = t1w_sidecar(runs["air"][1], str(lr_crop), str(tmp_path))
-    assert sidecar["ModelStrength"] == 1.0 and sidecar["Background"] == "input"
+    assert sidecar["ModelStrength"] == 1.0 and sidecar["Background"] == "input" and sidecar["SliceDenoise"] == 0.0
+    assert t1w_sidecar(runs["slices"][1], str(lr_crop), str(tmp_path))["SliceDenoise"] == 2.0
     with pytest.raises(Exception, match="strength"):
         SuperResolve(in_file=str(lr_crop), model=str(tiny_bundle), strength=1.5)
+    with pytest.raises(Exception, match="slice_denoise"):
+        SuperResolve(in_file=str(lr_crop), model=str(tiny_bundle), slice_denoise=-1.0)
 
 
 def test_super_resolve_refuses_tampered_model(lr_crop, tiny_bundle, tmp_path):

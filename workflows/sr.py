@@ -41,7 +41,7 @@ def bundle_has_dsn(model) -> bool:
         return False
 
 
-def _output_text(model, strength: float | None, background: str | None) -> str:
+def _output_text(model, strength: float | None, background: str | None, slice_denoise: float | None = None) -> str:
     """The methods sentence on the output settings (empty for the network alone). The settings come from
     the bundle unless given; a bundle that cannot be read here is checked when the node runs."""
     from ddasr_nipype.bundle import load_bundle
@@ -52,10 +52,14 @@ def _output_text(model, strength: float | None, background: str | None) -> str:
         bundle = load_bundle(model, verify=False)
     except ModelBundleError:
         bundle = None
-    settings = output_settings(bundle, strength=strength, background=background)
+    settings = output_settings(bundle, strength=strength, background=background, slice_denoise=slice_denoise)
     if settings == DEFAULT_OUTPUT:
         return ""
     text = ""
+    if settings["slice_denoise"] > 0:
+        text += (" Before the network, each slice was denoised with the same position in its two neighbouring "
+                 "slices on either side (non-local means across slices over 3 x 3 in-plane patches, h = "
+                 f"{settings['slice_denoise']:g} x the noise level the model estimated on the input's slices).")
     if settings["strength"] < 1.0:
         text += (f" Inside the head, the network's output was blended with the bicubic interpolation of "
                  f"the input (network weight {settings['strength']:g}).")
@@ -86,6 +90,7 @@ def init_sr_wf(
     tile_size: int | None = None,
     strength: float | None = None,
     background: str | None = None,
+    slice_denoise: float | None = None,
     consistency: bool = True,
     max_memory_gb: float | None = None,
     consistency_in_scheduler: bool = False,
@@ -129,6 +134,9 @@ def init_sr_wf(
     background : :obj:`str`, optional
         ``input`` keeps the bicubic interpolation of the input in the air around the head, ``model``
         uses the network's output everywhere. Default: the model bundle's recommendation.
+    slice_denoise : :obj:`float`, optional
+        Denoise the network's input across neighbouring slices first (non-local means, ``h`` = this x
+        the noise level the model reads; 0: off). Default: the model bundle's recommendation.
     consistency : :obj:`bool`
         Compute the data-consistency z-maps (:class:`~ddasr_nipype.interfaces.DataConsistency`): the
         output re-degraded to the input grid by area averaging (and by the bundle's DSN when it has
@@ -199,7 +207,7 @@ Laplacian-difference residual within the head), giving a z-map on the input grid
     workflow.__desc__ = f"""\
 Each T1-weighted (T1w) image was validated (3D, finite, non-empty, sane voxel sizes) and reoriented to
 RAS without interpolation. It was then super-resolved with the DDASR super-resolution network [@ddasr]
-(model `{Path(str(model)).name}`) {plane_text}.{_output_text(model, strength, background)} Intensities were
+(model `{Path(str(model)).name}`) {plane_text}.{_output_text(model, strength, background, slice_denoise)} Intensities were
 normalized with a percentile rule before the network and mapped back afterwards; the output keeps the
 input's field of view and orientation.{bet_text}{consistency_text}
 """
@@ -224,6 +232,7 @@ input's field of view and orientation.{bet_text}{consistency_text}
             **({"tile_size": tile_size} if tile_size else {}),
             **({"strength": strength} if strength is not None else {}),
             **({"background": background} if background is not None else {}),
+            **({"slice_denoise": slice_denoise} if slice_denoise is not None else {}),
         ),
         name="super_resolve", n_procs=omp_nthreads, mem_gb=2.0,
     )

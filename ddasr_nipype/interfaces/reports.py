@@ -67,7 +67,9 @@ def summary_html(metadata: dict, *, source_file: str | None = None,
         out = metadata["output"]
         rows.append(("Output", f"network weight {float(out['strength']):g} against bicubic "
                      f"interpolation; air around the head from the "
-                     f"{'interpolated input' if out['background'] == 'input' else 'network'}"))
+                     f"{'interpolated input' if out['background'] == 'input' else 'network'}"
+                     + (f"; input denoised across slices first (h = {float(out['slice_denoise']):g} x its "
+                        "noise level)" if out.get("slice_denoise") else "")))
     rows.append(("Scale / planes", f"x{metadata.get('scale')} / {esc(str(metadata.get('planes')))}"))
     for message in metadata.get("warnings") or ():
         rows.append(('<span style="color: #b35900">Warning</span>', esc(str(message))))

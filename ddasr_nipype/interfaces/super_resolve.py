@@ -52,10 +52,11 @@ def super_resolve_file(
     strength: float | None = None,
     background: str | None = None,
     out_orientation: str | None = None,
+    slice_denoise: float | None = None,
 ):
     """Load and validate ``in_file``, super-resolve it with bundle ``model`` (name or path).
 
-    ``strength`` and ``background`` default to the bundle's recommendation
+    ``strength``, ``background`` and ``slice_denoise`` default to the bundle's recommendation
     (:func:`ddasr_nipype.inference.output_settings`), ``batch_size`` to the device's
     (:func:`ddasr_nipype.inference.default_batch_size`). ``out_orientation`` (axis codes) reorients the
     output (exact: axes permuted and flipped). Returns ``(out_img, info)``; ``info`` (scale, planes,
@@ -75,6 +76,7 @@ def super_resolve_file(
     out_img, info = super_resolve_image(
         img, bundle, planes=planes, device=device, batch_size=batch_size,
         num_threads=num_threads, tile_size=tile_size, strength=strength, background=background,
+        slice_denoise=slice_denoise,
     )
     info["timings_s"] = {"read": round(read_s, 3), **info.get("timings_s", {})}
     warnings = header_warnings(img)
@@ -185,6 +187,11 @@ class _SuperResolveInputSpec(BaseInterfaceInputSpec):
         desc="'input': keep the bicubic interpolation of the input in the air around the head; "
         "'model': the network's output everywhere; default: the model bundle's recommendation",
     )
+    slice_denoise = traits.Range(
+        low=0.0,
+        desc="denoise the network's input across neighbouring slices first (non-local means, h = this x the "
+        "noise level the model reads; 0: off); default: the model bundle's recommendation",
+    )
     out_orientation = traits.Str(
         desc="write the output in this orientation (three axis codes, e.g. the original 'PSR' of an input "
         "conformed to RAS: Conform's in_orientation); exact, axes are only permuted and flipped. Default: "
@@ -228,6 +235,7 @@ class SuperResolve(SimpleInterface):
             num_threads=_opt(self.inputs.num_threads), tile_size=_opt(self.inputs.tile_size),
             strength=self.inputs.strength if isdefined(self.inputs.strength) else None,
             background=self.inputs.background if isdefined(self.inputs.background) else None,
+            slice_denoise=self.inputs.slice_denoise if isdefined(self.inputs.slice_denoise) else None,
             out_orientation=_opt(self.inputs.out_orientation),
         )
         out_file, out_json = write_image_and_sidecar(out_img, info, self.inputs.in_file, "_sr", runtime.cwd)

@@ -12,10 +12,12 @@ with those output settings, ``throughplane=SIGMA`` smoothing the output across s
 slices: what the neighbouring slices could add, as a diagnostic), ``znlm=C`` / ``prenlm=C`` a non-local
 means across slices of the output / of the LR before the network (h = C x the LR's noise level; a
 diagnostic; ``nlmlevel=learned``: h from the level the bundle's generator reads instead of Immerkaer's),
-``noisescale=K`` telling a noise-level generator K times each slice's estimated noise
+``slice_denoise=H`` the app's denoising across slices (default: the bundle's), ``noisescale=K`` telling a noise-level generator K times each slice's estimated noise
 level, ``projection=MODEL:WEIGHT`` making the
 output consistent with the LR after the fact (:func:`ddasr_nipype.degradations.consistency_projection`, in the volume's own intensity units). Prints mean brain/head PSNR, SSIM and the paired difference to bicubic with the paired
-t-test p-value over slices.
+t-test p-value over slices. ``--thick-slices K`` makes the reference (and so the LR) K times thicker across
+the slices first, so that the LR's neighbouring slices lie as far apart as a 3D acquisition at the LR
+resolution puts them.
 """
 
 from __future__ import annotations
@@ -26,47 +28,47 @@ from pathlib import Path
 import numpy as np
 
 
-def _through_plane_nlm(vol, c: float, axis: int, *, lr=None, level=None, radius: int = 2, patch: int = 3):
-    """Non-local means across slices only (a diagnostic, not an app setting): each voxel averaged with the
-    same voxel of the ``radius`` slices on either side, weighted by a Gaussian of the slice distance (1
-    slice) times ``exp(-d / h^2)``, ``d`` the mean squared difference of the two slices over a ``patch`` x
-    ``patch`` in-plane window and ``h = c x`` the median Immerkaer noise level of the LR slices (``lr``,
-    else ``vol``'s own), or ``c x level`` where given."""
+def _through_plane_nlm(vol, c: float, axis: int, *, lr=None, level=None):
+    """:func:`ddasr_nipype.inference.denoise_across_slices` of ``vol`` along ``axis`` with ``h = c x``
+    ``level``, by default the median Immerkaer noise level of the LR slices (``lr``, else ``vol``'s own)."""
     import torch
-    from scipy.ndimage import uniform_filter
 
+    from ddasr_nipype.inference import denoise_across_slices
     from ddasr_nipype.models import estimate_noise_sigma
 
     if level is None:
         ref = np.moveaxis(vol if lr is None else lr, axis, 0)
         sigma = estimate_noise_sigma(torch.from_numpy(np.ascontiguousarray(ref, dtype=np.float32))[:, None]).numpy()
         level = float(np.median(sigma[sigma > 0]))
-    h = c * level
-    y = np.moveaxis(np.asarray(vol, dtype=np.float64), axis, 0)
-    total, weights = y.copy(), np.ones_like(y)
-    for k in range(1, radius + 1):
-        for shift in (k, -k):
-            other = np.roll(y, shift, axis=0)
-            if shift > 0:
-                other[:shift] = y[:shift]
-            else:
-                other[shift:] = y[shift:]
-            d = uniform_filter((y - other) ** 2, size=(1, patch, patch))
-            w = np.exp(-0.5 * k * k) * np.exp(-d / h**2)
-            total += w * other
-            weights += w
-    return np.moveaxis(total / weights, 0, axis)
+    return np.moveaxis(denoise_across_slices(np.moveaxis(vol, axis, 0), level, c), 0, axis)
+
+
+def _thick_slices(hr_ras, hr01, head, brain, k: int, axis: int):
+    """``--thick-slices K``: the HR volume's k-space truncated K-fold along the slice axis (and its grid,
+    head and brain masks with it: a voxel is in where most of the K slices it covers are)."""
+    import nibabel as nib
+
+    from ddasr_nipype.data.slicing import upsampled_affine
+    from ddasr_nipype.degradations import kspace_truncation
+
+    thick = kspace_truncation(hr01, k, axes=(axis,))
+    n = thick.shape[axis]
+
+    def fold(m):
+        m = np.moveaxis(m.astype(np.float64), axis, 0)
+        m = np.concatenate([m, np.zeros((n * k - m.shape[0],) + m.shape[1:])])
+        return np.moveaxis(m.reshape(n, k, *m.shape[1:]).mean(axis=1) > 0.5, 0, axis)
+
+    factors = tuple(1.0 / k if a == axis else 1.0 for a in range(3))
+    img = nib.Nifti1Image(thick.astype(np.float32), upsampled_affine(hr_ras.affine, factors))
+    return img, thick, fold(head), fold(brain)
 
 
 def _learned_level(bundle, lr, axis: int) -> float:
-    """The median noise level of the LR slices as the bundle's generator reads them (``nlmlevel=learned``)."""
-    import torch
+    """The noise level of the LR slices as the bundle's generator reads them (``nlmlevel=learned``)."""
+    from ddasr_nipype.inference import volume_noise_level
 
-    generator = bundle.load_generator().float().eval()
-    slices = torch.from_numpy(np.ascontiguousarray(np.moveaxis(lr, axis, 0), dtype=np.float32))[:, None]
-    with torch.inference_mode():
-        sigma = generator.estimate_noise(slices).numpy()
-    return float(np.median(sigma[sigma > 0]))
+    return volume_noise_level(bundle.load_generator().float().eval(), np.moveaxis(lr, axis, 0))
 
 
 def _scale_noise_level(factor: float) -> None:
@@ -97,6 +99,9 @@ def main(argv=None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cache-dir", type=Path, default=Path("out/cache"))
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--thick-slices", type=int, default=1, metavar="K",
+                        help="first truncate the HR's k-space K-fold across the slices (reference and LR then "
+                             "have K times thicker slices, as a 3D acquisition at the LR resolution would)")
     opts = parser.parse_args(argv)
 
     import torch
@@ -119,6 +124,8 @@ def main(argv=None) -> None:
     down = (1.0, 0.5, 0.5)
     held = load_heldout(opts.hr, opts.cache_dir, plane, scale)
     key, hr_ras, hr01, mask, brain = held.key, held.hr_ras, held.hr01, held.head, held.brain
+    if opts.thick_slices > 1:  # the reference made of thick slices too: LR neighbours that far apart
+        hr_ras, hr01, mask, brain = _thick_slices(hr_ras, hr01, mask, brain, opts.thick_slices, plane_axis(plane))
     bundles = [load_bundle(b) for b in opts.bundles]
     for name in opts.degradation or ["kspace-rician", "bicubic"]:
         rng = np.random.default_rng(_seed_sequence(opts.seed, key, name))
@@ -136,7 +143,9 @@ def main(argv=None) -> None:
                 lr_in = _through_plane_nlm(lr, pre_nlm, plane_axis(plane), level=level) if pre_nlm > 0 else lr
                 img, _ = super_resolve_image(_lr_image(lr_in, hr_ras, down), b, planes=plane,
                                              strength=float(settings["strength"]) if "strength" in settings else None,
-                                             background=settings.get("background"))
+                                             background=settings.get("background"),
+                                             slice_denoise=float(settings["slice_denoise"])
+                                             if "slice_denoise" in settings else None)
                 sr = np.asarray(to_ras(img)[0].dataobj, dtype=np.float64)
                 if projection:
                     model, weight = projection.split(":")
