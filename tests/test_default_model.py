@@ -48,7 +48,8 @@ def test_default_bundle_is_the_documented_one():
     assert config.noise_level_input and config.global_residual and config.num_down == 2
     assert config.num_feat == 24 and config.num_bottleneck_blocks == 3
     assert config.noise_estimator == "learned"  # reads each slice's noise, not its anatomy
-    assert bundle.output == {"strength": 1.0, "background": "input"}
+    # denoised across slices before the network (chosen on training subject sub-otsu; the card)
+    assert bundle.output == {"strength": 1.0, "background": "input", "slice_denoise": 2.0}
     assert not bundle.has_dsn  # trained on physically grounded classical pairs, no DSN of its own
     assert bundle.manifest["backbone"]["source"] == "random"  # recorded, though its losses are L1 only
     assert (bundle.path / "srn.pt").stat().st_size < 6e6
