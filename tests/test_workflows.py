@@ -98,7 +98,7 @@ def test_sr_wf_methods_text_states_the_output_settings():
     node = alone.get_node("super_resolve")
     assert (node.inputs.strength, node.inputs.background) == (1.0, "model")
     assert "blended" not in init_sr_wf(model="/models/m").__desc__  # unreadable here: checked at run time
-    assert "denoised with the same position in its two neighbouring" not in shipped.__desc__
+    assert "non-local means across slices" not in shipped.__desc__
     default = init_sr_wf(model="t1w-x2")  # recommends denoising across slices, h = 2 x the noise level
     assert "neighbouring slices" in default.__desc__ and "h = 2 x the noise level" in default.__desc__
     assert "neighbouring slices" not in init_sr_wf(model="t1w-x2", slice_denoise=0).__desc__

@@ -57,9 +57,10 @@ def _output_text(model, strength: float | None, background: str | None, slice_de
         return ""
     text = ""
     if settings["slice_denoise"] > 0:
-        text += (" Before the network, each slice was denoised with the same position in its two neighbouring "
-                 "slices on either side (non-local means across slices over 3 x 3 in-plane patches, h = "
-                 f"{settings['slice_denoise']:g} x the noise level the model estimated on the input's slices).")
+        text += (" Before the network, the slices were denoised by non-local means across slices: each voxel "
+                 "averaged with the same voxel of the two neighbouring slices on either side, weighted by a "
+                 "Gaussian of their distance (1 mm) and by how alike the slices are over 3 x 3 in-plane patches "
+                 f"(h = {settings['slice_denoise']:g} x the noise level the model estimated on the input's slices).")
     if settings["strength"] < 1.0:
         text += (f" Inside the head, the network's output was blended with the bicubic interpolation of "
                  f"the input (network weight {settings['strength']:g}).")
