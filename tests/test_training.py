@@ -1076,7 +1076,7 @@ def test_bundled_model_names_and_inherited_output_settings(tmp_path, hr_bids, lr
     preset = smoke.with_overrides(iterations_dsn=1, iterations_srn=1)
     tuned = run_training(_options(hr_bids, lr_bids, tmp_path / "tuned", preset=preset, init_generator=base.path,
                                   hr_participant_label=("trio",)))
-    assert tuned.output == {"strength": 0.4, "background": "input"}
+    assert tuned.output == {"strength": 0.4, "background": "input", "slice_denoise": 0.0}
     assert tuned.manifest["training"]["output"]["note"] == "inherited from base, not re-evaluated"
     assert "strength 0.4, background input, inherited from base, not re-evaluated" in (
         tuned.path / "MODEL_CARD.md").read_text()
