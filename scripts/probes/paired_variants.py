@@ -11,7 +11,8 @@ brain mask (cached in ``--cache-dir``). Each ``--variant`` (default: the network
 with those output settings, ``throughplane=SIGMA`` smoothing the output across slices (a Gaussian of SIGMA
 slices: what the neighbouring slices could add, as a diagnostic), ``znlm=C`` / ``prenlm=C`` a non-local
 means across slices of the output / of the LR before the network (h = C x the LR's noise level; a
-diagnostic; ``nlmlevel=learned``: h from the level the bundle's generator reads instead of Immerkaer's),
+diagnostic; ``nlmlevel=learned``: h from the level the bundle's generator reads instead of Immerkaer's;
+``nlmpatch=P``: the in-plane patch, 3 by default),
 ``slice_denoise=H`` the app's denoising across slices (default: the bundle's), ``noisescale=K`` telling a noise-level generator K times each slice's estimated noise
 level, ``projection=MODEL:WEIGHT`` making the
 output consistent with the LR after the fact (:func:`ddasr_nipype.degradations.consistency_projection`, in the volume's own intensity units). Prints mean brain/head PSNR, SSIM and the paired difference to bicubic with the paired
@@ -28,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 
-def _through_plane_nlm(vol, c: float, axis: int, *, lr=None, level=None):
+def _through_plane_nlm(vol, c: float, axis: int, *, lr=None, level=None, patch: int = 3):
     """:func:`ddasr_nipype.inference.denoise_across_slices` of ``vol`` along ``axis`` with ``h = c x``
     ``level``, by default the median Immerkaer noise level of the LR slices (``lr``, else ``vol``'s own)."""
     import torch
@@ -40,7 +41,7 @@ def _through_plane_nlm(vol, c: float, axis: int, *, lr=None, level=None):
         ref = np.moveaxis(vol if lr is None else lr, axis, 0)
         sigma = estimate_noise_sigma(torch.from_numpy(np.ascontiguousarray(ref, dtype=np.float32))[:, None]).numpy()
         level = float(np.median(sigma[sigma > 0]))
-    return np.moveaxis(denoise_across_slices(np.moveaxis(vol, axis, 0), level, c), 0, axis)
+    return np.moveaxis(denoise_across_slices(np.moveaxis(vol, axis, 0), level, c, patch=patch), 0, axis)
 
 
 def _thick_slices(hr_ras, hr01, head, brain, k: int, axis: int):
@@ -139,8 +140,9 @@ def main(argv=None) -> None:
                 post_nlm = float(settings.pop("znlm", 0) or 0)
                 pre_nlm = float(settings.pop("prenlm", 0) or 0)
                 level = _learned_level(b, lr, plane_axis(plane)) if settings.pop("nlmlevel", "") == "learned" else None
+                patch = int(settings.pop("nlmpatch", 3))
                 _scale_noise_level(float(settings.pop("noisescale", 1) or 1))
-                lr_in = _through_plane_nlm(lr, pre_nlm, plane_axis(plane), level=level) if pre_nlm > 0 else lr
+                lr_in = _through_plane_nlm(lr, pre_nlm, plane_axis(plane), level=level, patch=patch) if pre_nlm > 0 else lr
                 img, _ = super_resolve_image(_lr_image(lr_in, hr_ras, down), b, planes=plane,
                                              strength=float(settings["strength"]) if "strength" in settings else None,
                                              background=settings.get("background"),
@@ -151,7 +153,7 @@ def main(argv=None) -> None:
                     model, weight = projection.split(":")
                     sr = consistency_projection(sr, lr, scale, axes=axes, model=model, weight=float(weight))
                 if post_nlm > 0:
-                    sr = _through_plane_nlm(sr, post_nlm, plane_axis(plane), lr=lr, level=level)
+                    sr = _through_plane_nlm(sr, post_nlm, plane_axis(plane), lr=lr, level=level, patch=patch)
                 if smooth > 0:  # diagnostic: what neighbouring slices add, a Gaussian across them
                     from scipy.ndimage import gaussian_filter1d
 
