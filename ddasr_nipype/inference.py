@@ -384,6 +384,11 @@ def super_resolve_plane(
     axis = PLANE_AXES[plane]
     moved = np.moveaxis(data, axis, 0)  # [N, H, W], a view
     n_slices, height, width = moved.shape
+    if mask is not None and mask.shape != data.shape:
+        raise ValueError(f"mask shape {mask.shape} differs from the volume's {data.shape}")
+    if residual is not None and residual.shape != data.shape:
+        raise ValueError(f"residual shape {residual.shape} differs from the volume's {data.shape}")
+    strength = output_settings(strength=strength)["strength"]  # checked
     network_input = moved
     if slice_denoise > 0:
         t0 = time.perf_counter()
@@ -392,11 +397,6 @@ def super_resolve_plane(
                                               spacing=spacing)
         if timings is not None:
             timings["slice_denoise"] = timings.get("slice_denoise", 0.0) + time.perf_counter() - t0
-    if mask is not None and mask.shape != data.shape:
-        raise ValueError(f"mask shape {mask.shape} differs from the volume's {data.shape}")
-    if residual is not None and residual.shape != data.shape:
-        raise ValueError(f"residual shape {residual.shape} differs from the volume's {data.shape}")
-    strength = output_settings(strength=strength)["strength"]  # checked
     blend = strength < 1.0 or mask is not None
     mask_moved = None if mask is None else np.moveaxis(mask, axis, 0)
     residual_moved = None if residual is None else np.moveaxis(residual, axis, 0)
@@ -494,8 +494,8 @@ def super_resolve_volume(
     input across each plane's slices first (:func:`output_settings`; ``voxel_size_mm``, the RAS voxel size,
     gives the slice spacing);
     ``residual`` is what the normalization clipped off (:func:`super_resolve_plane`). ``timings`` (a
-    dict), when given, is added the seconds of each step: ``head_mask``, ``network``, ``blend`` and,
-    for ``all``, ``fuse``.
+    dict), when given, is added the seconds of each step: ``head_mask``, ``slice_denoise`` where on,
+    ``network``, ``blend`` and, for ``all``, ``fuse``.
     """
     _check_plane(plane)
     settings = output_settings(strength=strength, background=background, slice_denoise=slice_denoise)
