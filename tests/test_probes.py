@@ -1,0 +1,47 @@
+"""The probes behind model-card figures of the denoising across slices (``scripts/probes/``)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from _scripts import load_script
+
+
+def _smooth_volume(shape=(12, 32, 36), seed=0):
+    from scipy.ndimage import gaussian_filter
+
+    rng = np.random.default_rng(seed)
+    return (0.5 + 4.0 * gaussian_filter(rng.normal(size=shape), 2.0)).astype(np.float64)
+
+
+def test_the_oracle_wiener_filter_takes_off_noise_and_nothing_else():
+    """denoising_bound.py: the oracle Wiener filter (S / (S + N) per coefficient) is the identity without
+    noise and, with noise, keeps less of it than the input had; over more axes it knows more."""
+    oracle_wiener = load_script("probes/denoising_bound").oracle_wiener
+    clean = _smooth_volume()
+    np.testing.assert_allclose(oracle_wiener(clean, clean, (1, 2)), clean, atol=1e-9)
+    noisy = clean + np.random.default_rng(1).normal(0, 0.3, clean.shape)
+    before = np.mean((noisy - clean) ** 2)
+    in_plane = np.mean((oracle_wiener(noisy, clean, (1, 2)) - clean) ** 2)
+    in_3d = np.mean((oracle_wiener(noisy, clean, (0, 1, 2)) - clean) ** 2)
+    assert in_3d < in_plane < 0.7 * before
+
+
+def test_thick_slices_fold_the_reference_and_its_masks_along_the_slice_axis():
+    """paired_variants.py --thick-slices K: the HR k-space truncated K-fold across the slices, its grid
+    K times coarser there with the same field of view, and its masks folded with it."""
+    import nibabel as nib
+
+    thick_slices = load_script("probes/paired_variants")._thick_slices
+    hr = _smooth_volume((13, 20, 22))
+    img = nib.Nifti1Image(hr.astype(np.float32), np.diag([1.0, 1.0, 1.0, 1.0]))
+    head = np.zeros(hr.shape, bool)
+    head[2:11] = True  # slices 2-10: thick slices 1-4 hold at least one of them, 1 and 5 only half
+    out_img, thick, out_head, out_brain = thick_slices(img, hr, head, head, 2, 0)
+    assert thick.shape == (7, 20, 22) == out_img.shape == out_head.shape
+    assert out_img.header.get_zooms()[:3] == pytest.approx((2.0, 1.0, 1.0))
+    # the field of view is kept: the first thick voxel's centre lies half an HR voxel past the first HR centre
+    assert out_img.affine[0, 3] == pytest.approx(0.5)
+    assert out_head[:, 0, 0].tolist() == [False, True, True, True, True, False, False]
+    assert np.array_equal(out_head, out_brain)
+    assert thick.mean() == pytest.approx(hr.mean(), rel=0.05)  # intensities kept (odd size: not exactly)
