@@ -203,9 +203,9 @@ def output_settings(bundle=None, *, strength: float | None = None, background: s
     return settings
 
 
-def volume_noise_level(generator, slices: np.ndarray, max_slices: int = 24) -> float:
+def volume_noise_level(generator, slices: np.ndarray, max_slices: int = 24, device="cpu") -> float:
     """The noise level of a stack of normalized slices ``[N, H, W]``: the median over (up to
-    ``max_slices``, evenly spaced) slices of the level the generator reads on each
+    ``max_slices``, evenly spaced) slices of the level the generator (on ``device``) reads on each
     (:func:`slice_noise_level`; Immerkaer's estimate for a generator without a noise-level input), 0
     where no slice reads any."""
     import torch
@@ -214,8 +214,6 @@ def volume_noise_level(generator, slices: np.ndarray, max_slices: int = 24) -> f
 
     index = np.unique(np.linspace(0, len(slices) - 1, min(max_slices, len(slices))).round().astype(int))
     levels = []
-    first = next(iter(generator.parameters()), None) if hasattr(generator, "parameters") else None
-    device = "cpu" if first is None else first.device
     with torch.inference_mode():
         for start in range(0, len(index), 8):
             batch = torch.from_numpy(np.ascontiguousarray(slices[index[start:start + 8]], dtype=np.float32))
@@ -393,8 +391,8 @@ def super_resolve_plane(
     if slice_denoise > 0:
         t0 = time.perf_counter()
         spacing = (slice_spacing_mm or SLICE_DENOISE_WIDTH_MM) / SLICE_DENOISE_WIDTH_MM
-        network_input = denoise_across_slices(moved, volume_noise_level(generator, moved), slice_denoise,
-                                              spacing=spacing)
+        level = volume_noise_level(generator, moved, device=torch_device)
+        network_input = denoise_across_slices(moved, level, slice_denoise, spacing=spacing)
         if timings is not None:
             timings["slice_denoise"] = timings.get("slice_denoise", 0.0) + time.perf_counter() - t0
     blend = strength < 1.0 or mask is not None

@@ -55,8 +55,9 @@ def main(argv=None) -> None:
     shipped = load_bundle(opts.dest) if (opts.dest / "manifest.json").is_file() else None
     same_weights = (shipped is not None and shipped.manifest["training"].get("shipped_from", {})
                     .get("srn_sha256_float32") == trained.sha256)
-    if same_weights and opts.card and not opts.panel and opts.strength is None and opts.background is None \
-            and opts.slice_denoise is None:
+    output = {k: v for k, v in (("strength", opts.strength), ("background", opts.background),
+                                ("slice_denoise", opts.slice_denoise)) if v is not None}
+    if same_weights and opts.card and not opts.panel and not output:
         # card-only update: the weights stay exactly as they are
         shutil.copyfile(opts.card, opts.dest / CARD_FILE)
         print(f"updated {opts.dest / CARD_FILE}")
@@ -71,8 +72,6 @@ def main(argv=None) -> None:
     if opts.dsn_from:
         training["dsn_shipped_from"] = {"path": str(opts.dsn_from), "dsn_sha256":
                                         dsn_bundle.manifest["files"][DSN_FILE]["sha256"]}
-    output = {k: v for k, v in (("strength", opts.strength), ("background", opts.background),
-                                ("slice_denoise", opts.slice_denoise)) if v is not None}
     if opts.checkpoint:
         ckpt = torch.load(opts.checkpoint, map_location="cpu", weights_only=True)
         generator_state = ckpt["models"][opts.generator]
