@@ -45,3 +45,21 @@ def test_thick_slices_fold_the_reference_and_its_masks_along_the_slice_axis():
     assert out_head[:, 0, 0].tolist() == [False, True, True, True, True, False, False]
     assert np.array_equal(out_head, out_brain)
     assert thick.mean() == pytest.approx(hr.mean(), rel=0.05)  # intensities kept (odd size: not exactly)
+
+
+def test_no_reference_scores_of_the_reference_and_outputs_are_set_against_bicubic(capsys):
+    """paired_variants.py --no-reference: NIQE / BRISQUE of the reference and each output on the chosen
+    slices, as a change from bicubic: an output equal to bicubic scores +0.0 %, a noisier one does not."""
+    print_no_reference = load_script("probes/paired_variants")._print_no_reference
+    hr = np.clip(_smooth_volume((6, 100, 104), seed=2) / 8.0, 0.0, 1.0)
+    bicubic = hr.copy()
+    bicubic[:, 1:-1] = (hr[:, :-2] + 2 * hr[:, 1:-1] + hr[:, 2:]) / 4.0  # a little blur
+    noisy = hr + np.random.default_rng(3).normal(0, 0.05, hr.shape)
+    head = np.ones(hr.shape, bool)
+    print_no_reference(hr, {"bicubic": bicubic, "same": bicubic.copy(), "noisy": noisy}, head, np.array([2, 3]),
+                       "sagittal")
+    rows = {line[:60].strip(): line[60:].split() for line in capsys.readouterr().out.splitlines()}
+    assert "no-reference (2 slices)" in rows
+    assert rows["same"][1] == "+0.0%" and rows["same"][3] == "+0.0%"
+    assert rows["HR reference"][0] != rows["bicubic"][0]
+    assert float(rows["noisy"][2]) != pytest.approx(float(rows["bicubic"][2]))

@@ -1418,6 +1418,54 @@ def test_srn_trainer_refuses_pairs_without_the_neighbours_its_generator_takes(tm
     assert trainer._last_batch["lr"].shape[1] == 3 and "SR (EMA)" in trainer.image_columns()
 
 
+def test_slice_denoise_trains_a_2d_generator_on_the_slice_denoised_as_inference_denoises_it(tmp_path, smoke, vgg):
+    from ddasr_nipype.inference import denoise_across_slices
+    from ddasr_nipype.training.datasets import PairSet
+    from ddasr_nipype.training.pipeline import context_slices
+    from ddasr_nipype.training.synthesis import combine_pairs, degrade_pairs
+
+    rng = np.random.default_rng(0)
+    hr = SliceSet([SliceStack("a", rng.uniform(0.2, 0.8, (6, 64, 64)).astype(np.float32), 1.0, {})])
+    pairs = degrade_pairs(hr, "area", scale=2, rng=rng, context_slices=2, context_strides=(1, 2))
+    strides = pairs.neighbour_spacing(np.arange(len(pairs)))
+    assert set(strides) == {1, 2}  # drawn per slice, recorded with the pairs
+    again = PairSet.load(pairs.save(tmp_path / "pairs.npz"))
+    np.testing.assert_array_equal(again.neighbour_spacing(np.arange(6)), strides)
+    np.testing.assert_array_equal(combine_pairs(pairs, again).neighbour_spacing(np.arange(12)), np.tile(strides, 2))
+    preset = smoke.replace(data=smoke.data.replace(hr_voxel_size=1.0), srn=smoke.srn.replace(slice_denoise=2.0))
+    assert context_slices(preset) == 2 and context_slices(smoke) == 0  # the pairs carry the filter's neighbours
+    card_run = load_preset(REPO / "scripts" / "probes" / "slice-denoise-finetune-cpu.yml")  # the card's experiment
+    assert card_run.srn.slice_denoise == 2.0 and context_slices(card_run) == 2
+    assert not card_run.srn.generator.get("context_slices") and card_run.data.hr_voxel_size == 1.0
+    with pytest.raises(ValueError, match="slice_denoise"):
+        preset.srn.replace(slice_denoise=-1.0)
+    with pytest.raises(ValueError, match="2 context slices"):
+        SRNTrainer(preset, tmp_path / "flat", degrade_pairs(hr, "area", scale=2, rng=rng, context_slices=1),
+                   **_kwargs(vgg))
+    with pytest.raises(ValueError, match="2D generator"):
+        SRNTrainer(preset.replace(srn=preset.srn.replace(generator={**smoke.srn.generator, "context_slices": 2})),
+                   tmp_path / "wide", pairs, **_kwargs(vgg))
+    with pytest.raises(ValueError, match="hr_voxel_size"):
+        SRNTrainer(smoke.replace(srn=preset.srn), tmp_path / "mm", pairs, **_kwargs(vgg))
+    trainer = SRNTrainer(preset, tmp_path / "ok", pairs, **_kwargs(vgg))
+    # a crop's channels come centre first, then the neighbours at -1, +1, -2, +2: the filter takes them in
+    # slice order, as far apart in mm as the pair's HR slices, and returns the centre
+    clean = rng.uniform(0.3, 0.7, (16, 16)).astype(np.float32)
+    stack = clean + rng.normal(0.0, 0.05, (1, 5, 16, 16)).astype(np.float32)
+    crop = stack[:, [2, 1, 3, 0, 4]]
+    for n in (int(np.flatnonzero(strides == 1)[0]), int(np.flatnonzero(strides == 2)[0])):
+        out = trainer._denoised_across_slices(crop, np.array([0.05]), np.array([n]))
+        assert out.shape == (1, 1, 16, 16)
+        np.testing.assert_allclose(out[0, 0], denoise_across_slices(stack[0], 0.05, 2.0, spacing=float(strides[n]))[2],
+                                   rtol=1e-6)
+    # equal slices with independent noise: averaged, the noise falls; the closer the neighbours the more
+    near = trainer._denoised_across_slices(crop, np.array([0.05]), np.array([int(np.flatnonzero(strides == 1)[0])]))
+    far = trainer._denoised_across_slices(crop, np.array([0.05]), np.array([int(np.flatnonzero(strides == 2)[0])]))
+    assert np.std(near[0, 0] - clean) < np.std(far[0, 0] - clean) < np.std(stack[0, 2] - clean)
+    trainer.run(until=1)
+    assert trainer._last_batch["lr"].shape[1] == 1  # the generator sees the filtered slice only
+
+
 def test_the_2p5d_preset_starts_from_the_default_generator_as_it_is(tmp_path, vgg):
     from ddasr_nipype.bundle import load_bundle
     from ddasr_nipype.training.srn_trainer import check_generator_fits

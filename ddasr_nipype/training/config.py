@@ -12,6 +12,7 @@ torch and ``ddasr-train --help`` stays fast.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -269,6 +270,14 @@ class SRNStageConfig(_Config):
     noise, resampled or quantized scans); a generator that never saw a level off the training estimate
     learns to trust it fully and sharpens (or smooths) a scan whose estimate is off.
 
+    ``slice_denoise`` (0 by default; not in the paper) trains a 2D generator on the input that inference's
+    output setting of the same name gives it (:func:`~ddasr_nipype.inference.denoise_across_slices`): the
+    pairs are synthesized with the neighbours that filter compares
+    (:data:`~ddasr_nipype.inference.SLICE_DENOISE_RADIUS` on each side, ``synthesis.context_strides`` apart),
+    each crop and its neighbours get their noise, and the crop is denoised across them with ``h`` = this x
+    the level of the noise added; the generator sees the filtered crop only, and with a noise-level input
+    is told the level it reads on it, as at inference. Ship the bundle with the same ``slice_denoise``.
+
     ``noise_estimator_weights`` (for ``generator.noise_estimator: learned``; required there) is the file of
     the :class:`~ddasr_nipype.models.LearnedNoiseEstimator` weights (``scripts/train_noise_estimator.py``). The
     estimator is loaded into the generator and frozen; each crop's told level is the level of the noise
@@ -296,9 +305,12 @@ class SRNStageConfig(_Config):
     context_share: float = 0.0
     noise_level_jitter: float = 0.0
     noise_estimator_weights: str | None = None
+    slice_denoise: float = 0.0
 
     def __post_init__(self):
         lr_noise_settings(self.lr_noise)  # validates
+        if not 0.0 <= float(self.slice_denoise) < math.inf:
+            raise ValueError(f"SRNStageConfig: slice_denoise must be a finite number >= 0, got {self.slice_denoise!r}")
         if not 0.0 <= float(self.noise_level_jitter) <= 2.0:
             raise ValueError("SRNStageConfig: noise_level_jitter must be in [0, 2] (a log factor), "
                              f"got {self.noise_level_jitter!r}")

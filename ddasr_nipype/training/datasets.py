@@ -160,11 +160,14 @@ class PairSet:
     With ``context`` (2.5D pairs, for a generator with ``context_slices = c``), ``context[k]`` is
     ``[N, 2c, h, w]``: the LR of each pair's neighbouring HR slices, degraded by the same acquisition as
     its own LR, at the offsets of :func:`~ddasr_nipype.models.context_offsets` (without the centre).
+    ``context_stride[k]`` (``[N]`` int, optional) is how many HR slices apart each pair's neighbours are
+    (:func:`~ddasr_nipype.training.synthesis.degrade_pairs` draws it per slice); 1 where not recorded.
     """
 
     def __init__(self, lr: Sequence[np.ndarray], hr: Sequence[np.ndarray], scale: int,
                  names: Sequence[str] | None = None, source: str = "dsn", provenance: dict | None = None,
-                 brain_only: Sequence[bool] | None = None, context: Sequence[np.ndarray] | None = None):
+                 brain_only: Sequence[bool] | None = None, context: Sequence[np.ndarray] | None = None,
+                 context_stride: Sequence[np.ndarray] | None = None):
         if len(lr) != len(hr) or not lr:
             raise TrainingDataError("a pair set needs as many LR as HR stacks, and at least one")
         for a, b in zip(lr, hr):
@@ -181,6 +184,13 @@ class PairSet:
                 raise TrainingDataError(f"context stacks differ in their number of neighbours: {sorted(widths)}")
         #: neighbouring LR slices of every pair (2.5D), or None
         self.context = list(context) if context is not None else None
+        if context_stride is not None:
+            if context is None or len(context_stride) != len(lr) or any(
+                    np.shape(t) != (len(a),) for t, a in zip(context_stride, lr)):
+                raise TrainingDataError("context_stride needs context and one stride per pair")
+            context_stride = [np.asarray(t, dtype=np.int64) for t in context_stride]
+        #: how many HR slices apart each pair's neighbours are (per stack ``[N]``), or None (1)
+        self.context_stride = context_stride
         self.lr, self.hr, self.scale = list(lr), list(hr), int(scale)
         self.names = list(names) if names is not None else [f"stack_{k}" for k in range(len(lr))]
         self.source = source
@@ -214,6 +224,13 @@ class PairSet:
         """(stack, slice in that stack) of a pair index."""
         k = int(self.stack_of(int(index)))
         return k, int(index) - int(self._offsets[k])
+
+    def neighbour_spacing(self, index) -> np.ndarray:
+        """How many HR slices apart the neighbours of each pair index are (1 where not recorded)."""
+        index = np.atleast_1d(np.asarray(index))
+        if self.context_stride is None:
+            return np.ones(len(index), dtype=np.int64)
+        return np.array([self.context_stride[k][n] for k, n in map(self._locate, index)], dtype=np.int64)
 
     def pair(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         k, n = self._locate(index)
@@ -353,6 +370,8 @@ class PairSet:
             arrays[f"hr_{k:04d}"] = b.astype(np.float32, copy=False)
             if self.context is not None:
                 arrays[f"context_{k:04d}"] = self.context[k].astype(np.float32, copy=False)
+            if self.context_stride is not None:
+                arrays[f"stride_{k:04d}"] = self.context_stride[k]
         meta = {"scale": self.scale, "names": self.names, "source": self.source, "brain_only": self.brain_only}
         if self.provenance is not None:
             meta["provenance"] = self.provenance
@@ -370,10 +389,12 @@ class PairSet:
                 hr = [archive[f"hr_{k:04d}"] for k in range(n)]
                 context = ([archive[f"context_{k:04d}"] for k in range(n)] if "context_0000" in archive.files
                            else None)
+                stride = ([archive[f"stride_{k:04d}"] for k in range(n)] if "stride_0000" in archive.files
+                          else None)
         except (OSError, KeyError, ValueError) as err:
             raise TrainingDataError(f"{path}: cannot read pair archive: {err}") from err
         return cls(lr, hr, meta["scale"], meta["names"], meta.get("source", "dsn"), meta.get("provenance"),
-                   meta.get("brain_only"), context)
+                   meta.get("brain_only"), context, stride)
 
 
 def _add_magnitude_noise(lr, rng, probability, sigma_low, sigma_high, correlation_low, correlation_high,

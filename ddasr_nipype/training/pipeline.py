@@ -273,18 +273,24 @@ def load_dsn(source: str | Path, device="cpu"):
 
 
 def context_slices(preset) -> int:
-    """Neighbouring slices on each side that the preset's generator takes (``srn.generator.context_slices``)."""
+    """Neighbouring slices on each side that the preset's pairs carry: those its generator takes
+    (``srn.generator.context_slices``), or with ``srn.slice_denoise`` those the denoising across slices
+    compares (:data:`~ddasr_nipype.inference.SLICE_DENOISE_RADIUS`)."""
+    from ddasr_nipype.inference import SLICE_DENOISE_RADIUS
     from ddasr_nipype.training.srn_trainer import build_generator_config
 
+    if preset.srn.slice_denoise:
+        return SLICE_DENOISE_RADIUS
     return build_generator_config(preset).context_slices
 
 
 def check_context_source(options: TrainingOptions) -> None:
-    """A 2.5D generator (``srn.generator.context_slices``) trains on classical degradations only: the DSN
-    degrades single slices. Raises ValueError otherwise."""
+    """Pairs with neighbouring slices (a 2.5D generator, ``srn.generator.context_slices``, or
+    ``srn.slice_denoise``) come from classical degradations only: the DSN degrades single slices. Raises
+    ValueError otherwise."""
     if context_slices(options.preset) and not options.degradation:
-        raise ValueError("a generator with context slices (srn.generator.context_slices) trains on "
-                         "classical degradations (--degradation); the DSN degrades single slices")
+        raise ValueError("a generator with context slices (srn.generator.context_slices) or srn.slice_denoise "
+                         "trains on classical degradations (--degradation); the DSN degrades single slices")
 
 
 def pairs_provenance(options: TrainingOptions, hr: SliceSet, lr: SliceSet | None, dsn=None,

@@ -162,7 +162,17 @@ class SRNTrainer(StageTrainer):
         pairs.check_patch_size(cfg.patch_size)
         self.pairs = pairs
         self.generator_config = build_generator_config(preset)
-        if pairs.context_slices != self.generator_config.context_slices:
+        if cfg.slice_denoise:
+            from ddasr_nipype.inference import SLICE_DENOISE_RADIUS
+
+            if self.generator_config.context_slices:
+                raise ValueError("srn.slice_denoise trains a 2D generator (srn.generator.context_slices 0)")
+            if not preset.data.hr_voxel_size:
+                raise ValueError("srn.slice_denoise needs data.hr_voxel_size (the neighbours' distance in mm)")
+            if pairs.context_slices != SLICE_DENOISE_RADIUS:
+                raise ValueError(f"srn.slice_denoise needs pairs with {SLICE_DENOISE_RADIUS} context slices on each "
+                                 f"side, these have {pairs.context_slices}")
+        elif pairs.context_slices != self.generator_config.context_slices:
             raise ValueError(f"the pairs have {pairs.context_slices} context slice(s) on each side, the generator "
                              f"takes {self.generator_config.context_slices} (srn.generator.context_slices)")
         self.initialized_from: dict[str, str] | None = None
@@ -257,10 +267,16 @@ class SRNTrainer(StageTrainer):
             lr_np *= factor
             hr_np *= factor
         added = self.pairs.add_lr_noise(lr_np, self.rng, *self._lr_noise, return_sigma=True)
+        if cfg.slice_denoise:
+            lr_np = self._denoised_across_slices(lr_np, added, index)
         extra = ()
         if self.generator_config.noise_level_input:
             # the slice's own noise was scaled with it; the added noise came after the scaling
-            if self.generator_config.noise_estimator == "learned":
+            if cfg.slice_denoise:  # what the generator reads on the filtered slice, as at inference
+                with torch.no_grad():
+                    slice_sigma = self.generator.estimate_noise(self.to_tensor(lr_np)).float().cpu().numpy()
+                added = np.zeros_like(added)
+            elif self.generator_config.noise_estimator == "learned":
                 slice_sigma = 0.0  # its estimator reads the noise, not the slice (GeneratorConfig.noise_estimator)
             else:
                 slice_sigma = self.pairs.lr_noise_sigma()[index] * factor.ravel()
@@ -309,6 +325,25 @@ class SRNTrainer(StageTrainer):
         self._last_batch = {"lr": lr_np, "hr": hr_np, "extra": extra}
         out = {f"g_{k}": v.detach() for k, v in g_terms.items()}
         out["d_total"] = d_loss.detach()
+        return out
+
+    def _denoised_across_slices(self, lr_np: np.ndarray, level: np.ndarray, index: np.ndarray) -> np.ndarray:
+        """The centre slice ``[B, 1, p, p]`` of each 2.5D crop ``lr_np [B, 1 + 2c, p, p]`` (its noise added)
+        denoised across its neighbours as inference's ``slice_denoise`` does
+        (:func:`~ddasr_nipype.inference.denoise_across_slices`, ``h = srn.slice_denoise x level``, the
+        neighbours as far apart in millimetres as the pair's HR slices were)."""
+        from ddasr_nipype.inference import SLICE_DENOISE_WIDTH_MM, denoise_across_slices
+        from ddasr_nipype.models import context_offsets
+
+        offsets = np.asarray(context_offsets(self.pairs.context_slices))
+        order = np.argsort(offsets)  # the channels in slice order
+        centre = int(np.flatnonzero(offsets[order] == 0)[0])
+        spacing = (self.pairs.neighbour_spacing(index) * self.preset.data.hr_voxel_size
+                   / SLICE_DENOISE_WIDTH_MM)
+        out = np.empty_like(lr_np[:, :1])
+        for b in range(len(lr_np)):
+            out[b, 0] = denoise_across_slices(lr_np[b, order], float(level[b]), self.preset.srn.slice_denoise,
+                                              spacing=float(spacing[b]))[centre]
         return out
 
     def _loss_weight(self, hr, index):

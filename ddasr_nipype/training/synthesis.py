@@ -86,13 +86,14 @@ def degrade_pairs(hr: SliceSet, method: str, *, scale: int, rng: np.random.Gener
     multiple = multiple or scale
     if context_slices and not context_strides:
         raise ValueError("context_strides must name at least one stride")
-    lr_out, hr_out, context_out, names = [], [], [], []
+    lr_out, hr_out, context_out, stride_out, names = [], [], [], [], []
     for stack in hr.stacks:
         hr_slices = np.ascontiguousarray(center_crop_to_multiple(stack.slices, multiple)).astype(np.float32)
-        lr_slices, context = [], []
+        lr_slices, context, strides = [], [], []
         for n in range(len(hr_slices)):
             if context_slices:
                 stride = int(context_strides[int(rng.integers(len(context_strides)))])
+                strides.append(stride)
                 slab = hr_slices[context_index([n], len(hr_slices), context_slices, stride)[0]]
                 out = np.asarray(degrade(np.clip(slab, 0.0, top), rng)[0], dtype=np.float32)
                 lr_slices.append(out[0])
@@ -103,9 +104,11 @@ def degrade_pairs(hr: SliceSet, method: str, *, scale: int, rng: np.random.Gener
         hr_out.append(hr_slices)
         if context_slices:
             context_out.append(np.stack(context))
+            stride_out.append(np.asarray(strides, dtype=np.int64))
         names.append(stack.name)
     return PairSet(lr_out, hr_out, scale, names, source=method, brain_only=[s.brain_only for s in hr.stacks],
-                   context=context_out if context_slices else None)
+                   context=context_out if context_slices else None,
+                   context_stride=stride_out if context_slices else None)
 
 
 def combine_pairs(first: PairSet, *others: PairSet) -> PairSet:
@@ -124,7 +127,9 @@ def combine_pairs(first: PairSet, *others: PairSet) -> PairSet:
     names = [f"{n}|{p.source}" for p in sets for n in p.names]
     return PairSet(lr, hr, first.scale, names, source="|".join(p.source for p in sets),
                    brain_only=[b for p in sets for b in p.brain_only],
-                   context=[c for p in sets for c in p.context] if first.context is not None else None)
+                   context=[c for p in sets for c in p.context] if first.context is not None else None,
+                   context_stride=([t for p in sets for t in p.context_stride]
+                                   if all(p.context_stride is not None for p in sets) else None))
 
 
 def noise_sigma(image: np.ndarray, foreground: float | None = 0.1) -> float:
@@ -158,7 +163,7 @@ def denoise_targets(pairs: PairSet, strength: float) -> PairSet:
                           if sigma > 0 else sl.astype(np.float32))
         hr_out.append(np.stack(slices))
     return PairSet(pairs.lr, hr_out, pairs.scale, pairs.names, source=f"{pairs.source}+nlmeans({strength:g})",
-                   brain_only=pairs.brain_only, context=pairs.context)
+                   brain_only=pairs.brain_only, context=pairs.context, context_stride=pairs.context_stride)
 
 
 def match_intensity(pairs: PairSet, *, levels: int = 201) -> PairSet:

@@ -18,7 +18,9 @@ level, ``projection=MODEL:WEIGHT`` making the
 output consistent with the LR after the fact (:func:`ddasr_nipype.degradations.consistency_projection`, in the volume's own intensity units). Prints mean brain/head PSNR, SSIM and the paired difference to bicubic with the paired
 t-test p-value over slices. ``--thick-slices K`` makes the reference (and so the LR) K times thicker across
 the slices first, so that the LR's neighbouring slices lie as far apart as a 3D acquisition at the LR
-resolution puts them.
+resolution puts them. ``--no-reference`` also scores NIQE and BRISQUE per slice (Table I's protocol: each
+volume normalized in the head mask, whole slices) on the reference itself, bicubic and every output: how the
+real HR scores against bicubic says whether a no-reference target below bicubic is one that fidelity meets.
 """
 
 from __future__ import annotations
@@ -103,6 +105,8 @@ def main(argv=None) -> None:
     parser.add_argument("--thick-slices", type=int, default=1, metavar="K",
                         help="first truncate the HR's k-space K-fold across the slices (reference and LR then "
                              "have K times thicker slices, as a 3D acquisition at the LR resolution would)")
+    parser.add_argument("--no-reference", action="store_true",
+                        help="also NIQE and BRISQUE of the reference, bicubic and each output")
     opts = parser.parse_args(argv)
 
     import torch
@@ -173,6 +177,27 @@ def main(argv=None) -> None:
                   f"{s['ssim_brain'][ok].mean():10.4f} {(s['ssim_brain'][ok] - base['ssim_brain'][ok]).mean():+7.4f} "
                   f"{s['psnr_mask'][ok].mean():9.3f} {(s['psnr_mask'][ok] - base['psnr_mask'][ok]).mean():+6.3f}",
                   flush=True)
+        if opts.no_reference:
+            _print_no_reference(hr01, outputs, mask, base["slice"][ok], plane)
+
+
+def _print_no_reference(hr01, outputs: dict, mask, chosen, plane: str) -> None:
+    """NIQE / BRISQUE of the reference and each output on the slices ``chosen`` (indices), and their change
+    from bicubic."""
+    from ddasr_nipype.metrics.volume import no_reference_scores, normalize_volume
+
+    rows = {"HR reference": hr01, **outputs}
+    scores = {}
+    for name, vol in rows.items():
+        got = no_reference_scores(normalize_volume(vol, mask), plane=plane, mask=mask, min_fraction=0.1)
+        keep = np.isin(got["slice"], chosen)
+        scores[name] = {m: got[m][keep] for m in ("niqe", "brisque")}
+    base = scores["bicubic"]
+    print(f"{'no-reference (' + str(len(chosen)) + ' slices)':60s} {'NIQE':>7s} {'vs bic':>7s} {'BRISQUE':>8s} {'vs bic':>7s}")
+    for name, s in scores.items():
+        print(f"{name:60s} {np.nanmean(s['niqe']):7.3f} {100 * (np.nanmean(s['niqe']) / np.nanmean(base['niqe']) - 1):+6.1f}% "
+              f"{np.nanmean(s['brisque']):8.2f} {100 * (np.nanmean(s['brisque']) / np.nanmean(base['brisque']) - 1):+6.1f}%",
+              flush=True)
 
 
 if __name__ == "__main__":
