@@ -76,14 +76,14 @@ def test_default_output_on_a_real_lr_scan_scores_as_documented(tables):
 def test_gan_bundle_is_the_documented_one():
     gan = load_bundle("ixi-t1w-x2-gan")  # verifies every checksum
     default = load_bundle(DEFAULT_MODEL)
-    # fine-tuned from the default generator as shipped before its learned noise estimator (0d23dd2207a8)
-    assert {**gan.generator_config.to_dict(), "noise_estimator": "learned"} == default.generator_config.to_dict()
-    assert gan.manifest["training"]["srn"]["initialized_from"]["sha256"].startswith("0d23dd2207a8")
+    # fine-tuned from the default generator as shipped (41565a5a5895), its learned noise estimator with it
+    assert gan.generator_config.to_dict() == default.generator_config.to_dict()
+    assert gan.manifest["training"]["srn"]["initialized_from"]["sha256"] == default.sha256
     assert gan.has_dsn  # the DSN whose pairs it was trained on, for DSNDegrade and the consistency map
     srn = gan.manifest["training"]["srn"]
     assert srn["perceptual_backbone"]["name"] == "deepbet" and srn["initialized_from"]["name"] == DEFAULT_MODEL
     assert gan.manifest["training"]["degradation"] == "dsn"
-    assert gan.output == {"strength": 1.0, "background": "input"}
+    assert gan.output == {"strength": 1.0, "background": "input", "slice_denoise": 0.0}
     assert srn_targets_denoised(gan) == 0.8  # clean targets: no noise texture for the discriminator to ask for
     card = (gan.path / "MODEL_CARD.md").read_text()
     assert gan.sha256[:12] in card and "grain" in card and "stripe" in card  # what it draws, what it drew
