@@ -1210,12 +1210,12 @@ def test_the_loss_weight_leaves_the_output_outside_it_free():
         sr[..., :4, :] += 0.5  # wrong only where the weight is 0
     loss = SRNLoss(VGG19Features(), SRNLossConfig(layers=(2,), layer_weights=(1.0,)))
     terms = loss(sr, hr, weight=weight)
-    assert float(terms["l1"]) == 0 and float(terms["perceptual"]) == 0
+    assert terms["l1"].detach().item() == 0 and terms["perceptual"].detach().item() == 0
     terms["total"].backward()
     assert float(sr.grad.abs().sum()) == 0
-    assert float(loss(sr, hr)["l1"]) > 0
+    assert loss(sr, hr)["l1"].detach().item() > 0
     no_perceptual = SRNLoss(VGG19Features(), SRNLossConfig(eta_perceptual=0.0))
-    assert float(no_perceptual(sr, hr)["perceptual"]) == 0  # the feature network is skipped
+    assert no_perceptual(sr, hr)["perceptual"].detach().item() == 0  # the feature network is skipped
 
 
 def test_skull_stripped_volumes_are_found_by_their_volume(tmp_path, hr_files, smoke):
