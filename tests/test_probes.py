@@ -63,3 +63,14 @@ def test_no_reference_scores_of_the_reference_and_outputs_are_set_against_bicubi
     assert rows["same"][1] == "+0.0%" and rows["same"][3] == "+0.0%"
     assert rows["HR reference"][0] != rows["bicubic"][0]
     assert float(rows["noisy"][2]) != pytest.approx(float(rows["bicubic"][2]))
+
+
+def test_the_affine_fit_takes_off_a_change_of_contrast_and_nothing_else():
+    """intensity_shift.py: an output that is the reference brightened and stretched fits back exactly; one
+    with noise keeps the noise's error."""
+    affine_fit_error = load_script("probes/intensity_shift").affine_fit_error
+    reference = np.random.default_rng(0).uniform(0.2, 0.8, 5000)
+    a, c, mse = affine_fit_error(1.1 * reference + 0.03, reference)
+    assert a == pytest.approx(1 / 1.1) and c == pytest.approx(-0.03 / 1.1) and mse == pytest.approx(0, abs=1e-20)
+    noise = np.random.default_rng(1).normal(0, 0.02, reference.shape)
+    assert affine_fit_error(reference + noise, reference)[2] == pytest.approx(np.mean(noise**2), rel=0.05)
