@@ -46,7 +46,8 @@ def _output_text(model, strength: float | None, background: str | None, slice_de
     the bundle unless given; a bundle that cannot be read here is checked when the node runs."""
     from ddasr_nipype.bundle import load_bundle
     from ddasr_nipype.errors import ModelBundleError
-    from ddasr_nipype.inference import DEFAULT_OUTPUT, output_settings
+    from ddasr_nipype.inference import (DEFAULT_OUTPUT, SLICE_DENOISE_PATCH, SLICE_DENOISE_RADIUS,
+                                        SLICE_DENOISE_WIDTH_MM, output_settings)
 
     try:
         bundle = load_bundle(model, verify=False)
@@ -58,8 +59,9 @@ def _output_text(model, strength: float | None, background: str | None, slice_de
     text = ""
     if settings["slice_denoise"] > 0:
         text += (" Before the network, the slices were denoised by non-local means across slices: each voxel "
-                 "averaged with the same voxel of the two neighbouring slices on either side, weighted by a "
-                 "Gaussian of their distance (1 mm) and by how alike the slices are over 3 x 3 in-plane patches "
+                 f"averaged with the same voxel of the {SLICE_DENOISE_RADIUS} neighbouring slices on either side, weighted by a "
+                 f"Gaussian of their distance ({SLICE_DENOISE_WIDTH_MM:g} mm) and by how alike the slices are over "
+                 f"{SLICE_DENOISE_PATCH} x {SLICE_DENOISE_PATCH} in-plane patches "
                  f"(h = {settings['slice_denoise']:g} x the noise level the model estimated on the input's slices).")
     if settings["strength"] < 1.0:
         text += (f" Inside the head, the network's output was blended with the bicubic interpolation of "

@@ -269,24 +269,21 @@ class SRNTrainer(StageTrainer):
         added = self.pairs.add_lr_noise(lr_np, self.rng, *self._lr_noise, return_sigma=True)
         if cfg.slice_denoise:
             lr_np = self._denoised_across_slices(lr_np, added, index)
+        lr, hr = self.to_tensor(lr_np), self.to_tensor(hr_np)
         extra = ()
         if self.generator_config.noise_level_input:
-            # the slice's own noise was scaled with it; the added noise came after the scaling
             if cfg.slice_denoise:  # what the generator reads on the filtered slice, as at inference
                 with torch.no_grad():
-                    slice_sigma = self.generator.estimate_noise(self.to_tensor(lr_np)).float().cpu().numpy()
-                added = np.zeros_like(added)
+                    sigma_np = self.generator.estimate_noise(lr).float().cpu().numpy()
             elif self.generator_config.noise_estimator == "learned":
-                slice_sigma = 0.0  # its estimator reads the noise, not the slice (GeneratorConfig.noise_estimator)
-            else:
-                slice_sigma = self.pairs.lr_noise_sigma()[index] * factor.ravel()
-            sigma_np = np.sqrt(slice_sigma**2 + added**2)
+                sigma_np = added  # its estimator reads the noise, not the slice (GeneratorConfig.noise_estimator)
+            else:  # the slice's own noise was scaled with it; the added noise came after the scaling
+                sigma_np = np.sqrt((self.pairs.lr_noise_sigma()[index] * factor.ravel())**2 + added**2)
             if cfg.noise_level_jitter:
                 sigma_np = sigma_np * np.exp(self.rng.uniform(-cfg.noise_level_jitter, cfg.noise_level_jitter,
                                                               size=len(sigma_np)))
             sigma_np = sigma_np.astype(np.float32)
             extra = (torch.from_numpy(sigma_np).to(self.device),)
-        lr, hr = self.to_tensor(lr_np), self.to_tensor(hr_np)
         weight = self._loss_weight(hr, index)
         adversarial = self.iteration >= cfg.pixel_warmup_iterations
         self.generator.train()

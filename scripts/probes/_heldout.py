@@ -41,3 +41,15 @@ def load_heldout(path: Path, cache_dir: Path = Path("out/cache"), plane: str = "
         cache.parent.mkdir(parents=True, exist_ok=True)
         np.save(cache, brain)
     return HeldOut(key, hr_ras, normalize_volume(hr, head), head, brain.astype(bool))
+
+
+def app_output(lr: np.ndarray, hr_ras, bundle, **settings) -> np.ndarray:
+    """The app's output (:func:`ddasr_nipype.inference.super_resolve_image` in the sagittal plane,
+    ``settings`` its output settings) for ``lr``, an x2 degradation of the RAS volume ``hr_ras`` in its
+    sagittal planes, on ``hr_ras``'s grid."""
+    from ddasr_nipype.data.io import to_ras
+    from ddasr_nipype.evaluation import _lr_image
+    from ddasr_nipype.inference import super_resolve_image
+
+    img, _ = super_resolve_image(_lr_image(lr, hr_ras, (1.0, 0.5, 0.5)), bundle, planes="sagittal", **settings)
+    return np.asarray(to_ras(img)[0].dataobj, dtype=np.float64)

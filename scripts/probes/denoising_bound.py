@@ -48,13 +48,11 @@ def main(argv=None) -> None:
 
     import torch
 
-    from _heldout import load_heldout
+    from _heldout import app_output, load_heldout
 
     from ddasr_nipype.bundle import load_bundle
-    from ddasr_nipype.data.io import to_ras
     from ddasr_nipype.degradations import bicubic_upsample, get_degradation, kspace_truncation, rician_noise
-    from ddasr_nipype.evaluation import _inplane_axes, _lr_image, _seed_sequence
-    from ddasr_nipype.inference import super_resolve_image
+    from ddasr_nipype.evaluation import _inplane_axes, _seed_sequence
     from ddasr_nipype.metrics.volume import reference_scores
 
     torch.set_num_threads(opts.threads)
@@ -73,10 +71,6 @@ def main(argv=None) -> None:
     def lr_mse(lr):
         return float(((lr - clean)[lr_brain] ** 2).mean())
 
-    def model(lr):
-        img, _ = super_resolve_image(_lr_image(lr, hr_ras, (1.0, 0.5, 0.5)), bundle, planes="sagittal")
-        return np.asarray(to_ras(img)[0].dataobj, dtype=np.float64)
-
     def brain_psnr(volume):
         return np.asarray(reference_scores(hr01, volume, mask=head, brain_mask=brain)["psnr_brain"])
 
@@ -89,7 +83,7 @@ def main(argv=None) -> None:
           "bicubic of the noisy LR)")
     for name, lr in inputs.items():
         gains = []
-        for volume in (bicubic_upsample(lr, 2, axes=axes, out_shape=shape), model(lr)):
+        for volume in (bicubic_upsample(lr, 2, axes=axes, out_shape=shape), app_output(lr, hr_ras, bundle)):
             psnr = brain_psnr(volume)
             ok = np.isfinite(psnr) & np.isfinite(base)
             gains.append(float(np.mean(psnr[ok] - base[ok])))

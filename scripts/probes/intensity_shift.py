@@ -34,13 +34,11 @@ def main(argv=None) -> None:
 
     import torch
 
-    from _heldout import load_heldout
+    from _heldout import app_output, load_heldout
 
     from ddasr_nipype.bundle import load_bundle
-    from ddasr_nipype.data.io import to_ras
     from ddasr_nipype.degradations import bicubic_upsample, get_degradation
-    from ddasr_nipype.evaluation import _inplane_axes, _lr_image, _seed_sequence
-    from ddasr_nipype.inference import super_resolve_image
+    from ddasr_nipype.evaluation import _inplane_axes, _seed_sequence
 
     torch.set_num_threads(opts.threads)
     held = load_heldout(opts.hr, opts.cache_dir)
@@ -50,8 +48,7 @@ def main(argv=None) -> None:
     outputs = {"bicubic": bicubic_upsample(lr, 2, axes=axes, out_shape=[held.hr01.shape[a] for a in axes])}
     for name in opts.bundles:
         bundle = load_bundle(name)
-        img, _ = super_resolve_image(_lr_image(lr, held.hr_ras, (1.0, 0.5, 0.5)), bundle, planes="sagittal")
-        outputs[f"{bundle.name}:{bundle.sha256[:8]}"] = np.asarray(to_ras(img)[0].dataobj, dtype=np.float64)
+        outputs[f"{bundle.name}:{bundle.sha256[:8]}"] = app_output(lr, held.hr_ras, bundle)
     reference = held.hr01[held.brain]
     print(f"== {held.key} {opts.degradation}: inside the brain, HR mean {reference.mean():.4f}")
     print(f"{'method':32s} {'mean':>7s} {'MSE':>9s} {'MSE after a x + c':>18s} {'a':>6s} {'c':>7s}")

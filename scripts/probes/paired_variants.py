@@ -112,13 +112,11 @@ def main(argv=None) -> None:
     import torch
     from scipy.stats import ttest_rel
 
-    from _heldout import load_heldout
+    from _heldout import app_output, load_heldout
 
     from ddasr_nipype.bundle import load_bundle
     from ddasr_nipype.degradations import bicubic_upsample, consistency_projection, get_degradation
-    from ddasr_nipype.evaluation import _inplane_axes, _lr_image, _seed_sequence
-    from ddasr_nipype.inference import super_resolve_image
-    from ddasr_nipype.data.io import to_ras
+    from ddasr_nipype.evaluation import _inplane_axes, _seed_sequence
     from ddasr_nipype.data.slicing import plane_axis
     from ddasr_nipype.metrics.volume import reference_scores
 
@@ -126,7 +124,6 @@ def main(argv=None) -> None:
         torch.set_num_threads(opts.threads)
     plane, scale = "sagittal", 2
     axes = _inplane_axes(plane)
-    down = (1.0, 0.5, 0.5)
     held = load_heldout(opts.hr, opts.cache_dir, plane, scale)
     key, hr_ras, hr01, mask, brain = held.key, held.hr_ras, held.hr01, held.head, held.brain
     if opts.thick_slices > 1:  # the reference made of thick slices too: LR neighbours that far apart
@@ -147,12 +144,10 @@ def main(argv=None) -> None:
                 patch = int(settings.pop("nlmpatch", 3))
                 _scale_noise_level(float(settings.pop("noisescale", 1) or 1))
                 lr_in = _through_plane_nlm(lr, pre_nlm, plane_axis(plane), level=level, patch=patch) if pre_nlm > 0 else lr
-                img, _ = super_resolve_image(_lr_image(lr_in, hr_ras, down), b, planes=plane,
-                                             strength=float(settings["strength"]) if "strength" in settings else None,
-                                             background=settings.get("background"),
-                                             slice_denoise=float(settings["slice_denoise"])
-                                             if "slice_denoise" in settings else None)
-                sr = np.asarray(to_ras(img)[0].dataobj, dtype=np.float64)
+                sr = app_output(lr_in, hr_ras, b,
+                                strength=float(settings["strength"]) if "strength" in settings else None,
+                                background=settings.get("background"),
+                                slice_denoise=float(settings["slice_denoise"]) if "slice_denoise" in settings else None)
                 if projection:
                     model, weight = projection.split(":")
                     sr = consistency_projection(sr, lr, scale, axes=axes, model=model, weight=float(weight))
