@@ -42,6 +42,7 @@ class Config:
     strength: float | None = None
     background: str | None = None
     slice_denoise: float | None = None
+    projection: str | None = None
     consistency: bool = True
     run_uuid: str = ""
 

@@ -20,6 +20,8 @@ from ddasr_nipype.forksafe import MULTIPROC_START_METHOD
 from .config import Config
 
 PLANES = ("sagittal", "coronal", "axial", "all")
+#: ddasr_nipype.inference.OUTPUT_PROJECTIONS (not imported: the parser stays light)
+OUTPUT_PROJECTIONS = ("none", "kspace", "area")
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -130,6 +132,11 @@ def _build_parser() -> argparse.ArgumentParser:
                       help="denoise the network's input across neighbouring slices first: non-local means of "
                       "each slice with the two slices on either side, h = H x the noise level the model reads "
                       "(0: off; default: the model's recommendation, 2 for t1w-x2)")
+    g_sr.add_argument("--projection", choices=OUTPUT_PROJECTIONS,
+                      help="make each output slice agree with the network's input slice under this model of "
+                      "the down-sampling: 'kspace' replaces the output's central k-space (the frequencies the "
+                      "input holds) by the input's, 'area' sets each block's mean to the input voxel's; 'none': "
+                      "off (default: the model's recommendation)")
     g_sr.add_argument("--skip-brain-extraction", action="store_true",
                       help="do not compute a brain mask (no deepbet run)")
     g_sr.add_argument("--no-consistency", dest="consistency", action="store_false",
@@ -298,6 +305,7 @@ def parse_args(args=None) -> Config:
         strength=opts.strength,
         background=opts.background,
         slice_denoise=opts.slice_denoise,
+        projection=opts.projection,
         consistency=opts.consistency,
         run_uuid=run_uuid,
     )

@@ -22,9 +22,12 @@ PLANE_AXES = {plane: plane_axis(plane) for plane in PLANES}
 PLANE_CHOICES = (*PLANES, "all")
 #: what fills the air around the head: the network's output, or the bicubic interpolation of the input
 BACKGROUNDS = ("model", "input")
+#: ``projection``: none, or the physics model under which each output slice is made to agree with
+#: its input slice (:func:`ddasr_nipype.degradations.consistency_projection`)
+OUTPUT_PROJECTIONS = ("none", "kspace", "area")
 #: output settings of bundles whose manifest gives none (the network's output everywhere, no denoising
-#: across slices)
-DEFAULT_OUTPUT = {"strength": 1.0, "background": "model", "slice_denoise": 0.0}
+#: across slices, no data-consistency projection)
+DEFAULT_OUTPUT = {"strength": 1.0, "background": "model", "slice_denoise": 0.0, "projection": "none"}
 #: ``slice_denoise``: neighbouring slices on each side that the non-local means across slices compares,
 #: the width (mm) of the Gaussian of their distance that weighs each, and the in-plane patch it compares
 #: them on
@@ -176,15 +179,21 @@ def _tiles(length: int, tile: int, overlap: int) -> Iterator[tuple[int, int]]:
 
 
 def output_settings(bundle=None, *, strength: float | None = None, background: str | None = None,
-                    slice_denoise: float | None = None) -> dict[str, Any]:
-    """The output settings of a run: ``strength``, ``background`` and ``slice_denoise`` where given, else
-    the bundle's recommendation (its manifest's ``output``), else :data:`DEFAULT_OUTPUT`.
+                    slice_denoise: float | None = None, projection: str | None = None) -> dict[str, Any]:
+    """The output settings of a run: ``strength``, ``background``, ``slice_denoise`` and
+    ``projection`` where given, else the bundle's recommendation (its manifest's ``output``), else
+    :data:`DEFAULT_OUTPUT`.
 
     ``strength`` (0-1) is the weight of the network's output against the bicubic interpolation of the
     input: 1 is the network alone, 0 plain bicubic. ``background="input"`` keeps the bicubic
     interpolation of the input outside the head (the air), ``"model"`` the network's output there.
     ``slice_denoise`` (>= 0; 0: off) denoises the network's input across neighbouring slices first
     (:func:`denoise_across_slices`, ``h`` = this x the noise level the generator reads).
+    ``projection`` (:data:`OUTPUT_PROJECTIONS`) projects each of the network's output slices onto the
+    images that give its input slice (the network's input: after ``slice_denoise`` where on) under that
+    model of the down-sampling: ``kspace`` replaces the output's central k-space by the input's (what an
+    MR scanner acquires at the lower resolution), ``area`` makes each block's mean the input voxel's.
+    Nothing the acquisition cannot see changes; the projection comes before the blend with bicubic.
     """
     recommended = dict(DEFAULT_OUTPUT)
     if bundle is not None:
@@ -193,6 +202,7 @@ def output_settings(bundle=None, *, strength: float | None = None, background: s
         "strength": float(recommended["strength"] if strength is None else strength),
         "background": str(recommended["background"] if background is None else background),
         "slice_denoise": float(recommended["slice_denoise"] if slice_denoise is None else slice_denoise),
+        "projection": str(recommended["projection"] if projection is None else projection),
     }
     if not 0.0 <= settings["strength"] <= 1.0:
         raise ValueError(f"strength must be between 0 and 1, got {settings['strength']}")
@@ -200,6 +210,9 @@ def output_settings(bundle=None, *, strength: float | None = None, background: s
         raise ValueError(f"background must be one of {BACKGROUNDS}, got {settings['background']!r}")
     if not 0.0 <= settings["slice_denoise"] < math.inf:
         raise ValueError(f"slice_denoise must be a finite number >= 0, got {settings['slice_denoise']}")
+    if settings["projection"] not in OUTPUT_PROJECTIONS:
+        raise ValueError(f"projection must be one of {OUTPUT_PROJECTIONS}, "
+                         f"got {settings['projection']!r}")
     return settings
 
 
@@ -352,6 +365,7 @@ def super_resolve_plane(
     timings: dict[str, float] | None = None,
     slice_denoise: float = 0.0,
     slice_spacing_mm: float | None = None,
+    projection: str = "none",
 ) -> np.ndarray:
     """Super-resolve every slice of a normalized RAS volume along one plane.
 
@@ -364,9 +378,11 @@ def super_resolve_plane(
     ``batch_size`` defaults to :func:`default_batch_size`. ``slice_denoise > 0`` gives the network the
     slices denoised across the stack (:func:`denoise_across_slices`, ``h`` = ``slice_denoise`` x
     :func:`volume_noise_level`; slices ``slice_spacing_mm`` apart, by default
-    :data:`SLICE_DENOISE_WIDTH_MM`); the blend keeps the input as it is. ``timings`` (a dict), when given, is
-    added the seconds spent in the network (``network``), in the blend (``blend``) and denoising across
-    slices (``slice_denoise``).
+    :data:`SLICE_DENOISE_WIDTH_MM`); the blend keeps the input as it is. ``projection``
+    (``kspace`` / ``area``) projects each output slice onto the network's input slice under that model
+    (:func:`ddasr_nipype.degradations.consistency_projection`) before the blend. ``timings`` (a dict), when
+    given, is added the seconds spent in the network (``network``, the projection included), in the blend
+    (``blend``) and denoising across slices (``slice_denoise``).
     """
     import torch
 
@@ -386,7 +402,8 @@ def super_resolve_plane(
         raise ValueError(f"mask shape {mask.shape} differs from the volume's {data.shape}")
     if residual is not None and residual.shape != data.shape:
         raise ValueError(f"residual shape {residual.shape} differs from the volume's {data.shape}")
-    strength = output_settings(strength=strength)["strength"]  # checked
+    checked = output_settings(strength=strength, projection=projection)
+    strength, projection = checked["strength"], checked["projection"]
     network_input = moved
     if slice_denoise > 0:
         t0 = time.perf_counter()
@@ -413,6 +430,11 @@ def super_resolve_plane(
             chunk = np.asarray(moved[start:start + len(stack)], dtype=np.float32)
             batch = torch.from_numpy(stack).to(torch_device)
             sr = _run_tiled(generator, batch, scale, tile_size, tile_overlap)[:, 0].float().cpu().numpy()
+        if projection != "none":
+            from .degradations import consistency_projection
+
+            target = np.asarray(network_input[start:start + len(chunk)], dtype=np.float32)
+            sr = consistency_projection(sr, target, scale, axes=(1, 2), model=projection).astype(np.float32)
         t1 = time.perf_counter()
         if blend:
             stop = start + len(chunk)
@@ -482,6 +504,7 @@ def super_resolve_volume(
     timings: dict[str, float] | None = None,
     slice_denoise: float = 0.0,
     voxel_size_mm: tuple[float, float, float] | None = None,
+    projection: str = "none",
 ) -> np.ndarray:
     """Super-resolve a normalized RAS volume.
 
@@ -489,21 +512,23 @@ def super_resolve_volume(
     or ``all``: the three single-plane results, each brought to the isotropic x``scale`` grid by linear
     interpolation along its slice axis, are averaged into an isotropic volume. ``strength`` and
     ``background`` blend the network's output with bicubic interpolation, ``slice_denoise`` denoises its
-    input across each plane's slices first (:func:`output_settings`; ``voxel_size_mm``, the RAS voxel size,
-    gives the slice spacing);
+    input across each plane's slices first, ``projection`` makes each output slice agree with its
+    input slice (:func:`output_settings`; ``voxel_size_mm``, the RAS voxel size, gives the slice spacing);
     ``residual`` is what the normalization clipped off (:func:`super_resolve_plane`). ``timings`` (a
     dict), when given, is added the seconds of each step: ``head_mask``, ``slice_denoise`` where on,
     ``network``, ``blend`` and, for ``all``, ``fuse``.
     """
     _check_plane(plane)
-    settings = output_settings(strength=strength, background=background, slice_denoise=slice_denoise)
+    settings = output_settings(strength=strength, background=background, slice_denoise=slice_denoise,
+                               projection=projection)
     t0 = time.perf_counter()
     mask = head_mask(data) if settings["background"] == "input" else None
     if timings is not None:
         timings["head_mask"] = timings.get("head_mask", 0.0) + time.perf_counter() - t0
     kwargs = dict(scale=scale, batch_size=batch_size, device=device, tile_size=tile_size,
                   tile_overlap=tile_overlap, strength=settings["strength"], mask=mask, residual=residual,
-                  timings=timings, slice_denoise=settings["slice_denoise"])
+                  timings=timings, slice_denoise=settings["slice_denoise"],
+                  projection=settings["projection"])
 
     def spacing(name: str) -> float | None:
         return None if voxel_size_mm is None else float(voxel_size_mm[PLANE_AXES[name]])
@@ -552,13 +577,14 @@ def super_resolve_image(
     strength: float | None = None,
     background: str | None = None,
     slice_denoise: float | None = None,
+    projection: str | None = None,
 ) -> tuple[Any, dict[str, Any]]:
     """Super-resolve a nibabel image with a model bundle.
 
     The image is reoriented to RAS, normalized with the bundle's percentile rule, super-resolved, mapped
     back to the input's intensity range and orientation, and given a field-of-view-preserving affine.
-    ``strength``, ``background`` and ``slice_denoise`` default to the bundle's recommendation
-    (:func:`output_settings`),
+    ``strength``, ``background``, ``slice_denoise`` and ``projection`` default to the bundle's
+    recommendation (:func:`output_settings`),
     ``batch_size`` to :func:`default_batch_size`. Without ``generator`` the bundle's is loaded and
     prepared (:func:`prepare_generator`); a given one is used as it is.
     Returns ``(out_img, info)``; ``info["warnings"]`` lists what :func:`resolution_warnings` found (also
@@ -573,7 +599,8 @@ def super_resolve_image(
     from .data.slicing import upsampled_affine
 
     _check_plane(planes)
-    settings = output_settings(bundle, strength=strength, background=background, slice_denoise=slice_denoise)
+    settings = output_settings(bundle, strength=strength, background=background, slice_denoise=slice_denoise,
+                               projection=projection)
     warnings = resolution_warnings(ras_voxel_sizes(img), bundle, planes)
     for message in warnings:
         LOGGER.warning("%s", message)

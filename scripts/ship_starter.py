@@ -3,15 +3,16 @@
     python scripts/ship_starter.py TRAINED_BUNDLE [--dest ddasr_nipype/resources/models/ixi-t1w-x2]
                                    [--card CARD.md] [--panel PNG ...] [--dsn-from BUNDLE]
                                    [--strength S] [--background input|model] [--slice-denoise H]
+                                   [--projection none|kspace|area]
                                    [--noise-estimator PT]
 
 The weights are re-saved in half precision (about half the size); the manifest keeps the training
 recipe and records where the weights came from. Evaluate the *packed* bundle (scripts/evaluate_starter.sh)
 and give its card with ``--card`` (MODEL_CARD.md is not part of the checksummed weights, so the card
 can be rewritten after the evaluation without touching them). ``--dsn-from`` takes the DSN from another
-bundle (a generator trained on classical pairs has none of its own); ``--strength``, ``--background`` and
-``--slice-denoise`` record the output settings the model was evaluated with, which inference then uses by
-default.
+bundle (a generator trained on classical pairs has none of its own); ``--strength``, ``--background``,
+``--slice-denoise`` and ``--projection`` record the output settings the model was evaluated with, which
+inference then uses by default.
 ``--noise-estimator`` packs a learned noise-level estimator with a generator trained told the added noise
 level (``GeneratorConfig.noise_estimator``).
 """
@@ -46,6 +47,8 @@ def main(argv=None) -> None:
     parser.add_argument("--background", choices=["input", "model"], help="recommended background")
     parser.add_argument("--slice-denoise", type=float,
                         help="recommended denoising across slices before the network (h / noise level; 0: off)")
+    parser.add_argument("--projection", choices=["none", "kspace", "area"],
+                        help="recommended projection of each output slice onto its input slice")
     parser.add_argument("--noise-estimator", type=Path,
                         help="pack this LearnedNoiseEstimator (scripts/train_noise_estimator.py) with the generator: "
                              "for one trained told the added noise level (scripts/probes/known_noise_level.py)")
@@ -56,7 +59,8 @@ def main(argv=None) -> None:
     same_weights = (shipped is not None and shipped.manifest["training"].get("shipped_from", {})
                     .get("srn_sha256_float32") == trained.sha256)
     output = {k: v for k, v in (("strength", opts.strength), ("background", opts.background),
-                                ("slice_denoise", opts.slice_denoise)) if v is not None}
+                                ("slice_denoise", opts.slice_denoise), ("projection", opts.projection))
+              if v is not None}
     if same_weights and opts.card and not opts.panel and not output:
         # card-only update: the weights stay exactly as they are
         shutil.copyfile(opts.card, opts.dest / CARD_FILE)

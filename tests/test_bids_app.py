@@ -270,6 +270,14 @@ def test_plugin_mem_filters_and_validation(bids_copy, tmp_path, tiny_bundle, cap
     for bad in ("-1", "inf", "nan", "strong"):
         assert "finite number >= 0" in _usage_error(
             capsys, _args(bids_copy, tmp_path / "o", "--slice-denoise", bad, model=tiny_bundle))
+    assert config.projection is None  # the model's recommendation
+    assert parse_args(_args(bids_copy, tmp_path / "o", "--projection", "kspace", model=tiny_bundle)).projection == "kspace"
+    assert "invalid choice" in _usage_error(
+        capsys, _args(bids_copy, tmp_path / "o", "--projection", "sinc", model=tiny_bundle))
+    from ddasr_nipype.inference import OUTPUT_PROJECTIONS
+
+    from ddasr_nipype.bids_app.parser import OUTPUT_PROJECTIONS as choices  # the parser stays light
+    assert choices == OUTPUT_PROJECTIONS
 
     (bids_copy / "dataset_description.json").unlink()
     assert "not a BIDS dataset" in _usage_error(capsys, _args(bids_copy, tmp_path / "o",

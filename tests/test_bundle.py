@@ -53,12 +53,16 @@ def test_recommended_output_settings_are_recorded_and_checked(tmp_path):
     _, plain = _save(tmp_path / "plain")
     assert plain.output == {} and "output" not in plain.manifest  # older bundles: the network alone
     _, recommends = _save(tmp_path / "blend", output={"strength": 0.5, "background": "input"})
-    assert recommends.output == {"strength": 0.5, "background": "input", "slice_denoise": 0.0}
+    assert recommends.output == {"strength": 0.5, "background": "input", "slice_denoise": 0.0,
+                                 "projection": "none"}
     assert load_bundle(tmp_path / "blend").manifest["output"] == recommends.output
-    _, partial = _save(tmp_path / "partial", output={"background": "input", "slice_denoise": 2})
+    _, partial = _save(tmp_path / "partial", output={"background": "input", "slice_denoise": 2,
+                                                     "projection": "kspace"})
     # completed with the defaults
-    assert partial.output == {"strength": 1.0, "background": "input", "slice_denoise": 2.0}
+    assert partial.output == {"strength": 1.0, "background": "input", "slice_denoise": 2.0,
+                              "projection": "kspace"}
     for bad, message in (({"strength": 2.0}, "strength must be between 0 and 1"),
+                         ({"projection": "sinc"}, "projection must be one of"),
                          ({"slice_denoise": -1.0}, "slice_denoise must be a finite number >= 0")):
         with pytest.raises(ValueError, match=message):
             _save(tmp_path / "bad", output=bad)

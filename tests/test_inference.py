@@ -370,12 +370,12 @@ def test_a_run_off_the_training_resolution_is_flagged_in_its_info_and_log(lr_fil
 
 def test_output_settings_come_from_the_bundle_unless_given(lr_file):
     assert inference.output_settings() == inference.DEFAULT_OUTPUT == {"strength": 1.0, "background": "model",
-                                                                       "slice_denoise": 0.0}
+                                                                       "slice_denoise": 0.0, "projection": "none"}
 
     class Recommends(_FakeBundle):
         output = {"strength": 0.5, "background": "input"}  # a manifest from before slice_denoise
 
-    expected = {"strength": 0.5, "background": "input", "slice_denoise": 0.0}
+    expected = {"strength": 0.5, "background": "input", "slice_denoise": 0.0, "projection": "none"}
     assert inference.output_settings(_FakeBundle()) == inference.DEFAULT_OUTPUT
     assert inference.output_settings(Recommends()) == expected
     assert inference.output_settings(Recommends(), strength=1.0) == {**expected, "strength": 1.0}
@@ -388,6 +388,9 @@ def test_output_settings_come_from_the_bundle_unless_given(lr_file):
     for bad in (-1.0, float("nan"), float("inf")):
         with pytest.raises(ValueError, match="slice_denoise must be a finite number >= 0"):
             inference.output_settings(slice_denoise=bad)
+    assert inference.output_settings(Recommends(), projection="kspace")["projection"] == "kspace"
+    with pytest.raises(ValueError, match="projection must be one of"):
+        inference.output_settings(projection="fourier")
 
     img = nib.load(lr_file)
     recommended, info = inference.super_resolve_image(img, Recommends())
@@ -470,6 +473,42 @@ def test_slice_denoise_feeds_the_network_denoised_slices_and_blends_with_the_inp
     img = nib.load(lr_file)
     _, info = inference.super_resolve_image(img, _FakeBundle(), slice_denoise=1.5)
     assert info["output"]["slice_denoise"] == 1.5 and "slice_denoise" in info["timings_s"]
+
+
+@pytest.mark.parametrize("model", ["kspace", "area"])
+def test_projection_makes_each_output_slice_agree_with_its_input_slice(model):
+    """Re-degraded under its model, the projected output gives the network's input back (the denoised
+    input where ``slice_denoise`` is on); what the acquisition cannot see stays the network's."""
+    from ddasr_nipype.degradations import area_downsample_unclipped, bicubic_upsample, kspace_truncation
+
+    def degrade(x):
+        return (area_downsample_unclipped(x, 2, axes=(1, 2)) if model == "area"
+                else kspace_truncation(x, 2, axes=(1, 2)))
+
+    noisy, _ = _noisy_stack()
+    vol = noisy[:, :39, :47]  # odd sizes: the k-space centre of an odd grid
+    # the network alone, everywhere, a smooth shift of brightness that the projection must take out
+    off = inference.super_resolve_volume(vol, ConstantX2(0.3), plane="sagittal")
+    on = inference.super_resolve_volume(vol, ConstantX2(0.3), plane="sagittal", projection=model)
+    assert np.allclose(off, 0.3)
+    np.testing.assert_allclose(degrade(on), vol, atol=1e-4)
+    # nothing the input holds is left of the network's constant: the projection of bicubic's output is
+    # bicubic plus what it lacks at the input's frequencies, the same for any constant
+    other = inference.super_resolve_volume(vol, ConstantX2(0.7), plane="sagittal", projection=model)
+    np.testing.assert_allclose(on, other, atol=1e-4)
+    # high frequencies the network adds survive it
+    detail = inference.super_resolve_volume(vol, NearestX2(), plane="sagittal", projection=model)
+    np.testing.assert_allclose(degrade(detail), vol, atol=1e-4)
+    assert np.abs(detail - bicubic_upsample(vol, 2, axes=(1, 2))).mean() > 1e-3
+    # with slice_denoise the network's input is the denoised stack, and that is what the output agrees with
+    denoised = inference.super_resolve_volume(vol, NearestX2(), plane="sagittal", slice_denoise=2.0,
+                                              projection=model)
+    level = inference.volume_noise_level(NearestX2(), vol)
+    np.testing.assert_allclose(degrade(denoised), inference.denoise_across_slices(vol, level, 2.0), atol=1e-4)
+    # before the blend: strength 0 is bicubic whatever the projection
+    np.testing.assert_allclose(
+        inference.super_resolve_volume(vol, NearestX2(), plane="sagittal", strength=0.0, projection=model),
+        bicubic_upsample(vol, 2, axes=(1, 2)), atol=1e-6)
 
 
 def test_cpu_runs_one_slice_per_forward_pass_unless_told_otherwise():

@@ -190,16 +190,32 @@ def test_super_resolve_output_settings_reach_the_image_and_the_sidecar(lr_crop, 
 
     runs = {}
     for label, settings in (("default", {}), ("bicubic", {"strength": 0.0}),
-                            ("air", {"strength": 1.0, "background": "input"}), ("slices", {"slice_denoise": 2.0})):
+                            ("air", {"strength": 1.0, "background": "input"}), ("slices", {"slice_denoise": 2.0}),
+                            ("projected", {"projection": "area"})):
         (tmp_path / label).mkdir()
         res = SuperResolve(in_file=str(lr_crop), model=str(tiny_bundle), device="cpu", num_threads=1,
                            **settings).run(cwd=str(tmp_path / label))
         runs[label] = (nib.load(res.outputs.out_file).get_fdata(), res.outputs.metadata)
     # the tiny bundle recommends nothing: its network alone
-    assert runs["default"][1]["output"] == {"strength": 1.0, "background": "model", "slice_denoise": 0.0}
-    assert runs["bicubic"][1]["output"] == {"strength": 0.0, "background": "model", "slice_denoise": 0.0}
-    assert runs["air"][1]["output"] == {"strength": 1.0, "background": "input", "slice_denoise": 0.0}
-    assert runs["slices"][1]["output"] == {"strength": 1.0, "background": "model", "slice_denoise": 2.0}
+    plain = {"strength": 1.0, "background": "model", "slice_denoise": 0.0, "projection": "none"}
+    assert runs["default"][1]["output"] == plain
+    assert runs["bicubic"][1]["output"] == {**plain, "strength": 0.0}
+    assert runs["air"][1]["output"] == {**plain, "background": "input"}
+    assert runs["slices"][1]["output"] == {**plain, "slice_denoise": 2.0}
+    assert runs["projected"][1]["output"] == {**plain, "projection": "area"}
+    # the projected output's 2 x 2 block means in each sagittal slice are the input's (in its units;
+    # the crop is PSR: in RAS order, which the sagittal slices are cut in, both are permuted alike)
+    from ddasr_nipype.data.io import to_ras
+    from ddasr_nipype.degradations import area_downsample_unclipped
+
+    lr = np.asarray(to_ras(nib.load(lr_crop))[0].dataobj, dtype=np.float64)
+    out_img = nib.Nifti1Image(runs["projected"][0], nib.load(res.outputs.out_file).affine)
+    projected = np.asarray(to_ras(out_img)[0].dataobj, dtype=np.float64)
+    assert projected.shape == (lr.shape[0], 2 * lr.shape[1], 2 * lr.shape[2])
+    assert not np.allclose(runs["projected"][0], runs["default"][0])
+    inside = lr < np.percentile(lr, 99)  # above, the normalization clipped the network's input
+    np.testing.assert_allclose(area_downsample_unclipped(projected, 2, axes=(1, 2))[inside], lr[inside],
+                               rtol=1e-3, atol=1e-2 * lr.max())
     assert not np.allclose(runs["slices"][0], runs["default"][0])  # the network saw denoised slices
     default, bicubic, air = (runs[k][0] for k in ("default", "bicubic", "air"))
     assert not np.allclose(default, bicubic)
@@ -209,10 +225,14 @@ def test_super_resolve_output_settings_reach_the_image_and_the_sidecar(lr_crop, 
     sidecar = t1w_sidecar(runs["air"][1], str(lr_crop), str(tmp_path))
     assert sidecar["ModelStrength"] == 1.0 and sidecar["Background"] == "input" and sidecar["SliceDenoise"] == 0.0
     assert t1w_sidecar(runs["slices"][1], str(lr_crop), str(tmp_path))["SliceDenoise"] == 2.0
+    assert sidecar["Projection"] == "none"
+    assert t1w_sidecar(runs["projected"][1], str(lr_crop), str(tmp_path))["Projection"] == "area"
     with pytest.raises(Exception, match="strength"):
         SuperResolve(in_file=str(lr_crop), model=str(tiny_bundle), strength=1.5)
     with pytest.raises(Exception, match="slice_denoise"):
         SuperResolve(in_file=str(lr_crop), model=str(tiny_bundle), slice_denoise=-1.0)
+    with pytest.raises(Exception, match="projection"):
+        SuperResolve(in_file=str(lr_crop), model=str(tiny_bundle), projection="sinc")
 
 
 def test_super_resolve_refuses_tampered_model(lr_crop, tiny_bundle, tmp_path):

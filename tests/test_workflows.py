@@ -103,6 +103,11 @@ def test_sr_wf_methods_text_states_the_output_settings():
     assert "neighbouring slices" in default.__desc__ and "h = 2 x the noise level" in default.__desc__
     assert "neighbouring slices" not in init_sr_wf(model="t1w-x2", slice_denoise=0).__desc__
     assert init_sr_wf(model="t1w-x2", slice_denoise=1.5).get_node("super_resolve").inputs.slice_denoise == 1.5
+    assert "k-space" not in default.__desc__  # no projection recommended
+    projected = init_sr_wf(model="t1w-x2", projection="kspace")
+    assert "central k-space" in projected.__desc__ and "denoised input slice" in projected.__desc__
+    assert projected.get_node("super_resolve").inputs.projection == "kspace"
+    assert "block of output voxels" in init_sr_wf(model="t1w-x2", slice_denoise=0, projection="area").__desc__
 
 
 def test_sr_wf_without_brain_extraction():

@@ -51,7 +51,7 @@ def init_ddasr_wf(*, config, layout=None, name: str = "ddasr_wf"):
     config : :class:`ddasr_nipype.bids_app.config.Config`
         The frozen run configuration (bids_dir, output_dir, work_dir, participant_label,
         session_label, bids_filters, model, planes, device, skip_brain_extraction,
-        omp_nthreads, batch_size, tile_size, strength, background, slice_denoise, consistency,
+        omp_nthreads, batch_size, tile_size, strength, background, slice_denoise, projection, consistency,
         run_uuid).
     layout : :class:`bids.layout.BIDSLayout`, optional
         An index of ``config.bids_dir`` (built here when not given).
@@ -203,7 +203,7 @@ input BIDS dataset.
             skip_brain_extraction=config.skip_brain_extraction,
             omp_nthreads=config.omp_nthreads, batch_size=config.batch_size,
             tile_size=config.tile_size, strength=config.strength, background=config.background,
-            slice_denoise=config.slice_denoise, consistency=consistency, max_memory_gb=memory_limit_gb(config),
+            slice_denoise=config.slice_denoise, projection=config.projection, consistency=consistency, max_memory_gb=memory_limit_gb(config),
             # on one machine the physics map runs in the scheduler's process beside the brain extraction
             consistency_in_scheduler=getattr(config, "plugin", "MultiProc") in ("MultiProc", "LegacyMultiProc"),
             name=f"t1w_{idx}_wf",

@@ -41,7 +41,8 @@ def bundle_has_dsn(model) -> bool:
         return False
 
 
-def _output_text(model, strength: float | None, background: str | None, slice_denoise: float | None = None) -> str:
+def _output_text(model, strength: float | None, background: str | None, slice_denoise: float | None = None,
+                 projection: str | None = None) -> str:
     """The methods sentence on the output settings (empty for the network alone). The settings come from
     the bundle unless given; a bundle that cannot be read here is checked when the node runs."""
     from ddasr_nipype.bundle import load_bundle
@@ -53,7 +54,8 @@ def _output_text(model, strength: float | None, background: str | None, slice_de
         bundle = load_bundle(model, verify=False)
     except ModelBundleError:
         bundle = None
-    settings = output_settings(bundle, strength=strength, background=background, slice_denoise=slice_denoise)
+    settings = output_settings(bundle, strength=strength, background=background, slice_denoise=slice_denoise,
+                               projection=projection)
     if settings == DEFAULT_OUTPUT:
         return ""
     text = ""
@@ -63,6 +65,13 @@ def _output_text(model, strength: float | None, background: str | None, slice_de
                  f"Gaussian of their distance ({SLICE_DENOISE_WIDTH_MM:g} mm) and by how alike the slices are over "
                  f"{SLICE_DENOISE_PATCH} x {SLICE_DENOISE_PATCH} in-plane patches "
                  f"(h = {settings['slice_denoise']:g} x the noise level the model estimated on the input's slices).")
+    given = "denoised input slice" if settings["slice_denoise"] > 0 else "input slice"
+    if settings["projection"] == "kspace":
+        text += (f" Each output slice was made consistent with its {given}: its central k-space (the "
+                 f"frequencies the input holds) was replaced by the {given}'s.")
+    elif settings["projection"] == "area":
+        text += (f" Each output slice was made consistent with its {given}: the mean of each block of output "
+                 f"voxels was set to the {given}'s voxel.")
     if settings["strength"] < 1.0:
         text += (f" Inside the head, the network's output was blended with the bicubic interpolation of "
                  f"the input (network weight {settings['strength']:g}).")
@@ -94,6 +103,7 @@ def init_sr_wf(
     strength: float | None = None,
     background: str | None = None,
     slice_denoise: float | None = None,
+    projection: str | None = None,
     consistency: bool = True,
     max_memory_gb: float | None = None,
     consistency_in_scheduler: bool = False,
@@ -140,6 +150,9 @@ def init_sr_wf(
     slice_denoise : :obj:`float`, optional
         Denoise the network's input across neighbouring slices first (non-local means, ``h`` = this x
         the noise level the model reads; 0: off). Default: the model bundle's recommendation.
+    projection : :obj:`str`, optional
+        ``kspace`` or ``area``: project each output slice onto its (denoised) input slice under that model
+        of the down-sampling; ``none``: off. Default: the model bundle's recommendation.
     consistency : :obj:`bool`
         Compute the data-consistency z-maps (:class:`~ddasr_nipype.interfaces.DataConsistency`): the
         output re-degraded to the input grid by area averaging (and by the bundle's DSN when it has
@@ -210,7 +223,7 @@ Laplacian-difference residual within the head), giving a z-map on the input grid
     workflow.__desc__ = f"""\
 Each T1-weighted (T1w) image was validated (3D, finite, non-empty, sane voxel sizes) and reoriented to
 RAS without interpolation. It was then super-resolved with the DDASR super-resolution network [@ddasr]
-(model `{Path(str(model)).name}`) {plane_text}.{_output_text(model, strength, background, slice_denoise)} Intensities were
+(model `{Path(str(model)).name}`) {plane_text}.{_output_text(model, strength, background, slice_denoise, projection)} Intensities were
 normalized with a percentile rule before the network and mapped back afterwards; the output keeps the
 input's field of view and orientation.{bet_text}{consistency_text}
 """
@@ -236,6 +249,7 @@ input's field of view and orientation.{bet_text}{consistency_text}
             **({"strength": strength} if strength is not None else {}),
             **({"background": background} if background is not None else {}),
             **({"slice_denoise": slice_denoise} if slice_denoise is not None else {}),
+            **({"projection": projection} if projection is not None else {}),
         ),
         name="super_resolve", n_procs=omp_nthreads, mem_gb=2.0,
     )

@@ -69,7 +69,9 @@ def summary_html(metadata: dict, *, source_file: str | None = None,
                      f"interpolation; air around the head from the "
                      f"{'interpolated input' if out['background'] == 'input' else 'network'}"
                      + (f"; input denoised across slices first (h = {float(out['slice_denoise']):g} x its "
-                        "noise level)" if out.get("slice_denoise") else "")))
+                        "noise level)" if out.get("slice_denoise") else "")
+                     + (f"; each output slice projected onto its input slice ({esc(str(out['projection']))} "
+                        "model)" if out.get("projection", "none") != "none" else "")))
     rows.append(("Scale / planes", f"x{metadata.get('scale')} / {esc(str(metadata.get('planes')))}"))
     for message in metadata.get("warnings") or ():
         rows.append(('<span style="color: #b35900">Warning</span>', esc(str(message))))

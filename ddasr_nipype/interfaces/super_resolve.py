@@ -14,7 +14,7 @@ from nipype.interfaces.base import (
 from nipype.utils.filemanip import fname_presuffix
 
 from ..forksafe import in_fresh_thread
-from ..inference import BACKGROUNDS
+from ..inference import BACKGROUNDS, OUTPUT_PROJECTIONS
 
 PLANES = ("sagittal", "coronal", "axial", "all")
 DEVICES = ("auto", "cpu", "cuda")
@@ -53,11 +53,12 @@ def super_resolve_file(
     background: str | None = None,
     out_orientation: str | None = None,
     slice_denoise: float | None = None,
+    projection: str | None = None,
 ):
     """Load and validate ``in_file``, super-resolve it with bundle ``model`` (name or path).
 
-    ``strength``, ``background`` and ``slice_denoise`` default to the bundle's recommendation
-    (:func:`ddasr_nipype.inference.output_settings`), ``batch_size`` to the device's
+    ``strength``, ``background``, ``slice_denoise`` and ``projection`` default to the bundle's
+    recommendation (:func:`ddasr_nipype.inference.output_settings`), ``batch_size`` to the device's
     (:func:`ddasr_nipype.inference.default_batch_size`). ``out_orientation`` (axis codes) reorients the
     output (exact: axes permuted and flipped). Returns ``(out_img, info)``; ``info`` (scale, planes,
     device, runtime and its split, model name and sha256, output settings, input/output shapes, voxel
@@ -76,7 +77,7 @@ def super_resolve_file(
     out_img, info = super_resolve_image(
         img, bundle, planes=planes, device=device, batch_size=batch_size,
         num_threads=num_threads, tile_size=tile_size, strength=strength, background=background,
-        slice_denoise=slice_denoise,
+        slice_denoise=slice_denoise, projection=projection,
     )
     info["timings_s"] = {"read": round(read_s, 3), **info.get("timings_s", {})}
     warnings = header_warnings(img)
@@ -192,6 +193,12 @@ class _SuperResolveInputSpec(BaseInterfaceInputSpec):
         desc="denoise the network's input across neighbouring slices first (non-local means, h = this x the "
         "noise level the model reads; 0: off); default: the model bundle's recommendation",
     )
+    projection = traits.Enum(
+        *OUTPUT_PROJECTIONS,
+        desc="make each output slice agree with its input slice under this model of the down-sampling "
+        "('kspace': the output's central k-space becomes the input's; 'area': each block's mean the input "
+        "voxel's; 'none': off); default: the model bundle's recommendation",
+    )
     out_orientation = traits.Str(
         desc="write the output in this orientation (three axis codes, e.g. the original 'PSR' of an input "
         "conformed to RAS: Conform's in_orientation); exact, axes are only permuted and flipped. Default: "
@@ -236,6 +243,8 @@ class SuperResolve(SimpleInterface):
             strength=self.inputs.strength if isdefined(self.inputs.strength) else None,
             background=self.inputs.background if isdefined(self.inputs.background) else None,
             slice_denoise=self.inputs.slice_denoise if isdefined(self.inputs.slice_denoise) else None,
+            projection=(self.inputs.projection if isdefined(self.inputs.projection)
+                              else None),
             out_orientation=_opt(self.inputs.out_orientation),
         )
         out_file, out_json = write_image_and_sidecar(out_img, info, self.inputs.in_file, "_sr", runtime.cwd)

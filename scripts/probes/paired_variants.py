@@ -13,9 +13,11 @@ slices: what the neighbouring slices could add, as a diagnostic), ``znlm=C`` / `
 means across slices of the output / of the LR before the network (h = C x the LR's noise level; a
 diagnostic; ``nlmlevel=learned``: h from the level the bundle's generator reads instead of Immerkaer's;
 ``nlmpatch=P``: the in-plane patch, 3 by default),
-``slice_denoise=H`` the app's denoising across slices (default: the bundle's), ``noisescale=K`` telling a noise-level generator K times each slice's estimated noise
-level, ``projection=MODEL:WEIGHT`` making the
-output consistent with the LR after the fact (:func:`ddasr_nipype.degradations.consistency_projection`, in the volume's own intensity units). Prints mean brain/head PSNR, SSIM and the paired difference to bicubic with the paired
+``slice_denoise=H`` the app's denoising across slices (default: the bundle's), ``projection=M`` the
+app's projection of each output slice onto the network's input slice (``kspace``, ``area``, ``none``; default:
+the bundle's), ``noisescale=K`` telling a noise-level generator K times each slice's estimated noise
+level, ``projection=MODEL:WEIGHT`` (with a weight) making the
+output consistent with the LR as given, after the fact (:func:`ddasr_nipype.degradations.consistency_projection`, in the volume's own intensity units). Prints mean brain/head PSNR, SSIM and the paired difference to bicubic with the paired
 t-test p-value over slices. ``--thick-slices K`` makes the reference (and so the LR) K times thicker across
 the slices first, so that the LR's neighbouring slices lie as far apart as a 3D acquisition at the LR
 resolution puts them. ``--no-reference`` also scores NIQE and BRISQUE per slice (Table I's protocol: each
@@ -136,7 +138,8 @@ def main(argv=None) -> None:
         for b in bundles:
             for variant in opts.variant or ["strength=1,background=model"]:
                 settings = dict(item.split("=") for item in variant.split(",") if item)
-                projection = settings.pop("projection", None)
+                # projection=MODEL:WEIGHT: after the fact, onto the LR as given; projection=MODEL: the app's setting
+                projection = settings.pop("projection") if ":" in settings.get("projection", "") else None
                 smooth = float(settings.pop("throughplane", 0) or 0)
                 post_nlm = float(settings.pop("znlm", 0) or 0)
                 pre_nlm = float(settings.pop("prenlm", 0) or 0)
@@ -147,7 +150,8 @@ def main(argv=None) -> None:
                 sr = app_output(lr_in, hr_ras, b,
                                 strength=float(settings["strength"]) if "strength" in settings else None,
                                 background=settings.get("background"),
-                                slice_denoise=float(settings["slice_denoise"]) if "slice_denoise" in settings else None)
+                                slice_denoise=float(settings["slice_denoise"]) if "slice_denoise" in settings else None,
+                                projection=settings.get("projection"))
                 if projection:
                     model, weight = projection.split(":")
                     sr = consistency_projection(sr, lr, scale, axes=axes, model=model, weight=float(weight))

@@ -2,12 +2,13 @@
 exact Table I path.
 
     python scripts/probes/unpaired_variants.py LR_T1W... --model BUNDLE [--model ...]
-        [--variant strength=S,background=input|model,projection=kspace:W ...]
+        [--variant strength=S,background=input|model,slice_denoise=H,projection=M|MODEL:WEIGHT ...]
         [--metric niqe --metric brisque] [--slice-step K]
 
 Each scan is super-resolved with :func:`ddasr_nipype.inference.super_resolve_image` (the app's path),
 bicubic is the same x2 grid; each ``--variant`` (default: the bundle's own output settings) runs with
-those output settings, ``projection=MODEL:WEIGHT`` making the output consistent with the LR after the
+those output settings (``projection=M``: the app's, onto the network's input), ``projection=MODEL:WEIGHT``
+making the output consistent with the LR as given, after the
 fact (:func:`ddasr_nipype.degradations.consistency_projection`, in the scan's own intensity units); every
 volume is normalized and scored per sagittal slice as Table I does (every ``--slice-step``-th slice). Prints per-scan means and the mean
 over all slices, with the paired difference to bicubic.
@@ -56,10 +57,13 @@ def main(argv=None) -> None:
         for b in bundles:
             for variant in opts.variant or [""]:
                 settings = dict(item.split("=") for item in variant.split(",") if item)
-                projection = settings.pop("projection", None)
+                # projection=MODEL:WEIGHT: after the fact, onto the LR as given; projection=MODEL: the app's setting
+                projection = settings.pop("projection") if ":" in settings.get("projection", "") else None
                 out, _ = super_resolve_image(img, b, planes="sagittal",
                                              strength=float(settings["strength"]) if "strength" in settings else None,
-                                             background=settings.get("background"))
+                                             background=settings.get("background"),
+                                             slice_denoise=float(settings["slice_denoise"]) if "slice_denoise" in settings else None,
+                                             projection=settings.get("projection"))
                 sr = np.asarray(to_ras(out)[0].dataobj, dtype=np.float64)
                 if projection:
                     model, weight = projection.split(":")
