@@ -66,6 +66,13 @@ def main(argv=None) -> None:
         shutil.copyfile(opts.card, opts.dest / CARD_FILE)
         print(f"updated {opts.dest / CARD_FILE}")
         return
+    if shipped is not None and trained.path.resolve() == shipped.path.resolve():
+        # the shipped bundle itself: new recommended settings (and card, panels), the weights untouched
+        if not (output or opts.card or opts.panel) or opts.checkpoint or opts.dsn_from or opts.noise_estimator:
+            raise SystemExit("shipping a bundle onto itself updates only --strength/--background/--slice-denoise/"
+                             "--projection, --card and --panel; give at least one, and no weights")
+        _update_in_place(shipped, output, opts.card, opts.panel)
+        return
     state = lambda name: torch.load(trained.path / name, map_location="cpu", weights_only=True)  # noqa: E731
     training = dict(trained.manifest["training"])
     training["shipped_from"] = {"path": str(opts.trained), "srn_sha256_float32": trained.sha256}
@@ -105,6 +112,32 @@ def main(argv=None) -> None:
     for name in (GENERATOR_FILE, DSN_FILE):
         if (bundle.path / name).is_file():
             print(f"  {name}: {sha256sum(bundle.path / name)}")
+
+
+def _update_in_place(bundle, output: dict, card, panels) -> None:
+    """Record new recommended output settings (completed and checked by
+    :func:`ddasr_nipype.inference.output_settings` from the ones recorded), a new card and panels in a shipped
+    bundle; its weights and their checksums stay as they are."""
+    import json
+
+    from ddasr_nipype.bundle import MANIFEST_NAME
+    from ddasr_nipype.inference import output_settings
+
+    manifest = dict(bundle.manifest)
+    if output:
+        previous = manifest.get("output", {})
+        manifest["output"] = output_settings(**{**previous, **output})
+        manifest.setdefault("training", {})["output_changed"] = {"from": previous, "to": manifest["output"]}
+        tmp = bundle.path / f".{MANIFEST_NAME}.tmp"
+        tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        tmp.replace(bundle.path / MANIFEST_NAME)
+        print(f"{bundle.name}: recommended output {manifest['output']} (was {previous})")
+    if card:
+        shutil.copyfile(card, bundle.path / CARD_FILE)
+    for png in panels or ():
+        (bundle.path / "panels").mkdir(exist_ok=True)
+        shutil.copyfile(png, bundle.path / "panels" / png.name)
+    load_bundle(bundle.path)  # the checksums still hold
 
 
 if __name__ == "__main__":

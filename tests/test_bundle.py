@@ -128,3 +128,26 @@ def test_half_precision_weights_halve_the_size_and_keep_the_output(tmp_path):
         torch.testing.assert_close(loaded(x), gen(x), rtol=2e-2, atol=2e-3)
     with pytest.raises(ValueError, match="weights_dtype"):
         save_bundle(tmp_path / "x", weights_dtype="int8", **common)
+
+
+def test_ship_starter_updates_a_shipped_bundles_settings_and_card_without_touching_its_weights(tmp_path):
+    """scripts/ship_starter.py with the shipped bundle as its own source: new recommended output settings
+    (completed from the recorded ones) and card; the weights, their checksums and identity unchanged."""
+    from _scripts import load_script
+
+    ship = load_script("ship_starter")
+    _, shipped = _save(tmp_path / "m", output={"background": "input", "slice_denoise": 2})
+    weights = (tmp_path / "m" / "srn.pt").read_bytes()
+    card = tmp_path / "card.md"
+    card.write_text("# m\nnew card\n")
+    ship.main([str(tmp_path / "m"), "--dest", str(tmp_path / "m"), "--projection", "kspace", "--card", str(card)])
+    again = load_bundle(tmp_path / "m")  # the checksums hold
+    assert again.sha256 == shipped.sha256 and (tmp_path / "m" / "srn.pt").read_bytes() == weights
+    assert again.output == {"strength": 1.0, "background": "input", "slice_denoise": 2.0, "projection": "kspace"}
+    assert again.manifest["training"]["output_changed"]["from"] == shipped.output
+    assert (tmp_path / "m" / "MODEL_CARD.md").read_text() == card.read_text()
+    with pytest.raises(ValueError, match="projection must be one of"):
+        ship._update_in_place(again, {"projection": "sinc"}, None, None)
+    assert load_bundle(tmp_path / "m").output == again.output  # a refused setting writes nothing
+    with pytest.raises(SystemExit, match="updates only"):
+        ship.main([str(tmp_path / "m"), "--dest", str(tmp_path / "m")])
