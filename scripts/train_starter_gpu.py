@@ -46,6 +46,18 @@ Variants (``--variant``; default: the first four):
   blurs; ``-n8`` with LR noise up to 8 %. On sub-otsu (training data) they trade 0.1 dB on bicubic LR and
   0.1-0.3 dB on realesrgan LR for 0.4 dB on area LR; none was shipped (model card, "Tried and not shipped").
 
+- ``ln-d2b3``, ``ln-d2b6f32``: the default model's recipe (``t1w-x2``: physically grounded degradations,
+  ``--degradation mri``, on every HR training subject of ``scripts/hr_training_set.sh``; a noise-level
+  input told the level of the noise added to each crop; preset ``t1w-x2-ln-cpu``) from scratch at GPU
+  scale, 8000 iterations at learning rate 2e-4 (the CPU recipe: 4000 + 3000 + 1500 in three stages). The
+  learned noise-level estimator the generator is told by at inference is the one packed in the bundled
+  ``t1w-x2``, written out for ``srn.noise_estimator_weights`` (``WORK_DIR/noise-estimator.pt``).
+  ``ln-d2b3``: the default's architecture (does more training alone move the +0.75 dB on held-out noisy
+  sub-trio?); ``ln-d2b6f32``: 32 features and 6 bottleneck RRDBs (about 2.5x its work per slice, still
+  below the previous default's; does capacity?). Bundles trained this way are evaluated like ``t1w-x2``:
+  ``scripts/probes/paired_variants.py`` on sub-trio and sub-vxm with ``--variant
+  strength=1,background=input,slice_denoise=2`` (the packed archive's bundle has no recommended settings).
+
 With ``--dsn-from`` (a DSN checkpoint or bundle of an earlier run) no DSN is trained and every
 variant starts at once.
 """
@@ -131,6 +143,15 @@ MULTI_DEGRADATION = {
 }
 VARIANTS.update({name: {"data": {"hr_voxel_size": 1.0}, "synthesis": {"mix": mix}, "srn": srn}
                  for name, (mix, srn) in MULTI_DEGRADATION.items()})
+# seventh: the default's recipe at GPU scale (see the module docstring)
+LEARNED_ESTIMATOR_PRESET = REPO / "ddasr_nipype" / "training" / "presets" / "t1w-x2-ln-cpu.yml"
+LEARNED_ESTIMATOR_FROM = "t1w-x2"  # the bundle whose packed estimator the ln- variants are told by
+LN_SCRATCH = {"pixel_warmup_iterations": None, "lr": 2.0e-4, "iterations": 8000, "restart_period": 8000}
+LN_VARIANTS = {
+    "ln-d2b3": {"srn": LN_SCRATCH},
+    "ln-d2b6f32": {"srn": {**LN_SCRATCH, "generator": {"num_feat": 32, "num_bottleneck_blocks": 6}}},
+}
+VARIANTS.update(LN_VARIANTS)
 #: variants that fine-tune a given generator (``--init VARIANT=BUNDLE``), and what it must be
 NEEDS_INIT = {
     "nl-bic": "the previous starter (generator 4442dabc: ixi-t1w-x2 as of commit 0c0bea8), widened",
@@ -146,6 +167,7 @@ VARIANT_ARGS = {
     "nl-bic-d0b8-ft": ("--degradation", "bicubic"),
     "nl-bic-d0f48b8": ("--degradation", "bicubic"),
     **dict.fromkeys(MULTI_DEGRADATION, ("--degradation", "bicubic")),
+    **dict.fromkeys(LN_VARIANTS, ("--degradation", "mri")),
 }
 DEFAULT_VARIANTS = ("gan", "gan-light", "psnr", "psnr-nonoise")
 
@@ -165,12 +187,36 @@ def merge(base: dict, update: dict) -> dict:
     return out
 
 
-def variant_preset(name: str, base: dict) -> dict:
+def variant_preset(name: str, base: dict, *, noise_estimator: Path | None = None) -> dict:
+    """The recipe of variant ``name``: ``base`` (the ``--preset``; for the ``ln-`` variants the default
+    model's preset ``t1w-x2-ln-cpu``, told by ``noise_estimator``, a weights file) with the variant's changes."""
+    if name in LN_VARIANTS:
+        base = yaml.safe_load(LEARNED_ESTIMATOR_PRESET.read_text())
+        base["srn"]["noise_estimator_weights"] = str(noise_estimator) if noise_estimator else None
     preset = merge(base, VARIANTS[name])
     if preset["srn"].get("pixel_warmup_iterations") is None:
         preset["srn"]["pixel_warmup_iterations"] = preset["srn"]["iterations"]
     preset["description"] = f"{base.get('description', '')} (variant {name})"
     return preset
+
+
+def write_noise_estimator(bundle_name: str, out: Path) -> Path:
+    """Write the learned noise-level estimator packed in bundle ``bundle_name`` as a weights file for
+    ``srn.noise_estimator_weights`` (what ``scripts/train_noise_estimator.py`` writes)."""
+    import torch
+
+    from ddasr_nipype.bundle import load_bundle
+    from ddasr_nipype.models import LearnedNoiseEstimator
+
+    bundle = load_bundle(bundle_name)
+    if bundle.generator_config.noise_estimator != "learned":
+        raise SystemExit(f"{bundle.path}: its generator has no learned noise estimator")
+    state = bundle.load_generator("cpu").state_dict()
+    weights = {k[len("noise_estimator."):]: v.float() for k, v in state.items() if k.startswith("noise_estimator.")}
+    LearnedNoiseEstimator().load_state_dict(weights)  # checks the keys and shapes
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(weights, out)
+    return out
 
 
 def log(msg: str, fh) -> None:
@@ -220,6 +266,13 @@ def main(argv=None) -> int:
     data = opts.data.resolve()
     lr_labels = sorted(p.name for p in (data / "lr").glob("sub-*") if p.name[4:] not in HELD_OUT_LR)
     log(f"variants {variants}; {len(lr_labels)} LR training subjects; budget {opts.budget:.0f} s", fh)
+    estimator = hr_all = None
+    if any(name in LN_VARIANTS for name in variants):
+        estimator = write_noise_estimator(LEARNED_ESTIMATOR_FROM, out / "noise-estimator.pt")
+        hr_all = Path(subprocess.run(["bash", str(REPO / "scripts" / "hr_training_set.sh"), str(data),
+                                      str(out / "hr-all")], check=True, capture_output=True,
+                                     text=True).stdout.strip())
+        log(f"ln- variants: estimator of {LEARNED_ESTIMATOR_FROM} -> {estimator}; HR training set {hr_all}", fh)
 
     def train_cmd(name: str, *extra: str) -> list[str]:
         extra = VARIANT_ARGS.get(name, ()) + extra
@@ -229,12 +282,13 @@ def main(argv=None) -> int:
             at = extra.index("--dsn-from")
             extra = extra[:at] + extra[at + 2:]
         preset_path = work / f"{name}.yml"
-        preset_path.write_text(yaml.safe_dump(variant_preset(name, base), sort_keys=False))
-        cmd = [opts.python, "-m", "ddasr_nipype.bids_app.train", "--hr", str(data / "hr"),
+        preset_path.write_text(yaml.safe_dump(variant_preset(name, base, noise_estimator=estimator),
+                                              sort_keys=False))
+        cmd = [opts.python, "-m", "ddasr_nipype.bids_app.train", "--hr", str(hr_all if name in LN_VARIANTS else data / "hr"),
                "--out", str(work / name / f"ixi-t1w-x2-{name}"), "--work-dir", str(work / name / "work"),
                "--preset", str(preset_path), "--device", opts.device, "--seed", "0", "--allow-random-vgg19",
                "--num-threads", str(opts.threads), "--name", f"ixi-t1w-x2-{name}", "--no-tensorboard"]
-        for label in opts.hr_label or TRAIN_HR:
+        for label in () if name in LN_VARIANTS else opts.hr_label or TRAIN_HR:  # ln-: the whole training set
             cmd += ["--hr-participant-label", label]
         if not classical(name):
             cmd += ["--lr", str(data / "lr")]

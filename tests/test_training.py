@@ -932,9 +932,9 @@ def test_every_gpu_starter_variant_is_a_valid_recipe(tmp_path):
     from ddasr_nipype.training.srn_trainer import build_generator_config
 
     for name in script.VARIANTS:
-        preset = TrainingPreset.from_dict(script.variant_preset(name, base))
-        noise_level = name.startswith("nl-")
-        assert preset.srn.generator.get("global_residual", False) == name.startswith(("res", "nl-"))
+        preset = TrainingPreset.from_dict(script.variant_preset(name, base, noise_estimator=tmp_path / "e.pt"))
+        noise_level = name.startswith(("nl-", "ln-"))
+        assert preset.srn.generator.get("global_residual", False) == name.startswith(("res", "nl-", "ln-"))
         assert preset.srn.generator.get("noise_level_input", False) == noise_level
         assert preset.srn.augment == (name.endswith("-aug") or noise_level)
         assert preset.srn.restart_period == preset.srn.iterations  # one cosine, annealed by the end
@@ -957,11 +957,34 @@ def test_every_gpu_starter_variant_is_a_valid_recipe(tmp_path):
         preset = TrainingPreset.from_dict(script.variant_preset(name, base))
         assert build_generator_config(preset).to_dict() == shipped and name in script.NEEDS_INIT
         assert script.classical(name) and set(preset.synthesis.mix) <= {"area", "kspace", "realsr"}
+    # the ln- variants: the default model's recipe from scratch, told by the bundled t1w-x2's estimator,
+    # on every HR training subject through physically grounded degradations
+    default = load_bundle("t1w-x2")
+    for name in script.LN_VARIANTS:
+        preset = TrainingPreset.from_dict(script.variant_preset(name, base, noise_estimator=tmp_path / "e.pt"))
+        config = build_generator_config(preset)
+        assert config.noise_estimator == "learned" and preset.srn.noise_estimator_weights == str(tmp_path / "e.pt")
+        assert script.VARIANT_ARGS[name] == ("--degradation", "mri") and script.classical(name)
+        assert preset.srn.lr_noise == load_preset("t1w-x2-ln-cpu").srn.lr_noise and name not in script.NEEDS_INIT
+        assert preset.srn.pixel_warmup_iterations == preset.srn.iterations  # L1 only, as t1w-x2
+    assert (build_generator_config(TrainingPreset.from_dict(script.variant_preset("ln-d2b3", base))).to_dict()
+            == default.generator_config.to_dict())  # the default's architecture
+    weights = script.write_noise_estimator("t1w-x2", tmp_path / "est" / "noise-estimator.pt")
+    from ddasr_nipype.models import LearnedNoiseEstimator
+
+    estimator = LearnedNoiseEstimator()
+    estimator.load_state_dict(torch.load(weights, weights_only=True))
+    slices = torch.rand(2, 1, 40, 48) * 0.5 + 0.25
+    generator = default.load_generator("cpu").float().eval()
+    with torch.no_grad():  # the written estimator reads what the bundle's packed one reads
+        torch.testing.assert_close(estimator(slices), generator.estimate_noise(slices))
+    with pytest.raises(SystemExit, match="no learned noise estimator"):
+        script.write_noise_estimator("ixi-t1w-x2", tmp_path / "none.pt")
     # and they refuse to start without the generator to widen
     with pytest.raises(SystemExit):
         script.main([str(tmp_path / "data"), str(tmp_path / "work"), "--pack", str(tmp_path / "pack"),
                      "--variant", "nl-bic", "--skip-eval"])
-    assert not any(tmp_path.iterdir())  # refused before anything was written
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["est"]  # refused before anything was written
 
 
 # -- resume provenance, data selection, up-front checks, CLI messages ----------------------------------------
