@@ -265,6 +265,28 @@ def test_summary_in_a_later_mask_is_the_summary_computed_with_it(lr_file, tmp_pa
                            metadata={**node.outputs.metadata, "dsn": node.outputs.metadata["physics"]}).run(
             cwd=str(tmp_path))
 
+    # an output projected onto its input: the map is satisfied by construction, and the metadata says so
+    assert not any("by construction" in note for note in node.outputs.metadata["notes"])
+    (tmp_path / "projected").mkdir()
+    projected = DataConsistency(in_file=str(in_file), sr_file=str(sr_file), projection="area").run(
+        cwd=str(tmp_path / "projected")).outputs.metadata
+    assert any("block means" in note and "by construction" in note for note in projected["notes"])
+    assert projected["physics"] == node.outputs.metadata["physics"]  # the map itself is the same
+    with pytest.raises(Exception, match="projection"):
+        DataConsistency(in_file=str(in_file), sr_file=str(sr_file), projection="sinc")
+
+
+def test_the_app_tells_the_consistency_map_the_projection_it_ran_with():
+    from ddasr_nipype.interfaces.consistency import projection_notes, projection_of
+    from ddasr_nipype.workflows.sr import init_sr_wf
+
+    assert projection_of({"output": {"strength": 1.0, "projection": "kspace"}}) == "kspace"
+    assert projection_of({"output": {"strength": 1.0}}) == projection_of({}) == "none"  # older metadata
+    assert projection_notes("none") == () and all(projection_notes(p) for p in ("area", "kspace"))
+    wf = init_sr_wf(model="ixi-t1w-x2-gan")  # recommends the area projection
+    edge = wf._graph.get_edge_data(wf.get_node("super_resolve"), wf.get_node("data_consistency"))
+    assert any(dest == "projection" for (_src, dest) in edge["connect"])
+
 
 def test_a_dsn_maps_offset_note_follows_the_new_mask(lr_file, tmp_path):
     from dataclasses import replace

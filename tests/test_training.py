@@ -1099,10 +1099,14 @@ def test_bundled_model_names_and_inherited_output_settings(tmp_path, hr_bids, lr
     preset = smoke.with_overrides(iterations_dsn=1, iterations_srn=1)
     tuned = run_training(_options(hr_bids, lr_bids, tmp_path / "tuned", preset=preset, init_generator=base.path,
                                   hr_participant_label=("trio",)))
-    assert tuned.output == {"strength": 0.4, "background": "input", "slice_denoise": 0.0}
+    assert tuned.output == {"strength": 0.4, "background": "input", "slice_denoise": 0.0, "projection": "none"}
     assert tuned.manifest["training"]["output"]["note"] == "inherited from base, not re-evaluated"
     assert "strength 0.4, background input, inherited from base, not re-evaluated" in (
         tuned.path / "MODEL_CARD.md").read_text()
+    from ddasr_nipype.training.pipeline import _settings_text
+
+    assert _settings_text({"strength": 1.0, "background": "input", "slice_denoise": 2.0,
+                           "projection": "area"}) == "strength 1, background input, slice_denoise 2, projection area"
 
 
 def test_output_directory_checks(tmp_path, hr_bids, lr_bids):

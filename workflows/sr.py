@@ -17,6 +17,7 @@ from ddasr_nipype.interfaces import (
     Reslice,
     SuperResolve,
 )
+from ddasr_nipype.interfaces.consistency import projection_of
 
 
 def scheduler_node(interface, name: str, **kwargs) -> pe.Node:
@@ -279,7 +280,8 @@ input's field of view and orientation.{bet_text}{consistency_text}
                             pe.Node(interface, name="data_consistency", n_procs=dsn_threads, mem_gb=1.5))
         workflow.connect([
             (inputnode, data_consistency, [("t1w", "in_file")]),
-            (super_resolve, data_consistency, [("out_file", "sr_file")]),
+            (super_resolve, data_consistency, [("out_file", "sr_file"),
+                                               (("metadata", projection_of), "projection")]),
             (data_consistency, outputnode, [("out_zmap", "zmap"), ("out_zmap_sr", "zmap_sr"),
                                             ("out_dsn_zmap", "dsn_zmap"), ("out_dsn_zmap_sr", "dsn_zmap_sr")]),
         ])

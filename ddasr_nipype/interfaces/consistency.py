@@ -16,18 +16,20 @@ from nipype.utils.filemanip import fname_presuffix
 
 from ..consistency import THRESHOLD
 from ..forksafe import in_fresh_thread
+from ..inference import OUTPUT_PROJECTIONS
 
 
 def consistency_files(in_file, sr_file, *, mask_file=None, model: str | None = None, use_dsn: bool = True,
-                      threshold: float = THRESHOLD, device: str = "auto", num_threads: int | None = None
-                      ) -> tuple[dict[str, Any], dict[str, Any]]:
+                      threshold: float = THRESHOLD, device: str = "auto", num_threads: int | None = None,
+                      projection: str = "none") -> tuple[dict[str, Any], dict[str, Any]]:
     """Load the input, its super-resolved output and an optional mask (either grid) and compute the
     physics z-map and, when ``use_dsn`` and the bundle ``model`` has a DSN, the DSN z-map.
 
     Returns ``(results, metadata)``: ``results`` maps ``"physics"`` (and ``"dsn"``) to a
     :class:`~ddasr_nipype.consistency.ConsistencyResult`; ``metadata`` holds the noise estimate, each map's
     summary (``"physics"``, ``"dsn"``: ``None`` when not computed) and ``notes`` (why there is no DSN
-    map). A grid mismatch raises :class:`~ddasr_nipype.errors.InvalidImageError` naming ``sr_file``.
+    map; what the physics map cannot show when the output was made consistent with the input by
+    ``projection``, the super-resolution's output setting). A grid mismatch raises :class:`~ddasr_nipype.errors.InvalidImageError` naming ``sr_file``.
     """
     from ..consistency import dsn_consistency, estimate_noise, physics_consistency
     from ..data.io import load_volume, to_ras
@@ -43,7 +45,7 @@ def consistency_files(in_file, sr_file, *, mask_file=None, model: str | None = N
         results = {"physics": physics_consistency(lr_img, sr_img, mask_img, threshold=threshold, noise=noise)}
     except ValueError as err:
         raise InvalidImageError(sr_file, f"{err} (input: {in_file})") from err
-    notes: list[str] = []
+    notes: list[str] = list(projection_notes(projection))
     dsn_info: dict[str, Any] | None = None
     if use_dsn and model:
         from ..bundle import load_bundle
@@ -77,6 +79,26 @@ def consistency_files(in_file, sr_file, *, mask_file=None, model: str | None = N
     return results, metadata
 
 
+def projection_notes(projection: str) -> tuple[str, ...]:
+    """What the physics (area-average) map cannot show of an output made to agree with its input by the
+    output setting ``projection`` (:data:`ddasr_nipype.inference.OUTPUT_PROJECTIONS`)."""
+    if projection == "area":
+        return ("the output was projected onto its input by block means (output setting projection 'area'): "
+                "this map is near zero by construction (it shows only what the denoising across slices and the "
+                "normalization's clipping changed) and says nothing about the detail within each block; the DSN "
+                "map, where there is one, and the zoomed crops do",)
+    if projection == "kspace":
+        return ("the output's central k-space was replaced by its input's (output setting projection "
+                "'kspace'): this map is small by construction and says little about the detail the network "
+                "added; the DSN map, where there is one, and the zoomed crops say more",)
+    return ()
+
+
+def projection_of(metadata: dict) -> str:
+    """The ``projection`` output setting recorded in SuperResolve's metadata (``none`` when absent)."""
+    return str((metadata.get("output") or {}).get("projection", "none"))
+
+
 class _DataConsistencyInputSpec(BaseInterfaceInputSpec):
     in_file = File(exists=True, mandatory=True, desc="the low-resolution T1w that was super-resolved")
     sr_file = File(exists=True, mandatory=True,
@@ -88,6 +110,9 @@ class _DataConsistencyInputSpec(BaseInterfaceInputSpec):
     threshold = traits.Float(THRESHOLD, usedefault=True, desc="|z| above which a voxel counts as contradicted")
     device = traits.Enum("auto", "cpu", "cuda", usedefault=True, desc="torch device of the DSN")
     num_threads = traits.Int(desc="number of CPU threads for torch", nohash=True)
+    projection = traits.Enum(*OUTPUT_PROJECTIONS, usedefault=True,
+                             desc="the super-resolution's projection output setting ('none' first): noted in "
+                             "the metadata where it makes the physics map uninformative")
 
 
 class _DataConsistencyOutputSpec(TraitedSpec):
@@ -125,6 +150,7 @@ class DataConsistency(SimpleInterface):
             model=self.inputs.model if isdefined(self.inputs.model) and self.inputs.model else None,
             use_dsn=self.inputs.use_dsn, threshold=self.inputs.threshold, device=self.inputs.device,
             num_threads=self.inputs.num_threads if isdefined(self.inputs.num_threads) else None,
+            projection=self.inputs.projection,
         )
         names = {"physics": ("out_zmap", "out_zmap_sr", "_zmap"), "dsn": ("out_dsn_zmap", "out_dsn_zmap_sr", "_dsnzmap")}
         for kind, result in results.items():

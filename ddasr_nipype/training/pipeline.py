@@ -588,6 +588,16 @@ def run_training(options: TrainingOptions):
     return bundle
 
 
+def _settings_text(settings: dict) -> str:
+    """Output settings as a card states them: strength and background, then what is on of the rest."""
+    text = f"strength {settings['strength']:g}, background {settings['background']}"
+    if settings.get("slice_denoise"):
+        text += f", slice_denoise {settings['slice_denoise']:g}"
+    if settings.get("projection", "none") != "none":
+        text += f", projection {settings['projection']}"
+    return text
+
+
 def inherited_output(srn) -> tuple[dict | None, str | None]:
     """The output settings (manifest ``output``) of the bundle the SRN was fine-tuned from, and its name;
     ``(None, None)`` without one or when it recommends none. The settings were chosen for that bundle's
@@ -708,9 +718,8 @@ def model_card(name: str, preprocessing: dict, backbone: dict, training: dict) -
         *([f"- SRN perceptual term: deepbet's brain-MRI features (sha256 "
            f"{training['srn']['perceptual_backbone'].get('sha256', '?')[:12]}, MIT licence)"]
           if (training["srn"].get("perceptual_backbone") or {}).get("name") == "deepbet" else []),
-        *([f"- Recommended output settings: strength {training['output']['settings']['strength']:g}, background "
-           f"{training['output']['settings']['background']}, {training['output']['note']}"]
-          if training.get("output") else []),
+        *([f"- Recommended output settings: {_settings_text(training['output']['settings'])}, "
+           f"{training['output']['note']}"] if training.get("output") else []),
         f"- ddasr-nipype {__version__}, finished {training['finished']}",
         "",
         "The generator weights are the EMA copy. See `manifest.json` for the full recipe and checksums.",
