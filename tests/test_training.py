@@ -1604,3 +1604,39 @@ def test_a_2p5d_preset_with_the_dsn_is_refused_before_the_dsn_trains(tmp_path, h
     with pytest.raises(ValueError, match="classical degradations"):
         run_training(_options(hr_bids, lr_bids, tmp_path / "model", preset=preset))
     assert not (tmp_path / "model.work" / "checkpoints").exists()  # no DSN stage ran
+
+
+def test_srn_projection_trains_through_inferences_area_projection(tmp_path, smoke, vgg, monkeypatch):
+    """``srn.projection: area``: every generated crop agrees with its LR crop by block means before the losses,
+    as inference's output setting makes it agree; gradients flow through it to the generator."""
+    from ddasr_nipype.degradations import consistency_projection
+    from ddasr_nipype.training.srn_trainer import area_projection
+    from ddasr_nipype.training.synthesis import degrade_pairs
+
+    rng = np.random.default_rng(0)
+    lr = torch.from_numpy(rng.uniform(0.2, 0.8, (2, 1, 6, 7)).astype(np.float32))
+    sr = torch.from_numpy(rng.uniform(0.0, 1.0, (2, 1, 12, 14)).astype(np.float32)).requires_grad_(True)
+    projected = area_projection(sr, lr)
+    torch.testing.assert_close(torch.nn.functional.avg_pool2d(projected, 2), lr)  # block means: the LR's
+    np.testing.assert_allclose(projected.detach().numpy()[:, 0], consistency_projection(
+        sr.detach().numpy()[:, 0], lr.numpy()[:, 0], 2, axes=(1, 2), model="area"), atol=1e-6)  # inference's
+    (projected ** 2).sum().backward()
+    assert sr.grad is not None and sr.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="projection must be one of"):
+        smoke.srn.replace(projection="kspace")  # not (yet) trained through
+    assert load_preset(REPO / "scripts" / "probes" / "gan-projection-cpu.yml").srn.projection == "area"
+    hr = SliceSet([SliceStack("a", rng.uniform(0.2, 0.8, (4, 64, 64)).astype(np.float32), 1.0, {})])
+    preset = smoke.replace(srn=smoke.srn.replace(projection="area"))
+    trainer = SRNTrainer(preset, tmp_path / "p", degrade_pairs(hr, "area", scale=2, rng=rng), **_kwargs(vgg))
+    import ddasr_nipype.training.srn_trainer as srn_trainer
+
+    seen = []  # the training step projects the generator's output against its LR crop
+    monkeypatch.setattr(srn_trainer, "area_projection", lambda s, low: seen.append(low.shape) or area_projection(s, low))
+    trainer.run(until=1)
+    assert seen and seen[0][1] == 1  # the crop itself, not its neighbours
+    columns = trainer.image_columns()  # what the logged images show is the projected output too
+    sr_img, lr_img = columns["SR (EMA)"], columns["LR (synthetic)"][:4]
+    blocks = sr_img.reshape(*sr_img.shape[:2], sr_img.shape[2] // 2, 2, sr_img.shape[3] // 2, 2)
+    unclipped = ((blocks > 0) & (blocks < 1)).all(axis=(3, 5))  # clipped to [0, 1] for display
+    assert unclipped.mean() > 0.5
+    np.testing.assert_allclose(blocks.mean(axis=(3, 5))[unclipped], lr_img[unclipped], atol=1e-4)

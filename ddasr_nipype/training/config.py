@@ -21,6 +21,8 @@ import yaml
 
 PRESETS_DIR = Path(__file__).parent / "presets"
 PLANES = ("sagittal", "coronal", "axial")
+#: ``srn.projection``: the output settings' projections a generator can be trained through
+TRAINING_PROJECTIONS = ("none", "area")
 
 __all__ = [
     "PRESETS_DIR",
@@ -278,6 +280,12 @@ class SRNStageConfig(_Config):
     the level of the noise added; the generator sees the filtered crop only, and with a noise-level input
     is told the level it reads on it, as at inference. Ship the bundle with the same ``slice_denoise``.
 
+    ``projection`` (``none`` by default; not in the paper): ``area`` makes each generated crop agree with
+    its LR crop before every loss, as inference's output setting of the same name does (the mean of each
+    ``scale x scale`` block becomes the LR pixel's; differentiable): the generator is trained for what it
+    adds within the blocks, and the discriminator sees what the user will. Ship the bundle with
+    ``--projection area``.
+
     ``noise_estimator_weights`` (for ``generator.noise_estimator: learned``; required there) is the file of
     the :class:`~ddasr_nipype.models.LearnedNoiseEstimator` weights (``scripts/train_noise_estimator.py``). The
     estimator is loaded into the generator and frozen; each crop's told level is the level of the noise
@@ -306,8 +314,11 @@ class SRNStageConfig(_Config):
     noise_level_jitter: float = 0.0
     noise_estimator_weights: str | None = None
     slice_denoise: float = 0.0
+    projection: str = "none"
 
     def __post_init__(self):
+        if self.projection not in TRAINING_PROJECTIONS:
+            raise ValueError(f"SRNStageConfig: projection must be one of {TRAINING_PROJECTIONS}, got {self.projection!r}")
         lr_noise_settings(self.lr_noise)  # validates
         if not 0.0 <= float(self.slice_denoise) < math.inf:
             raise ValueError(f"SRNStageConfig: slice_denoise must be a finite number >= 0, got {self.slice_denoise!r}")

@@ -134,6 +134,17 @@ def grown_generator_state(state: dict, theirs, ours, fresh: dict, share: float =
     return state
 
 
+def area_projection(sr, lr):
+    """``sr [B,1,sH,sW]`` made to agree with ``lr [B,1,H,W]`` by block means (inference's ``projection:
+    area``, :func:`ddasr_nipype.degradations.consistency_projection`): the mean of each ``s x s`` block
+    becomes the LR pixel's. Differentiable; computed in float32."""
+    import torch.nn.functional as F
+
+    scale = sr.shape[-1] // lr.shape[-1]
+    sr32, lr32 = sr.float(), lr.float()
+    return sr32 + F.interpolate(lr32 - F.avg_pool2d(sr32, scale), scale_factor=scale, mode="nearest")
+
+
 def _frozen_noise_estimator(weights: dict):
     """A :class:`~ddasr_nipype.models.LearnedNoiseEstimator` with ``weights``, frozen: it is trained on its own
     (``scripts/train_noise_estimator.py``); the generator is only told what it reads."""
@@ -292,7 +303,7 @@ class SRNTrainer(StageTrainer):
         # generator step (D frozen)
         self.discriminator.requires_grad_(False)
         with self.autocast():
-            sr = self._g(lr, *extra)
+            sr = area_projection(self._g(lr, *extra), lr[:, :1]) if cfg.projection == "area" else self._g(lr, *extra)
             # outside a brain-only slice's brain the discriminator sees the HR in both images
             sr_d = sr if weight is None else sr * weight + hr * (1.0 - weight)
             if adversarial:
@@ -388,7 +399,11 @@ class SRNTrainer(StageTrainer):
             return {}
         b = self._last_batch
         with torch.no_grad():
-            sr = self.ema(self.to_tensor(b["lr"][:4]), *(e[:4] for e in b["extra"])).float().cpu().numpy()
+            lr = self.to_tensor(b["lr"][:4])
+            sr = self.ema(lr, *(e[:4] for e in b["extra"]))
+            if self.preset.srn.projection == "area":
+                sr = area_projection(sr, lr[:, :1])
+            sr = sr.float().cpu().numpy()
         return {"LR (synthetic)": b["lr"][:, :1], "SR (EMA)": np.clip(sr, 0, 1), "HR": b["hr"]}
 
     def model_state(self) -> dict[str, Any]:
