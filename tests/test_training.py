@@ -1624,7 +1624,7 @@ def test_srn_projection_trains_through_inferences_area_projection(tmp_path, smok
     assert sr.grad is not None and sr.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="projection must be one of"):
         smoke.srn.replace(projection="kspace")  # not (yet) trained through
-    assert load_preset(REPO / "scripts" / "probes" / "gan-projection-cpu.yml").srn.projection == "area"
+    assert load_preset("t1w-x2-gan-cpu").srn.projection == "area"  # the GAN model's recipe trains through it
     hr = SliceSet([SliceStack("a", rng.uniform(0.2, 0.8, (4, 64, 64)).astype(np.float32), 1.0, {})])
     preset = smoke.replace(srn=smoke.srn.replace(projection="area"))
     trainer = SRNTrainer(preset, tmp_path / "p", degrade_pairs(hr, "area", scale=2, rng=rng), **_kwargs(vgg))
