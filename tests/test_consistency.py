@@ -266,12 +266,19 @@ def test_summary_in_a_later_mask_is_the_summary_computed_with_it(lr_file, tmp_pa
             cwd=str(tmp_path))
 
     # an output projected onto its input: the map is satisfied by construction, and the metadata says so
-    assert not any("by construction" in note for note in node.outputs.metadata["notes"])
+    assert not any("by construction" in note for note in node.outputs.metadata["physics"]["notes"])
     (tmp_path / "projected").mkdir()
     projected = DataConsistency(in_file=str(in_file), sr_file=str(sr_file), projection="area").run(
         cwd=str(tmp_path / "projected")).outputs.metadata
-    assert any("block means" in note and "by construction" in note for note in projected["notes"])
-    assert projected["physics"] == node.outputs.metadata["physics"]  # the map itself is the same
+    notes = projected["physics"]["notes"]  # the physics map's own: its sidecar's Notes and report row
+    assert any("block means" in note and "by construction" in note for note in notes)
+    assert {**projected["physics"], "notes": []} == {**node.outputs.metadata["physics"], "notes": []}  # same map
+    masked = ConsistencySummary(zmap_file=node.outputs.out_zmap, mask_file=str(mask_file),
+                                metadata=projected).run(cwd=str(tmp_path / "projected")).outputs.metadata
+    assert masked["physics"]["notes"] == notes  # kept when summarized in the brain mask
+    from ddasr_nipype.interfaces.bids import zmap_sidecar
+
+    assert zmap_sidecar(masked, str(in_file), str(tmp_path), sr_name="sr.nii.gz")["Notes"] == notes
     with pytest.raises(Exception, match="projection"):
         DataConsistency(in_file=str(in_file), sr_file=str(sr_file), projection="sinc")
 

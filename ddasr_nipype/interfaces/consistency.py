@@ -27,9 +27,9 @@ def consistency_files(in_file, sr_file, *, mask_file=None, model: str | None = N
 
     Returns ``(results, metadata)``: ``results`` maps ``"physics"`` (and ``"dsn"``) to a
     :class:`~ddasr_nipype.consistency.ConsistencyResult`; ``metadata`` holds the noise estimate, each map's
-    summary (``"physics"``, ``"dsn"``: ``None`` when not computed) and ``notes`` (why there is no DSN
-    map; what the physics map cannot show when the output was made consistent with the input by
-    ``projection``, the super-resolution's output setting). A grid mismatch raises :class:`~ddasr_nipype.errors.InvalidImageError` naming ``sr_file``.
+    summary (``"physics"``, ``"dsn"``: ``None`` when not computed; the physics summary's notes say what it
+    cannot show when the output was made consistent with the input by ``projection``, the
+    super-resolution's output setting) and ``notes`` (why there is no DSN map). A grid mismatch raises :class:`~ddasr_nipype.errors.InvalidImageError` naming ``sr_file``.
     """
     from ..consistency import dsn_consistency, estimate_noise, physics_consistency
     from ..data.io import load_volume, to_ras
@@ -45,7 +45,13 @@ def consistency_files(in_file, sr_file, *, mask_file=None, model: str | None = N
         results = {"physics": physics_consistency(lr_img, sr_img, mask_img, threshold=threshold, noise=noise)}
     except ValueError as err:
         raise InvalidImageError(sr_file, f"{err} (input: {in_file})") from err
-    notes: list[str] = list(projection_notes(projection))
+    if projection_notes(projection):  # the physics map's own note: its sidecar and report row carry it
+        from dataclasses import replace
+
+        physics = results["physics"]
+        results["physics"] = replace(physics, summary=replace(
+            physics.summary, notes=(*physics.summary.notes, *projection_notes(projection))))
+    notes: list[str] = []
     dsn_info: dict[str, Any] | None = None
     if use_dsn and model:
         from ..bundle import load_bundle
