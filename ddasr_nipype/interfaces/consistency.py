@@ -29,7 +29,8 @@ def consistency_files(in_file, sr_file, *, mask_file=None, model: str | None = N
     :class:`~ddasr_nipype.consistency.ConsistencyResult`; ``metadata`` holds the noise estimate, each map's
     summary (``"physics"``, ``"dsn"``: ``None`` when not computed; the physics summary's notes say what it
     cannot show when the output was made consistent with the input by ``projection``, the
-    super-resolution's output setting) and ``notes`` (why there is no DSN map). A grid mismatch raises :class:`~ddasr_nipype.errors.InvalidImageError` naming ``sr_file``.
+    super-resolution's output setting) and ``notes`` (why there is no DSN map). A grid mismatch raises
+    :class:`~ddasr_nipype.errors.InvalidImageError` naming ``sr_file``.
     """
     from ..consistency import dsn_consistency, estimate_noise, physics_consistency
     from ..data.io import load_volume, to_ras
