@@ -283,7 +283,7 @@ def save_bundle(
         if output:
             manifest["output"] = output
         (tmp / CARD_FILE).write_text(card_text or default_card(manifest))
-        (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        write_manifest(tmp, manifest)
         (tmp / SUMS_FILE).write_text(
             "".join(f"{entry['sha256']}  {filename}\n" for filename, entry in files.items())
         )
@@ -300,6 +300,15 @@ def save_bundle(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return load_bundle(out_dir)
+
+
+def write_manifest(bundle_dir: Path | str, manifest: dict[str, Any]) -> None:
+    """Write ``manifest`` as ``bundle_dir``'s manifest.json (sorted keys, indented), atomically (a temporary
+    file renamed over it). The weights' checksums are in it: change only what describes them."""
+    path = Path(bundle_dir) / MANIFEST_NAME
+    tmp = path.with_name(f".{MANIFEST_NAME}.tmp")
+    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    tmp.replace(path)
 
 
 def default_card(manifest: dict[str, Any]) -> str:

@@ -416,7 +416,7 @@ def super_resolve_plane(
     mask_moved = None if mask is None else np.moveaxis(mask, axis, 0)
     residual_moved = None if residual is None else np.moveaxis(residual, axis, 0)
     out = np.empty((n_slices, height * scale, width * scale), dtype=np.float32)
-    from .degradations import bicubic_upsample
+    from .degradations import bicubic_upsample, consistency_projection
     from .models import context_index
 
     # a 2.5D generator also takes the neighbouring slices (GeneratorConfig.context_slices)
@@ -431,8 +431,6 @@ def super_resolve_plane(
             batch = torch.from_numpy(stack).to(torch_device)
             sr = _run_tiled(generator, batch, scale, tile_size, tile_overlap)[:, 0].float().cpu().numpy()
         if projection != "none":
-            from .degradations import consistency_projection
-
             target = np.asarray(network_input[start:start + len(chunk)], dtype=np.float32)
             sr = consistency_projection(sr, target, scale, axes=(1, 2), model=projection).astype(np.float32)
         t1 = time.perf_counter()

@@ -118,9 +118,7 @@ def _update_in_place(bundle, output: dict, card, panels) -> None:
     """Record new recommended output settings (completed and checked by
     :func:`ddasr_nipype.inference.output_settings` from the ones recorded), a new card and panels in a shipped
     bundle; its weights and their checksums stay as they are."""
-    import json
-
-    from ddasr_nipype.bundle import MANIFEST_NAME
+    from ddasr_nipype.bundle import write_manifest
     from ddasr_nipype.inference import output_settings
 
     manifest = dict(bundle.manifest)
@@ -128,9 +126,7 @@ def _update_in_place(bundle, output: dict, card, panels) -> None:
         previous = manifest.get("output", {})
         manifest["output"] = output_settings(**{**previous, **output})
         manifest.setdefault("training", {})["output_changed"] = {"from": previous, "to": manifest["output"]}
-        tmp = bundle.path / f".{MANIFEST_NAME}.tmp"
-        tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-        tmp.replace(bundle.path / MANIFEST_NAME)
+        write_manifest(bundle.path, manifest)
         print(f"{bundle.name}: recommended output {manifest['output']} (was {previous})")
     if card:
         shutil.copyfile(card, bundle.path / CARD_FILE)

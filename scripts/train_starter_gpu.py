@@ -207,12 +207,13 @@ def write_noise_estimator(bundle_name: str, out: Path) -> Path:
 
     from ddasr_nipype.bundle import load_bundle
     from ddasr_nipype.models import LearnedNoiseEstimator
+    from ddasr_nipype.models.srn_arch import packed_noise_estimator_state
 
     bundle = load_bundle(bundle_name)
     if bundle.generator_config.noise_estimator != "learned":
         raise SystemExit(f"{bundle.path}: its generator has no learned noise estimator")
     state = bundle.load_generator("cpu").state_dict()
-    weights = {k[len("noise_estimator."):]: v.float() for k, v in state.items() if k.startswith("noise_estimator.")}
+    weights = {k: v.float() for k, v in packed_noise_estimator_state(state).items()}
     LearnedNoiseEstimator().load_state_dict(weights)  # checks the keys and shapes
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.save(weights, out)

@@ -266,6 +266,14 @@ def context_index(slices, n_slices: int, context_slices: int, stride: int = 1):
     return np.clip(np.asarray(slices)[:, None] + offsets, 0, n_slices - 1)
 
 
+def packed_noise_estimator_state(state: dict) -> dict:
+    """The :class:`LearnedNoiseEstimator` weights packed in a generator's state dict (its
+    ``noise_estimator.*`` entries, prefix removed; empty for a generator without one): the inverse of
+    :func:`with_learned_noise_estimator`."""
+    prefix = "noise_estimator."
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+
+
 def with_learned_noise_estimator(config: GeneratorConfig, state: dict, estimator_state: dict):
     """A noise-level generator's config and state dict with a :class:`LearnedNoiseEstimator` (its weights
     ``estimator_state``) in place of the one it had: for a generator trained told the added noise level

@@ -251,7 +251,9 @@ class SRNTrainer(StageTrainer):
 
         self.generator_config = GeneratorConfig.from_dict({**self.generator_config.to_dict(),
                                                            "noise_estimator": "learned"})
-        weights = {k[len("noise_estimator."):]: v for k, v in state.items() if k.startswith("noise_estimator.")}
+        from ddasr_nipype.models.srn_arch import packed_noise_estimator_state
+
+        weights = packed_noise_estimator_state(state)
         for module in (self.generator, self.ema):
             module.config = self.generator_config
             module.noise_estimator = _frozen_noise_estimator(weights).to(self.device)
@@ -303,7 +305,7 @@ class SRNTrainer(StageTrainer):
         # generator step (D frozen)
         self.discriminator.requires_grad_(False)
         with self.autocast():
-            sr = area_projection(self._g(lr, *extra), lr[:, :1]) if cfg.projection == "area" else self._g(lr, *extra)
+            sr = self._projected(self._g(lr, *extra), lr)
             # outside a brain-only slice's brain the discriminator sees the HR in both images
             sr_d = sr if weight is None else sr * weight + hr * (1.0 - weight)
             if adversarial:
@@ -400,11 +402,13 @@ class SRNTrainer(StageTrainer):
         b = self._last_batch
         with torch.no_grad():
             lr = self.to_tensor(b["lr"][:4])
-            sr = self.ema(lr, *(e[:4] for e in b["extra"]))
-            if self.preset.srn.projection == "area":
-                sr = area_projection(sr, lr[:, :1])
-            sr = sr.float().cpu().numpy()
+            sr = self._projected(self.ema(lr, *(e[:4] for e in b["extra"])), lr).float().cpu().numpy()
         return {"LR (synthetic)": b["lr"][:, :1], "SR (EMA)": np.clip(sr, 0, 1), "HR": b["hr"]}
+
+    def _projected(self, sr, lr):
+        """The generator's output ``sr`` as ``srn.projection`` makes it agree with its LR crop (channel 0 of
+        ``lr``; the rest are a 2.5D generator's neighbours), or as it is."""
+        return area_projection(sr, lr[:, :1]) if self.preset.srn.projection == "area" else sr
 
     def model_state(self) -> dict[str, Any]:
         return {
