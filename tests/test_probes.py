@@ -74,3 +74,24 @@ def test_the_affine_fit_takes_off_a_change_of_contrast_and_nothing_else():
     assert a == pytest.approx(1 / 1.1) and c == pytest.approx(-0.03 / 1.1) and mse == pytest.approx(0, abs=1e-20)
     noise = np.random.default_rng(1).normal(0, 0.02, reference.shape)
     assert affine_fit_error(reference + noise, reference)[2] == pytest.approx(np.mean(noise**2), rel=0.05)
+
+
+def test_perturbations_of_the_no_reference_probe_change_only_in_plane_as_named():
+    """unpaired_variants.py --perturb: smoothing and sharpening act within each sagittal slice (a volume
+    constant in-plane stays as it is, whatever its profile across slices), smoothing lowers the in-plane
+    variation and sharpening raises it, the noise is seeded with the standard deviation asked for."""
+    perturbed = load_script("probes/unpaired_variants")._perturbed
+    volume = _smooth_volume()
+    assert perturbed(volume, "") is volume
+    across = np.broadcast_to(np.linspace(0.0, 1.0, 12)[:, None, None], volume.shape).copy()
+    for spec in ("smooth=0.8", "sharpen=0.5"):
+        np.testing.assert_allclose(perturbed(across, spec), across, atol=1e-12)
+    textured = volume + np.random.default_rng(2).normal(0, 0.1, volume.shape)
+    grad = lambda v: np.mean(np.abs(np.diff(v, axis=2)))  # noqa: E731
+    assert grad(perturbed(textured, "smooth=0.8")) < 0.8 * grad(textured)
+    assert grad(perturbed(textured, "sharpen=0.5")) > 1.1 * grad(textured)
+    noise = perturbed(volume, "noise=0.01") - volume
+    assert abs(noise.std() - 0.01) < 5e-4
+    np.testing.assert_array_equal(perturbed(volume, "noise=0.01"), perturbed(volume, "noise=0.01"))
+    with pytest.raises(SystemExit, match="--perturb"):
+        perturbed(volume, "blur=1")

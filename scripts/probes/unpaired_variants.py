@@ -3,7 +3,7 @@ exact Table I path.
 
     python scripts/probes/unpaired_variants.py LR_T1W... --model BUNDLE [--model ...]
         [--variant strength=S,background=input|model,slice_denoise=H,projection=M|MODEL:WEIGHT ...]
-        [--metric niqe --metric brisque] [--slice-step K]
+        [--metric niqe --metric brisque] [--slice-step K] [--perturb smooth=S|sharpen=A|noise=N ...]
 
 Each scan is super-resolved with :func:`ddasr_nipype.inference.super_resolve_image` (the app's path),
 bicubic is the same x2 grid; each ``--variant`` (default: the bundle's own output settings) runs with
@@ -11,7 +11,10 @@ those output settings (``projection=M``: the app's, onto the network's input), `
 making the output consistent with the LR as given, after the
 fact (:func:`ddasr_nipype.degradations.consistency_projection`, in the scan's own intensity units); every
 volume is normalized and scored per sagittal slice as Table I does (every ``--slice-step``-th slice). Prints per-scan means and the mean
-over all slices, with the paired difference to bicubic.
+over all slices, with the paired difference to bicubic. Each ``--perturb`` also scores every volume (bicubic
+included) changed after normalization, to see which way the metrics lean: ``smooth=S`` an in-plane Gaussian of
+S pixels, ``sharpen=A`` unsharp masking (``v + A (v - Gaussian_1px(v))``), ``noise=N`` Gaussian noise of
+standard deviation N of the normalized range (seeded).
 """
 
 from __future__ import annotations
@@ -22,6 +25,23 @@ from pathlib import Path
 import numpy as np
 
 
+def _perturbed(volume01: np.ndarray, perturb: str) -> np.ndarray:
+    """``volume01 [X, Y, Z]`` (sagittal slices along X) changed in-plane as ``--perturb`` says."""
+    from scipy import ndimage
+
+    if not perturb:
+        return volume01
+    kind, value = perturb.split("=")
+    amount = float(value)
+    if kind == "smooth":
+        return ndimage.gaussian_filter(volume01, (0, amount, amount))
+    if kind == "sharpen":
+        return volume01 + amount * (volume01 - ndimage.gaussian_filter(volume01, (0, 1.0, 1.0)))
+    if kind == "noise":
+        return volume01 + np.random.default_rng(0).normal(0.0, amount, volume01.shape)
+    raise SystemExit(f"--perturb {perturb!r}: use smooth=S, sharpen=A or noise=N")
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("scans", nargs="+", type=Path)
@@ -30,6 +50,7 @@ def main(argv=None) -> None:
     parser.add_argument("--slice-step", type=int, default=1)
     parser.add_argument("--metric", action="append", default=None)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--perturb", action="append", default=[])
     opts = parser.parse_args(argv)
 
     import nibabel as nib
@@ -70,13 +91,15 @@ def main(argv=None) -> None:
                     sr = consistency_projection(sr, lr, 2, axes=(1, 2), model=model, weight=float(weight))
                 volumes[f"{b.name}:{b.sha256[:8]} {variant}".strip()] = sr
         line = [path.name.split("_")[0]]
-        for method, vol in volumes.items():
-            sub = (slice(None, None, opts.slice_step),)
-            scores = no_reference_scores(normalize_volume(vol, up_mask)[sub], plane="sagittal",
-                                         mask=up_mask[sub], metrics=metrics, min_fraction=0.1)
-            for m in metrics:
-                totals.setdefault(method, {}).setdefault(m, []).append(scores[m])
-            line.append(f"{method} " + " ".join(f"{m} {np.nanmean(scores[m]):.3f}" for m in metrics))
+        sub = (slice(None, None, opts.slice_step),)
+        for name, vol in volumes.items():
+            for perturb in ["", *opts.perturb]:
+                method = f"{name} {perturb}".strip()
+                scores = no_reference_scores(_perturbed(normalize_volume(vol, up_mask), perturb)[sub],
+                                             plane="sagittal", mask=up_mask[sub], metrics=metrics, min_fraction=0.1)
+                for m in metrics:
+                    totals.setdefault(method, {}).setdefault(m, []).append(scores[m])
+                line.append(f"{method} " + " ".join(f"{m} {np.nanmean(scores[m]):.3f}" for m in metrics))
         print(" | ".join(line), flush=True)
     print("== mean over all slices (difference to bicubic, % of bicubic)")
     for method, per in totals.items():
