@@ -54,7 +54,10 @@ Variants (``--variant``; default: the first four):
   ``t1w-x2``, written out for ``srn.noise_estimator_weights`` (``WORK_DIR/noise-estimator.pt``).
   ``ln-d2b3``: the default's architecture (does more training alone move the +0.75 dB on held-out noisy
   sub-trio?); ``ln-d2b6f32``: 32 features and 6 bottleneck RRDBs (about 2.5x its work per slice, still
-  below the previous default's; does capacity?). Bundles trained this way are evaluated like ``t1w-x2``:
+  below the previous default's; does capacity?). ``ln-d2b3`` was run on the CPU at the thirteenth stop
+  (bf16, 1.5 h): +0.652 / +0.855 dB on held-out sub-trio against ``t1w-x2``'s +0.749 / +0.992 (its card,
+  "Tried"), so a GPU run should ask for more than 8000 iterations or more capacity, not this alone.
+  Bundles trained this way are evaluated like ``t1w-x2``:
   ``scripts/probes/paired_variants.py`` on sub-trio and sub-vxm with ``--variant
   strength=1,background=input,slice_denoise=2`` (the packed archive's bundle has no recommended settings).
 
