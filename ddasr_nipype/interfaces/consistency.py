@@ -46,12 +46,13 @@ def consistency_files(in_file, sr_file, *, mask_file=None, model: str | None = N
         results = {"physics": physics_consistency(lr_img, sr_img, mask_img, threshold=threshold, noise=noise)}
     except ValueError as err:
         raise InvalidImageError(sr_file, f"{err} (input: {in_file})") from err
-    if projection_notes(projection):  # the physics map's own note: its sidecar and report row carry it
+    projected = projection_notes(projection)
+    if projected:  # the physics map's own note: its sidecar and report row carry it
         from dataclasses import replace
 
         physics = results["physics"]
-        results["physics"] = replace(physics, summary=replace(
-            physics.summary, notes=(*physics.summary.notes, *projection_notes(projection))))
+        results["physics"] = replace(physics, summary=replace(physics.summary,
+                                                              notes=(*physics.summary.notes, *projected)))
     notes: list[str] = []
     dsn_info: dict[str, Any] | None = None
     if use_dsn and model:

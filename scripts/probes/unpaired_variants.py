@@ -93,9 +93,10 @@ def main(argv=None) -> None:
         line = [path.name.split("_")[0]]
         sub = (slice(None, None, opts.slice_step),)
         for name, vol in volumes.items():
+            normalized = normalize_volume(vol, up_mask)
             for perturb in ["", *opts.perturb]:
                 method = f"{name} {perturb}".strip()
-                scores = no_reference_scores(_perturbed(normalize_volume(vol, up_mask), perturb)[sub],
+                scores = no_reference_scores(_perturbed(normalized, perturb)[sub],
                                              plane="sagittal", mask=up_mask[sub], metrics=metrics, min_fraction=0.1)
                 for m in metrics:
                     totals.setdefault(method, {}).setdefault(m, []).append(scores[m])
