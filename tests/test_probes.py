@@ -47,6 +47,28 @@ def test_thick_slices_fold_the_reference_and_its_masks_along_the_slice_axis():
     assert thick.mean() == pytest.approx(hr.mean(), rel=0.05)  # intensities kept (odd size: not exactly)
 
 
+def test_slice_denoise_shape_knobs_reach_the_app_path_and_are_undone():
+    """paired_variants.py nlmwidth=MM / nlmradius=R: the app's denoising across slices runs with that Gaussian
+    width and radius (more averaging the wider), and a variant without them gets the shipped filter back."""
+    import ddasr_nipype.inference as inference
+
+    shape = load_script("probes/paired_variants")._slice_denoise_shape
+    original, width = inference.denoise_across_slices, inference.SLICE_DENOISE_WIDTH_MM
+    stack = _smooth_volume((9, 16, 16)).astype(np.float32)
+    stack += np.random.default_rng(2).normal(0, 0.2, stack.shape).astype(np.float32)
+    try:
+        shipped = inference.denoise_across_slices(stack, 0.2, 2.0)
+        shape(2.5, 4)
+        assert inference.SLICE_DENOISE_WIDTH_MM == 2.5
+        wider = inference.denoise_across_slices(stack, 0.2, 2.0, spacing=1 / 2.5)
+        assert np.std(np.diff(wider, axis=0)) < np.std(np.diff(shipped, axis=0))
+        assert np.array_equal(wider, original(stack, 0.2, 2.0, spacing=1 / 2.5, radius=4))
+        shape(None, None)
+        assert inference.denoise_across_slices is original and inference.SLICE_DENOISE_WIDTH_MM == width
+    finally:
+        inference.denoise_across_slices, inference.SLICE_DENOISE_WIDTH_MM = original, width
+
+
 def test_no_reference_scores_of_the_reference_and_outputs_are_set_against_bicubic(capsys):
     """paired_variants.py --no-reference: NIQE / BRISQUE of the reference and each output on the chosen
     slices, as a change from bicubic: an output equal to bicubic scores +0.0 %, a noisier one does not."""

@@ -16,13 +16,15 @@ diagnostic; ``nlmlevel=learned``: h from the level the bundle's generator reads 
 ``slice_denoise=H`` the app's denoising across slices (default: the bundle's), ``projection=M`` the
 app's projection of each output slice onto the network's input slice (``kspace``, ``area``, ``none``; default:
 the bundle's), ``noisescale=K`` telling a noise-level generator K times each slice's estimated noise
-level, ``projection=MODEL:WEIGHT`` (with a weight) making the
+level, ``nlmwidth=MM`` / ``nlmradius=R`` the app's denoising across slices with a Gaussian of the slice
+distance MM wide over R slices on either side, ``projection=MODEL:WEIGHT`` (with a weight) making the
 output consistent with the LR as given, after the fact (:func:`ddasr_nipype.degradations.consistency_projection`, in the volume's own intensity units). Prints mean brain/head PSNR, SSIM and the paired difference to bicubic with the paired
 t-test p-value over slices. ``--thick-slices K`` makes the reference (and so the LR) K times thicker across
 the slices first, so that the LR's neighbouring slices lie as far apart as a 3D acquisition at the LR
 resolution puts them. ``--no-reference`` also scores NIQE and BRISQUE per slice (Table I's protocol: each
 volume normalized in the head mask, whole slices) on the reference itself, bicubic and every output: how the
 real HR scores against bicubic says whether a no-reference target below bicubic is one that fidelity meets.
+``--ensemble`` adds, for each variant, the mean of all the bundles' outputs (a model ensemble).
 """
 
 from __future__ import annotations
@@ -94,6 +96,22 @@ def _scale_noise_level(factor: float) -> None:
     inference.slice_noise_level = scaled
 
 
+def _slice_denoise_shape(width_mm: float | None, radius: int | None) -> None:
+    """Variants ``nlmwidth=MM`` / ``nlmradius=R``: the app's denoising across slices with a Gaussian of the
+    slice distance MM wide (default :data:`~ddasr_nipype.inference.SLICE_DENOISE_WIDTH_MM`) over R slices on
+    either side (default :data:`~ddasr_nipype.inference.SLICE_DENOISE_RADIUS`), on the app's own path."""
+    import functools
+
+    import ddasr_nipype.inference as inference
+
+    original = getattr(inference, "_original_slice_denoise", (inference.denoise_across_slices,
+                                                               inference.SLICE_DENOISE_WIDTH_MM))
+    inference._original_slice_denoise = original
+    function, width = original
+    inference.SLICE_DENOISE_WIDTH_MM = width if width_mm is None else width_mm
+    inference.denoise_across_slices = function if radius is None else functools.partial(function, radius=radius)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("hr", type=Path)
@@ -109,6 +127,10 @@ def main(argv=None) -> None:
                              "have K times thicker slices, as a 3D acquisition at the LR resolution would)")
     parser.add_argument("--no-reference", action="store_true",
                         help="also NIQE and BRISQUE of the reference, bicubic and each output")
+    parser.add_argument("--sigma-range", type=float, nargs=2, default=None, metavar=("LO", "HI"),
+                        help="the noise sigma range of kspace-rician (default its own, 0.01-0.03)")
+    parser.add_argument("--ensemble", action="store_true",
+                        help="also the outputs of all bundles averaged, for each variant")
     opts = parser.parse_args(argv)
 
     import torch
@@ -133,7 +155,8 @@ def main(argv=None) -> None:
     bundles = [load_bundle(b) for b in opts.bundles]
     for name in opts.degradation or ["kspace-rician", "bicubic"]:
         rng = np.random.default_rng(_seed_sequence(opts.seed, key, name))
-        lr, _ = get_degradation(name, scale, axes=axes)(hr01, rng)
+        kwargs = {"sigma_range": tuple(opts.sigma_range)} if opts.sigma_range and name == "kspace-rician" else {}
+        lr, params = get_degradation(name, scale, axes=axes, **kwargs)(hr01, rng)
         outputs = {"bicubic": bicubic_upsample(lr, scale, axes=axes, out_shape=[hr01.shape[a] for a in axes])}
         for b in bundles:
             for variant in opts.variant or ["strength=1,background=model"]:
@@ -146,6 +169,8 @@ def main(argv=None) -> None:
                 level = _learned_level(b, lr, plane_axis(plane)) if settings.pop("nlmlevel", "") == "learned" else None
                 patch = int(settings.pop("nlmpatch", 3))
                 _scale_noise_level(float(settings.pop("noisescale", 1) or 1))
+                width, radius = settings.pop("nlmwidth", None), settings.pop("nlmradius", None)
+                _slice_denoise_shape(None if width is None else float(width), None if radius is None else int(radius))
                 lr_in = _through_plane_nlm(lr, pre_nlm, plane_axis(plane), level=level, patch=patch) if pre_nlm > 0 else lr
                 sr = app_output(lr_in, hr_ras, b,
                                 strength=float(settings["strength"]) if "strength" in settings else None,
@@ -162,12 +187,17 @@ def main(argv=None) -> None:
 
                     sr = gaussian_filter1d(sr, smooth, axis=plane_axis(plane))
                 outputs[f"{b.name}:{b.sha256[:8]} {variant}".strip()] = sr
+        if opts.ensemble and len(bundles) > 1:  # the bundles' outputs averaged, variant by variant
+            for variant in opts.variant or ["strength=1,background=model"]:
+                rows = [outputs[f"{b.name}:{b.sha256[:8]} {variant}".strip()] for b in bundles]
+                outputs[f"mean of {len(rows)} bundles {variant}".strip()] = np.mean(rows, axis=0)
         scores = {m: reference_scores(hr01, v, plane=plane, mask=mask, min_fraction=0.1, brain_mask=brain)
                   for m, v in outputs.items()}
         ok = ~np.isnan(scores["bicubic"]["psnr_brain"])
         ok[::1] &= (np.arange(len(ok)) % opts.slice_step == 0)
         base = scores["bicubic"]
-        print(f"== {key} {name} ({ok.sum()} slices with brain)")
+        noise = f", noise sigma {params.sigma:.3f}" if hasattr(params, "sigma") else ""
+        print(f"== {key} {name} ({ok.sum()} slices with brain{noise})")
         print(f"{'method':60s} {'PSNR brain':>10s} {'d':>6s} {'p':>8s} {'SSIM brain':>10s} {'d':>7s} {'PSNR head':>9s} {'d':>6s}")
         for m, s in scores.items():
             d = s["psnr_brain"][ok] - base["psnr_brain"][ok]
