@@ -25,6 +25,9 @@ resolution puts them. ``--no-reference`` also scores NIQE and BRISQUE per slice 
 volume normalized in the head mask, whole slices) on the reference itself, bicubic and every output: how the
 real HR scores against bicubic says whether a no-reference target below bicubic is one that fidelity meets.
 ``--ensemble`` adds, for each variant, the mean of all the bundles' outputs (a model ensemble).
+``wiener=learned|oracle`` (``walpha=A``, ``wsmooth=S``) moves the output's central k-space toward the LR's
+by a Wiener weight per frequency, after the fact: the noise level read by the bundle's estimator, or the
+one the degradation drew.
 """
 
 from __future__ import annotations
@@ -112,6 +115,39 @@ def _slice_denoise_shape(width_mm: float | None, radius: int | None) -> None:
     inference.denoise_across_slices = function if radius is None else functools.partial(function, radius=radius)
 
 
+def _soft_kspace_projection(x, lr, scale: int, sigma: float, axes, smooth: int = 5, alpha: float = 1.0):
+    """Variant ``wiener=oracle|learned``: ``x``'s central k-space moved toward ``lr``'s by a Wiener weight per
+    frequency, ``w = max(1 - N / P, 0)``, ``P`` the power of the difference smoothed over ``smooth`` x
+    ``smooth`` frequencies and ``N`` the power white noise of ``sigma`` gives there: where the difference is
+    mostly noise nothing changes, where it is well above it the input's value is taken (a prototype)."""
+    from scipy.ndimage import uniform_filter
+
+    spectrum = np.fft.fftn(x, axes=axes)
+    low = np.fft.fftn(lr, axes=axes)
+    ramps = {}
+    for axis in axes:
+        n, m = x.shape[axis], lr.shape[axis]
+        shape = [-1 if a == axis else 1 for a in range(x.ndim)]
+        ramps[axis] = np.exp(2j * np.pi * np.fft.fftfreq(n) * (0.5 * n / m - 0.5)).reshape(shape)
+        spectrum = np.fft.fftshift(spectrum * ramps[axis], axes=axis)
+        low = np.fft.fftshift(low, axes=axis) * (n / m)
+    index = [slice(None)] * x.ndim
+    noise = sigma ** 2
+    for axis in axes:
+        n, m = x.shape[axis], lr.shape[axis]
+        index[axis] = slice(n // 2 - m // 2, n // 2 - m // 2 + m)
+        noise *= n * n / m
+    index = tuple(index)
+    residual = low - spectrum[index]
+    size = [smooth if a in axes else 1 for a in range(x.ndim)]
+    power = uniform_filter(np.abs(residual) ** 2, size=size, mode="nearest")
+    weight = np.clip(1 - alpha * noise / np.maximum(power, 1e-30), 0, 1)
+    spectrum[index] += weight * residual
+    for axis in axes:
+        spectrum = np.fft.ifftshift(spectrum, axes=axis) / ramps[axis]
+    return np.real(np.fft.ifftn(spectrum, axes=axes))
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("hr", type=Path)
@@ -164,6 +200,8 @@ def main(argv=None) -> None:
                 # projection=MODEL:WEIGHT: after the fact, onto the LR as given; projection=MODEL: the app's setting
                 projection = settings.pop("projection") if ":" in settings.get("projection", "") else None
                 smooth = float(settings.pop("throughplane", 0) or 0)
+                wiener, wsmooth = settings.pop("wiener", ""), int(settings.pop("wsmooth", 5))
+                walpha = float(settings.pop("walpha", 1))
                 post_nlm = float(settings.pop("znlm", 0) or 0)
                 pre_nlm = float(settings.pop("prenlm", 0) or 0)
                 level = _learned_level(b, lr, plane_axis(plane)) if settings.pop("nlmlevel", "") == "learned" else None
@@ -180,6 +218,16 @@ def main(argv=None) -> None:
                 if projection:
                     model, weight = projection.split(":")
                     sr = consistency_projection(sr, lr, scale, axes=axes, model=model, weight=float(weight))
+                if wiener:
+                    if wiener == "oracle":
+                        sigma = params.sigma if hasattr(params, "sigma") else 0.0
+                    else:  # the level the bundle reads, in the app's normalization, back in the LR's units
+                        from ddasr_nipype.data.normalize import fit_normalization
+
+                        norm = fit_normalization(lr.astype(np.float32), percentiles=tuple(b.normalization["percentiles"]))
+                        sigma = _learned_level(b, norm.apply(lr.astype(np.float32)), plane_axis(plane)) * norm.scale
+                    print(f"  wiener: noise sigma {sigma:.4f} ({wiener})", flush=True)
+                    sr = _soft_kspace_projection(sr, lr, scale, sigma, axes, wsmooth, walpha)
                 if post_nlm > 0:
                     sr = _through_plane_nlm(sr, post_nlm, plane_axis(plane), lr=lr, level=level, patch=patch)
                 if smooth > 0:  # diagnostic: what neighbouring slices add, a Gaussian across them
