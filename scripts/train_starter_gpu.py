@@ -57,6 +57,10 @@ Variants (``--variant``; default: the first four):
   below the previous default's; does capacity?). ``ln-d2b3`` was run on the CPU at the thirteenth stop
   (bf16, 1.5 h): +0.652 / +0.855 dB on held-out sub-trio against ``t1w-x2``'s +0.749 / +0.992 (its card,
   "Tried"), so a GPU run should ask for more than 8000 iterations or more capacity, not this alone.
+  Both were run for 3000 iterations on the CPU at the fourteenth stop (same seed and schedule): on sub-trio
+  +0.465 / +0.703 and +0.484 / +0.719 dB, on sub-vxm +0.630 / +2.111 and +0.661 / +2.145 (every third
+  slice). The 2.5x capacity is worth +0.02-0.03 dB at equal iterations; 3000 -> 8000 iterations of
+  ``ln-d2b3`` were worth +0.19 on noisy sub-trio. A GPU run should spend its time on iterations first.
   Bundles trained this way are evaluated like ``t1w-x2``:
   ``scripts/probes/paired_variants.py`` on sub-trio and sub-vxm with ``--variant
   strength=1,background=input,slice_denoise=2`` (the packed archive's bundle has no recommended settings).
