@@ -69,6 +69,26 @@ def test_slice_denoise_shape_knobs_reach_the_app_path_and_are_undone():
         inference.denoise_across_slices, inference.SLICE_DENOISE_WIDTH_MM = original, width
 
 
+def test_the_noise_weighted_kspace_projection_is_the_hard_one_without_noise_and_keeps_noise_out():
+    """paired_variants.py wiener=: told no noise it is the k-space projection; onto a noisy LR, told its
+    noise, it keeps most of that noise out of an estimate already close to the truth, and still corrects one
+    that is far off."""
+    from ddasr_nipype.degradations import consistency_projection, kspace_truncation
+
+    soft = load_script("probes/paired_variants")._soft_kspace_projection
+    rng = np.random.default_rng(3)
+    hr = _smooth_volume((4, 48, 48)) + 5.0
+    lr = kspace_truncation(hr, 2, axes=(1, 2))
+    close = hr + rng.normal(0, 0.02, hr.shape)
+    np.testing.assert_allclose(soft(close, lr, 2, 0.0, (1, 2)), consistency_projection(close, lr, 2, axes=(1, 2)),
+                               atol=1e-9)
+    noisy = lr + rng.normal(0, 0.1, lr.shape)
+    hard_error = np.mean((consistency_projection(close, noisy, 2, axes=(1, 2)) - hr) ** 2)
+    assert np.mean((soft(close, noisy, 2, 0.1, (1, 2)) - hr) ** 2) < 0.2 * hard_error
+    far = hr + 0.5 * (_smooth_volume((4, 48, 48), seed=4) - 0.5)
+    assert np.mean((soft(far, noisy, 2, 0.1, (1, 2)) - hr) ** 2) < 0.5 * np.mean((far - hr) ** 2)
+
+
 def test_no_reference_scores_of_the_reference_and_outputs_are_set_against_bicubic(capsys):
     """paired_variants.py --no-reference: NIQE / BRISQUE of the reference and each output on the chosen
     slices, as a change from bicubic: an output equal to bicubic scores +0.0 %, a noisier one does not."""
