@@ -59,8 +59,10 @@ Variants (``--variant``; default: the first four):
   "Tried"), so a GPU run should ask for more than 8000 iterations or more capacity, not this alone.
   Both were run for 3000 iterations on the CPU at the fourteenth stop (same seed and schedule): on sub-trio
   +0.465 / +0.703 and +0.484 / +0.719 dB, on sub-vxm +0.630 / +2.111 and +0.661 / +2.145 (every third
-  slice). The 2.5x capacity is worth +0.02-0.03 dB at equal iterations; 3000 -> 8000 iterations of
-  ``ln-d2b3`` were worth +0.19 on noisy sub-trio. A GPU run should spend its time on iterations first.
+  slice). The 2.5x capacity's +0.02-0.03 dB at equal iterations is inside the seed spread of ``ln-d2b3``
+  (seeds 21-23: 0.05 dB on noisy input, 0.13-0.33 on clean); 3000 -> 8000 iterations of ``ln-d2b3`` were
+  worth +0.19 on noisy sub-trio. A GPU run should spend its time on iterations first, and compare over
+  seeds.
   Bundles trained this way are evaluated like ``t1w-x2``:
   ``scripts/probes/paired_variants.py`` on sub-trio and sub-vxm with ``--variant
   strength=1,background=input,slice_denoise=2`` (the packed archive's bundle has no recommended settings).
