@@ -73,6 +73,7 @@ __all__ = [
     "kspace_acquisition",
     "tukey_window",
     "consistency_projection",
+    "kspace_band",
     "PROJECTIONS",
     "anisotropic_gaussian_kernel",
     "blur",
@@ -405,26 +406,34 @@ def consistency_projection(x: np.ndarray, lr: np.ndarray, scale: int = 2, *, axe
         for a in axes:
             residual = np.repeat(residual, scale, axis=a)
         return x + weight * residual
+    spectrum, low, band, back = kspace_band(x, lr, axes)
+    spectrum[band] += weight * (low - spectrum[band])
+    return back(spectrum)
+
+
+def kspace_band(x: np.ndarray, lr: np.ndarray, axes: tuple[int, ...]):
+    """The k-space of ``x`` and of ``lr`` (``x`` on the field-of-view preserving grid ``x.shape[a] / lr.shape[a]``
+    times finer along ``axes``, non-negative indices) in one frame: ``(spectrum, low, band, back)``, ``spectrum``
+    ``x``'s centred spectrum phase-shifted onto ``lr``'s grid, ``low`` ``lr``'s centred spectrum on ``x``'s
+    scale, ``spectrum[band]`` the frequencies ``lr`` holds, and ``back(spectrum)`` the real image of a
+    spectrum in that frame (``back(spectrum) == x`` up to rounding)."""
     spectrum = np.fft.fftn(x, axes=axes)
     low = np.fft.fftn(lr, axes=axes)
+    ramps, band = {}, [slice(None)] * x.ndim
     for axis in axes:
         n, m = x.shape[axis], lr.shape[axis]
         shape = [-1 if a == axis else 1 for a in range(x.ndim)]
-        ramp = np.exp(2j * np.pi * np.fft.fftfreq(n) * (0.5 * n / m - 0.5)).reshape(shape)
-        spectrum = np.fft.fftshift(spectrum * ramp, axes=axis)
+        ramps[axis] = np.exp(2j * np.pi * np.fft.fftfreq(n) * (0.5 * n / m - 0.5)).reshape(shape)
+        spectrum = np.fft.fftshift(spectrum * ramps[axis], axes=axis)
         low = np.fft.fftshift(low, axes=axis) * (n / m)
-    index = [slice(None)] * x.ndim
-    for axis in axes:
-        n, m = x.shape[axis], lr.shape[axis]
-        index[axis] = slice(n // 2 - m // 2, n // 2 - m // 2 + m)
-    index = tuple(index)
-    spectrum[index] += weight * (low - spectrum[index])
-    for axis in axes:
-        n, m = x.shape[axis], lr.shape[axis]
-        shape = [-1 if a == axis else 1 for a in range(x.ndim)]
-        ramp = np.exp(2j * np.pi * np.fft.fftfreq(n) * (0.5 * n / m - 0.5)).reshape(shape)
-        spectrum = np.fft.ifftshift(spectrum, axes=axis) / ramp
-    return np.real(np.fft.ifftn(spectrum, axes=axes))
+        band[axis] = slice(n // 2 - m // 2, n // 2 - m // 2 + m)
+
+    def back(centred: np.ndarray) -> np.ndarray:
+        for axis in axes:
+            centred = np.fft.ifftshift(centred, axes=axis) / ramps[axis]
+        return np.real(np.fft.ifftn(centred, axes=axes))
+
+    return spectrum, low, tuple(band), back
 
 
 def anisotropic_gaussian_kernel(sigma_x: float, sigma_y: float, theta: float = 0.0, *,

@@ -122,30 +122,17 @@ def _soft_kspace_projection(x, lr, scale: int, sigma: float, axes, smooth: int =
     mostly noise nothing changes, where it is well above it the input's value is taken (a prototype)."""
     from scipy.ndimage import uniform_filter
 
-    spectrum = np.fft.fftn(x, axes=axes)
-    low = np.fft.fftn(lr, axes=axes)
-    ramps = {}
+    from ddasr_nipype.degradations import kspace_band
+
+    spectrum, low, band, back = kspace_band(x, lr, axes)
+    noise = sigma ** 2  # white noise of sigma in lr, on x's spectral scale
     for axis in axes:
-        n, m = x.shape[axis], lr.shape[axis]
-        shape = [-1 if a == axis else 1 for a in range(x.ndim)]
-        ramps[axis] = np.exp(2j * np.pi * np.fft.fftfreq(n) * (0.5 * n / m - 0.5)).reshape(shape)
-        spectrum = np.fft.fftshift(spectrum * ramps[axis], axes=axis)
-        low = np.fft.fftshift(low, axes=axis) * (n / m)
-    index = [slice(None)] * x.ndim
-    noise = sigma ** 2
-    for axis in axes:
-        n, m = x.shape[axis], lr.shape[axis]
-        index[axis] = slice(n // 2 - m // 2, n // 2 - m // 2 + m)
-        noise *= n * n / m
-    index = tuple(index)
-    residual = low - spectrum[index]
+        noise *= x.shape[axis] ** 2 / lr.shape[axis]
+    residual = low - spectrum[band]
     size = [smooth if a in axes else 1 for a in range(x.ndim)]
     power = uniform_filter(np.abs(residual) ** 2, size=size, mode="nearest")
-    weight = np.clip(1 - alpha * noise / np.maximum(power, 1e-30), 0, 1)
-    spectrum[index] += weight * residual
-    for axis in axes:
-        spectrum = np.fft.ifftshift(spectrum, axes=axis) / ramps[axis]
-    return np.real(np.fft.ifftn(spectrum, axes=axes))
+    spectrum[band] += np.clip(1 - alpha * noise / np.maximum(power, 1e-30), 0, 1) * residual
+    return back(spectrum)
 
 
 def main(argv=None) -> None:
