@@ -89,6 +89,62 @@ def test_the_noise_weighted_kspace_projection_is_the_hard_one_without_noise_and_
     assert np.mean((soft(far, noisy, 2, 0.1, (1, 2)) - hr) ** 2) < 0.5 * np.mean((far - hr) ** 2)
 
 
+def test_the_guided_denoising_across_slices_reaches_the_app_path_takes_noise_off_and_is_undone():
+    """paired_variants.py nlmguide=G: the app's denoising across slices, its second pass weighted by the
+    first pass's output, averages the noise of alike slices away, leaves a clean stack alone, and is gone
+    again without the knob."""
+    import ddasr_nipype.inference as inference
+
+    guided = load_script("probes/paired_variants")._guided_slice_denoise
+    original = inference.denoise_across_slices
+    clean = np.repeat(_smooth_volume((1, 24, 24)), 7, axis=0).astype(np.float32)  # seven alike slices
+    noisy = clean + np.random.default_rng(5).normal(0, 0.1, clean.shape).astype(np.float32)
+    try:
+        guided(1.0)
+        assert inference.denoise_across_slices is not original
+        out = inference.denoise_across_slices(noisy, 0.1, 2.0)
+        assert np.mean((out - clean) ** 2) < 0.6 * np.mean((noisy - clean) ** 2)
+        assert np.array_equal(inference.denoise_across_slices(noisy, 0.0, 2.0), noisy)  # no noise: unchanged
+        guided(None)
+        assert inference.denoise_across_slices is original
+    finally:
+        inference.denoise_across_slices = original
+
+
+def test_the_wiener_app_projection_is_the_hard_one_told_no_noise_and_is_undone():
+    """paired_variants.py projection=kspace,wproj=F: the app's projection made noise-weighted, the level F x
+    what the bundle's generator reads on the slices it projects onto; F = 0 is the hard projection, a large F
+    leaves the output alone, area passes through, and without the knob the hard projection is back."""
+    import torch
+
+    import ddasr_nipype.degradations as degradations
+
+    wiener = load_script("probes/paired_variants")._wiener_app_projection
+    hard = degradations.consistency_projection
+
+    class Bundle:  # a generator without a noise-level input: Immerkaer's estimate reads the level
+        @staticmethod
+        def load_generator():
+            return torch.nn.Identity()
+
+    rng = np.random.default_rng(6)
+    hr = (_smooth_volume((3, 32, 32)) + 5.0).astype(np.float32)
+    lr = degradations.kspace_truncation(hr, 2, axes=(1, 2)) + rng.normal(0, 0.1, (3, 16, 16)).astype(np.float32)
+    x = hr + rng.normal(0, 0.05, hr.shape).astype(np.float32)
+    try:
+        wiener(Bundle, 0.0)
+        np.testing.assert_allclose(degradations.consistency_projection(x, lr, 2, axes=(1, 2)),
+                                   hard(x, lr, 2, axes=(1, 2)), atol=1e-4)
+        wiener(Bundle, 1e3)
+        np.testing.assert_allclose(degradations.consistency_projection(x, lr, 2, axes=(1, 2)), x, atol=1e-4)
+        np.testing.assert_allclose(degradations.consistency_projection(x, lr, 2, axes=(1, 2), model="area"),
+                                   hard(x, lr, 2, axes=(1, 2), model="area"))
+        wiener(Bundle, None)
+        assert degradations.consistency_projection is hard
+    finally:
+        degradations.consistency_projection = hard
+
+
 def test_no_reference_scores_of_the_reference_and_outputs_are_set_against_bicubic(capsys):
     """paired_variants.py --no-reference: NIQE / BRISQUE of the reference and each output on the chosen
     slices, as a change from bicubic: an output equal to bicubic scores +0.0 %, a noisier one does not."""
@@ -137,3 +193,20 @@ def test_perturbations_of_the_no_reference_probe_change_only_in_plane_as_named()
     np.testing.assert_array_equal(perturbed(volume, "noise=0.01"), perturbed(volume, "noise=0.01"))
     with pytest.raises(SystemExit, match="--perturb"):
         perturbed(volume, "blur=1")
+
+
+def test_error_spectrum_bands_put_each_frequency_in_its_band_and_keep_all_the_power():
+    """error_spectrum.py: a slow cosine lands in the lowest band, a checkerboard in the highest, a white
+    image's power is split over all bands, and the bands hold the whole spectrum (Parseval)."""
+    spectrum = load_script("probes/error_spectrum")
+    n = 32
+    y, x = np.mgrid[:n, :n]
+    slow = np.cos(2 * np.pi * 2 * x / n)  # 1/16 cycles per pixel
+    checker = (-1.0) ** (x + y)  # the corner of the spectrum, sqrt(2) / 2 cycles per pixel radially
+    for image, band in ((slow, 0), (checker, len(spectrum.EDGES) - 2)):
+        powers = spectrum.band_powers(image)
+        assert powers[band] == pytest.approx(powers.sum()) and powers.sum() > 0
+    white = np.random.default_rng(7).normal(size=(n, n))
+    powers = spectrum.band_powers(white)
+    assert powers.sum() == pytest.approx(n * n * np.sum(white ** 2))  # nothing dropped
+    assert (powers > 0).all()

@@ -27,7 +27,11 @@ real HR scores against bicubic says whether a no-reference target below bicubic 
 ``--ensemble`` adds, for each variant, the mean of all the bundles' outputs (a model ensemble).
 ``wiener=learned|oracle`` (``walpha=A``, ``wsmooth=S``) moves the output's central k-space toward the LR's
 by a Wiener weight per frequency, after the fact: the noise level read by the bundle's estimator, or the
-one the degradation drew.
+one the degradation drew; ``projection=kspace,wproj=F`` makes the app's own projection (onto the network's
+input) such a Wiener weight, the level F x what the estimator reads on that input. ``nlmguide=G``: the
+app's denoising across slices run twice, the second pass weighted by the first's output (h = G x the
+level). ``--kspace-alpha A`` / ``--kspace-partial F``: ``kspace-rician`` as an apodized (Tukey alpha A) or
+partial Fourier (fraction F) acquisition instead of the plain truncation.
 """
 
 from __future__ import annotations
@@ -115,6 +119,68 @@ def _slice_denoise_shape(width_mm: float | None, radius: int | None) -> None:
     inference.denoise_across_slices = function if radius is None else functools.partial(function, radius=radius)
 
 
+def _guided_slice_denoise(guide: float | None) -> None:
+    """Variant ``nlmguide=G``: the app's denoising across slices run twice, the second pass weighting the
+    neighbours by how alike they are in the first pass's output (a less noisy pilot, as BM3D's second
+    stage) with ``h = G x`` the noise level, and averaging the original slices with those weights."""
+    import ddasr_nipype.inference as inference
+
+    first = getattr(inference, "_unguided_slice_denoise", inference.denoise_across_slices)
+    inference._unguided_slice_denoise = first
+    if guide is None:
+        inference.denoise_across_slices = first
+        return
+    from scipy.ndimage import uniform_filter
+
+    def guided(slices, level, strength, *, spacing=1.0, radius=inference.SLICE_DENOISE_RADIUS,
+               patch=inference.SLICE_DENOISE_PATCH):
+        y = np.asarray(slices, dtype=np.float32)
+        h2 = float(guide * level) ** 2
+        if strength * level <= 0 or h2 <= 0 or len(y) < 2:
+            return first(y, level, strength, spacing=spacing, radius=radius, patch=patch)
+        pilot = first(y, level, strength, spacing=spacing, radius=radius, patch=patch)
+        total, weights = y.copy(), np.ones_like(y)
+        for k in range(1, radius + 1):
+            for shift in (k, -k):
+                index = np.arange(len(y)) - shift
+                index = np.where((index < 0) | (index >= len(y)), np.arange(len(y)), index)
+                d = uniform_filter((pilot - pilot[index]) ** 2, size=(1, patch, patch))
+                w = np.float32(np.exp(-0.5 * (k * spacing) ** 2)) * np.exp(-d / np.float32(h2))
+                total += w * y[index]
+                weights += w
+        return total / weights
+
+    inference.denoise_across_slices = guided
+
+
+def _wiener_app_projection(bundle, factor: float | None, smooth: int = 5) -> None:
+    """Variant ``projection=kspace,wproj=F``: the app's k-space projection of each output slice onto the
+    network's input slice made a Wiener weight per frequency (:func:`_soft_kspace_projection`), the noise
+    level ``F x`` what the bundle's estimator reads on those input slices (after the denoising across
+    slices where it is on), on the app's own path."""
+    import ddasr_nipype.degradations as degradations
+
+    hard = getattr(degradations, "_hard_consistency_projection", degradations.consistency_projection)
+    degradations._hard_consistency_projection = hard
+    if factor is None:
+        degradations.consistency_projection = hard
+        return
+    from ddasr_nipype.inference import volume_noise_level
+
+    generator = bundle.load_generator().float().eval()
+
+    def wiener(x, lr, scale=2, *, axes=(-2, -1), model="kspace", weight=1.0):
+        if model != "kspace":
+            return hard(x, lr, scale, axes=axes, model=model, weight=weight)
+        out = np.empty_like(x)
+        for i in range(len(x)):  # [B, H, W] slices, axes (1, 2)
+            sigma = factor * volume_noise_level(generator, lr[i:i + 1])
+            out[i] = _soft_kspace_projection(x[i], lr[i], scale, sigma, (0, 1), smooth)
+        return out
+
+    degradations.consistency_projection = wiener
+
+
 def _soft_kspace_projection(x, lr, scale: int, sigma: float, axes, smooth: int = 5, alpha: float = 1.0):
     """Variant ``wiener=oracle|learned``: ``x``'s central k-space moved toward ``lr``'s by a Wiener weight per
     frequency, ``w = max(1 - N / P, 0)``, ``P`` the power of the difference smoothed over ``smooth`` x
@@ -152,6 +218,11 @@ def main(argv=None) -> None:
                         help="also NIQE and BRISQUE of the reference, bicubic and each output")
     parser.add_argument("--sigma-range", type=float, nargs=2, default=None, metavar=("LO", "HI"),
                         help="the noise sigma range of kspace-rician (default its own, 0.01-0.03)")
+    parser.add_argument("--kspace-alpha", type=float, default=0.0, metavar="A",
+                        help="kspace-rician with a Tukey apodization of this alpha (default 0: a plain truncation)")
+    parser.add_argument("--kspace-partial", type=float, default=1.0, metavar="F",
+                        help="kspace-rician with partial Fourier: this fraction of the lines along the first "
+                             "in-plane axis (default 1: all)")
     parser.add_argument("--ensemble", action="store_true",
                         help="also the outputs of all bundles averaged, for each variant")
     opts = parser.parse_args(argv)
@@ -176,6 +247,15 @@ def main(argv=None) -> None:
     if opts.thick_slices > 1:  # the reference made of thick slices too: LR neighbours that far apart
         hr_ras, hr01, mask, brain = _thick_slices(hr_ras, hr01, mask, brain, opts.thick_slices, plane_axis(plane))
     bundles = [load_bundle(b) for b in opts.bundles]
+    if opts.kspace_alpha > 0 or opts.kspace_partial < 1:  # an acquisition other than the plain truncation
+        from ddasr_nipype import degradations
+
+        def acquired(self, x, params):
+            lr = degradations.kspace_acquisition(x, params.scale, axes=self.axes, alpha=opts.kspace_alpha,
+                                                 partial_fourier=opts.kspace_partial)
+            return degradations.rician_noise(lr, params.sigma, seed=params.seed)
+
+        degradations.KSpaceRicianDegradation.apply = acquired
     for name in opts.degradation or ["kspace-rician", "bicubic"]:
         rng = np.random.default_rng(_seed_sequence(opts.seed, key, name))
         kwargs = {"sigma_range": tuple(opts.sigma_range)} if opts.sigma_range and name == "kspace-rician" else {}
@@ -196,6 +276,10 @@ def main(argv=None) -> None:
                 _scale_noise_level(float(settings.pop("noisescale", 1) or 1))
                 width, radius = settings.pop("nlmwidth", None), settings.pop("nlmradius", None)
                 _slice_denoise_shape(None if width is None else float(width), None if radius is None else int(radius))
+                guide = settings.pop("nlmguide", None)
+                wproj = settings.pop("wproj", None)
+                _wiener_app_projection(b, None if wproj is None else float(wproj), wsmooth)
+                _guided_slice_denoise(None if guide is None else float(guide))
                 lr_in = _through_plane_nlm(lr, pre_nlm, plane_axis(plane), level=level, patch=patch) if pre_nlm > 0 else lr
                 sr = app_output(lr_in, hr_ras, b,
                                 strength=float(settings["strength"]) if "strength" in settings else None,
@@ -231,7 +315,8 @@ def main(argv=None) -> None:
         ok = ~np.isnan(scores["bicubic"]["psnr_brain"])
         ok[::1] &= (np.arange(len(ok)) % opts.slice_step == 0)
         base = scores["bicubic"]
-        noise = f", noise sigma {params.sigma:.3f}" if hasattr(params, "sigma") else ""
+        sigma = getattr(params, "sigma", None)  # realsr's is its blur kernel's pair of widths
+        noise = f", noise sigma {sigma:.3f}" if isinstance(sigma, float) else ""
         print(f"== {key} {name} ({ok.sum()} slices with brain{noise})")
         print(f"{'method':60s} {'PSNR brain':>10s} {'d':>6s} {'p':>8s} {'SSIM brain':>10s} {'d':>7s} {'PSNR head':>9s} {'d':>6s}")
         for m, s in scores.items():
