@@ -241,7 +241,8 @@ def volume_noise_level(generator, slices: np.ndarray, max_slices: int = 24, devi
 
 
 def denoise_across_slices(slices: np.ndarray, level: float, strength: float, *, spacing: float = 1.0,
-                          radius: int = SLICE_DENOISE_RADIUS, patch: int = SLICE_DENOISE_PATCH) -> np.ndarray:
+                          radius: int = SLICE_DENOISE_RADIUS, patch: int = SLICE_DENOISE_PATCH,
+                          guide: np.ndarray | None = None) -> np.ndarray:
     """Non-local means across the slices of ``slices [N, H, W]`` (float32): each pixel averaged with the
     same pixel of the ``radius`` slices on either side, weighted by ``exp(-(k x spacing)^2 / 2)`` for a
     slice ``k`` away (``spacing``: the slice spacing in units of the Gaussian's width,
@@ -253,11 +254,16 @@ def denoise_across_slices(slices: np.ndarray, level: float, strength: float, *, 
     agree to within the noise the average keeps the anatomy and loses noise; where they differ by more
     (an edge leaving the slice) the weight falls to nothing, and slices further apart weigh less. It works on
     whole slices across the stack, which the 2D generator cannot see (its input is one slice). At the
-    ends of the stack a missing neighbour counts as the slice itself.
+    ends of the stack a missing neighbour counts as the slice itself. ``guide`` (like ``slices``; default
+    the slices themselves) is the stack whose likeness ``d`` measures: a less noisy pilot estimate of the same
+    slices, as the second stage of BM3D uses one.
     """
     from scipy.ndimage import uniform_filter
 
     y = np.asarray(slices, dtype=np.float32)
+    g = y if guide is None else np.asarray(guide, dtype=np.float32)
+    if g.shape != y.shape:
+        raise ValueError(f"guide shape {g.shape} differs from the slices' {y.shape}")
     h2 = float(strength * level) ** 2
     if h2 <= 0 or len(y) < 2:
         return y.copy()
@@ -266,8 +272,9 @@ def denoise_across_slices(slices: np.ndarray, level: float, strength: float, *, 
         for shift in (k, -k):
             index = np.arange(len(y)) - shift
             outside = (index < 0) | (index >= len(y))
-            other = y[np.where(outside, np.arange(len(y)), index)]  # no neighbour that far: the slice itself
-            d = uniform_filter((y - other) ** 2, size=(1, patch, patch))
+            index = np.where(outside, np.arange(len(y)), index)  # no neighbour that far: the slice itself
+            other = y[index]
+            d = uniform_filter((g - (other if guide is None else g[index])) ** 2, size=(1, patch, patch))
             w = np.float32(math.exp(-0.5 * (k * spacing) ** 2)) * np.exp(-d / np.float32(h2))
             total += w * other
             weights += w

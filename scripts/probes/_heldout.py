@@ -43,6 +43,18 @@ def load_heldout(path: Path, cache_dir: Path = Path("out/cache"), plane: str = "
     return HeldOut(key, hr_ras, normalize_volume(hr, head), head, brain.astype(bool))
 
 
+def degrade(hr01: np.ndarray, key: str, name: str, *, seed: int = 0, sigma_range=None, plane: str = "sagittal",
+            scale: int = 2):
+    """``(lr, params)``: ``hr01`` degraded by ``name`` with ``ddasr-eval``'s seeded draw for the scan ``key``
+    (``sigma_range``: the noise range of ``kspace-rician`` instead of its own)."""
+    from ddasr_nipype.degradations import get_degradation
+    from ddasr_nipype.evaluation import _inplane_axes, _seed_sequence
+
+    rng = np.random.default_rng(_seed_sequence(seed, key, name))
+    kwargs = {"sigma_range": tuple(sigma_range)} if sigma_range and name == "kspace-rician" else {}
+    return get_degradation(name, scale, axes=_inplane_axes(plane), **kwargs)(hr01, rng)
+
+
 def app_output(lr: np.ndarray, hr_ras, bundle, **settings) -> np.ndarray:
     """The app's output (:func:`ddasr_nipype.inference.super_resolve_image` in the sagittal plane,
     ``settings`` its output settings) for ``lr``, an x2 degradation of the RAS volume ``hr_ras`` in its

@@ -44,11 +44,11 @@ def main(argv=None) -> None:
 
     import torch
 
-    from _heldout import app_output, load_heldout
+    from _heldout import app_output, degrade, load_heldout
 
     from ddasr_nipype.bundle import load_bundle
-    from ddasr_nipype.degradations import bicubic_upsample, get_degradation
-    from ddasr_nipype.evaluation import _inplane_axes, _seed_sequence
+    from ddasr_nipype.degradations import bicubic_upsample
+    from ddasr_nipype.evaluation import _inplane_axes
 
     torch.set_num_threads(opts.threads)
     held = load_heldout(opts.hr)
@@ -56,9 +56,7 @@ def main(argv=None) -> None:
     bundle = load_bundle(opts.bundle)
     hr = held.hr01
     for name in opts.degradation or ["kspace-rician", "bicubic"]:
-        rng = np.random.default_rng(_seed_sequence(opts.seed, held.key, name))
-        kwargs = {"sigma_range": tuple(opts.sigma_range)} if opts.sigma_range and name == "kspace-rician" else {}
-        lr, params = get_degradation(name, 2, axes=axes, **kwargs)(hr, rng)
+        lr, params = degrade(hr, held.key, name, seed=opts.seed, sigma_range=opts.sigma_range)
         outputs = {"bicubic": bicubic_upsample(lr, 2, axes=axes, out_shape=[hr.shape[a] for a in axes]),
                    "output": app_output(lr, held.hr_ras, bundle),
                    "projected": app_output(lr, held.hr_ras, bundle, projection="kspace")}

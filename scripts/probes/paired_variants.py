@@ -130,25 +130,13 @@ def _guided_slice_denoise(guide: float | None) -> None:
     if guide is None:
         inference.denoise_across_slices = first
         return
-    from scipy.ndimage import uniform_filter
 
     def guided(slices, level, strength, *, spacing=1.0, radius=inference.SLICE_DENOISE_RADIUS,
                patch=inference.SLICE_DENOISE_PATCH):
-        y = np.asarray(slices, dtype=np.float32)
-        h2 = float(guide * level) ** 2
-        if strength * level <= 0 or h2 <= 0 or len(y) < 2:
-            return first(y, level, strength, spacing=spacing, radius=radius, patch=patch)
-        pilot = first(y, level, strength, spacing=spacing, radius=radius, patch=patch)
-        total, weights = y.copy(), np.ones_like(y)
-        for k in range(1, radius + 1):
-            for shift in (k, -k):
-                index = np.arange(len(y)) - shift
-                index = np.where((index < 0) | (index >= len(y)), np.arange(len(y)), index)
-                d = uniform_filter((pilot - pilot[index]) ** 2, size=(1, patch, patch))
-                w = np.float32(np.exp(-0.5 * (k * spacing) ** 2)) * np.exp(-d / np.float32(h2))
-                total += w * y[index]
-                weights += w
-        return total / weights
+        pilot = first(slices, level, strength, spacing=spacing, radius=radius, patch=patch)
+        if strength * level <= 0:
+            return pilot
+        return first(slices, level, guide, spacing=spacing, radius=radius, patch=patch, guide=pilot)
 
     inference.denoise_across_slices = guided
 
@@ -230,11 +218,11 @@ def main(argv=None) -> None:
     import torch
     from scipy.stats import ttest_rel
 
-    from _heldout import app_output, load_heldout
+    from _heldout import app_output, degrade, load_heldout
 
     from ddasr_nipype.bundle import load_bundle
-    from ddasr_nipype.degradations import bicubic_upsample, consistency_projection, get_degradation
-    from ddasr_nipype.evaluation import _inplane_axes, _seed_sequence
+    from ddasr_nipype.degradations import bicubic_upsample, consistency_projection
+    from ddasr_nipype.evaluation import _inplane_axes
     from ddasr_nipype.data.slicing import plane_axis
     from ddasr_nipype.metrics.volume import reference_scores
 
@@ -257,9 +245,7 @@ def main(argv=None) -> None:
 
         degradations.KSpaceRicianDegradation.apply = acquired
     for name in opts.degradation or ["kspace-rician", "bicubic"]:
-        rng = np.random.default_rng(_seed_sequence(opts.seed, key, name))
-        kwargs = {"sigma_range": tuple(opts.sigma_range)} if opts.sigma_range and name == "kspace-rician" else {}
-        lr, params = get_degradation(name, scale, axes=axes, **kwargs)(hr01, rng)
+        lr, params = degrade(hr01, key, name, seed=opts.seed, sigma_range=opts.sigma_range, plane=plane, scale=scale)
         outputs = {"bicubic": bicubic_upsample(lr, scale, axes=axes, out_shape=[hr01.shape[a] for a in axes])}
         for b in bundles:
             for variant in opts.variant or ["strength=1,background=model"]:
