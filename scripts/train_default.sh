@@ -6,7 +6,7 @@
 #   3. the learned noise-level estimator (scripts/train_noise_estimator.py on stage 2's pairs, 3000
 #      iterations, ~4 min) -> out/ln/noise-estimator.pt (where preset t1w-x2-ln-cpu reads it), then preset
 #      t1w-x2-ln-cpu: stage 2 fine-tuned told the added noise level, stopped at iteration 1500 of its
-#      4000-iteration schedule (--srn-stop-at 1500), bf16 -> OUT/t1w-x2.
+#      4000-iteration schedule (--srn-stop-at 1500), bf16, seed 10 (stages 1-2: seed 0) -> OUT/t1w-x2.
 #   usage: scripts/train_default.sh [SHARED_DATA_DIR] [OUT_DIR] [extra ddasr-train options...]
 # HR training set: scripts/hr_training_set.sh (every HR subject but the held-out sub-trio and sub-vxm).
 # About 2 h (stage 1) + 1.4 h (stage 2) + 0.3 h (stage 3, bfloat16 on a CPU with AVX512-BF16) on one
@@ -19,19 +19,18 @@ out=${2:-out/default}
 shift $(( $# > 2 ? 2 : $# ))
 hr=$(scripts/hr_training_set.sh "$data" "$out/hr-all")
 train=${DDASR_TRAIN:-.venv/bin/ddasr-train}
-common=(--hr "$hr" --degradation mri --device cpu --seed 0 --allow-random-vgg19 --num-threads 1
-        --no-tensorboard)
+common=(--hr "$hr" --degradation mri --device cpu --allow-random-vgg19 --num-threads 1 --no-tensorboard)
 if [[ ! -f $out/t1w-x2-stage1/manifest.json ]]; then
-  "$train" "${common[@]}" --preset t1w-x2-cpu --srn-stop-at 4000 --out "$out/t1w-x2-stage1" \
+  "$train" "${common[@]}" --seed 0 --preset t1w-x2-cpu --srn-stop-at 4000 --out "$out/t1w-x2-stage1" \
     --name t1w-x2-stage1 "$@"
 fi
 if [[ ! -f $out/t1w-x2-stage2/manifest.json ]]; then
-  "$train" "${common[@]}" --preset t1w-x2-nl-cpu --init-generator "$out/t1w-x2-stage1" \
+  "$train" "${common[@]}" --seed 0 --preset t1w-x2-nl-cpu --init-generator "$out/t1w-x2-stage1" \
     --out "$out/t1w-x2-stage2" --name t1w-x2-stage2 "$@"
 fi
 if [[ ! -f out/ln/noise-estimator.pt ]]; then
   "${PYTHON:-.venv/bin/python}" scripts/train_noise_estimator.py "$out/t1w-x2-stage2.work/pairs/pairs.npz" \
     out/ln/noise-estimator.pt
 fi
-exec "$train" "${common[@]}" --preset t1w-x2-ln-cpu --precision bf16 --srn-stop-at 1500 \
+exec "$train" "${common[@]}" --seed 10 --preset t1w-x2-ln-cpu --precision bf16 --srn-stop-at 1500 \
   --init-generator "$out/t1w-x2-stage2" --out "$out/t1w-x2" --name t1w-x2 "$@"

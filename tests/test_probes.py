@@ -210,3 +210,26 @@ def test_error_spectrum_bands_put_each_frequency_in_its_band_and_keep_all_the_po
     powers = spectrum.band_powers(white)
     assert powers.sum() == pytest.approx(n * n * np.sum(white ** 2))  # nothing dropped
     assert (powers > 0).all()
+
+
+def test_the_rolloff_ratio_sees_an_apodized_acquisition_and_its_cross_spectrum_ignores_noise():
+    """acquisition_rolloff.py: on the same anatomy a Tukey-apodized acquisition keeps less of the LR band's
+    top than a plain k-space truncation; noise raises the slices' own ratio but hardly the cross-spectrum's
+    (noise does not repeat from one slice to the next); too few slices with head are refused."""
+    from ddasr_nipype.degradations import kspace_acquisition, rician_noise
+
+    rolloff = load_script("probes/acquisition_rolloff").rolloff_ratios
+    hr = _smooth_volume((8, 64, 64), seed=3)
+    hr += 0.3 * _smooth_volume((8, 64, 64), seed=4) * (np.random.default_rng(5).random(hr.shape) > 0.5)
+    hr = np.clip(hr / hr.max(), 0, 1)
+    head = np.ones((8, 32, 32), bool)
+    plain = kspace_acquisition(hr, 2, axes=(1, 2))
+    apodized = kspace_acquisition(hr, 2, axes=(1, 2), alpha=0.6)
+    assert rolloff(apodized, head)[1] < 0.5 * rolloff(plain, head)[1]
+    noisy = rician_noise(plain, 0.05, seed=1)
+    (auto, cross), (auto_noisy, cross_noisy) = rolloff(plain, head), rolloff(noisy, head)
+    assert auto_noisy > 2 * auto
+    assert cross_noisy == pytest.approx(cross, rel=0.3)
+    head[1:] = False
+    with pytest.raises(ValueError, match="two slices"):
+        rolloff(plain, head)
