@@ -55,6 +55,13 @@ def degrade(hr01: np.ndarray, key: str, name: str, *, seed: int = 0, sigma_range
     return get_degradation(name, scale, axes=_inplane_axes(plane), **kwargs)(hr01, rng)
 
 
+def noise_label(params) -> str:
+    """``", noise sigma S"`` for a degradation draw ``params`` with a noise sigma, else ``""`` (realsr's
+    ``sigma`` is its blur kernel's pair of widths, not a noise level)."""
+    sigma = getattr(params, "sigma", None)
+    return f", noise sigma {sigma:.3f}" if isinstance(sigma, float) else ""
+
+
 def app_output(lr: np.ndarray, hr_ras, bundle, **settings) -> np.ndarray:
     """The app's output (:func:`ddasr_nipype.inference.super_resolve_image` in the sagittal plane,
     ``settings`` its output settings) for ``lr``, an x2 degradation of the RAS volume ``hr_ras`` in its

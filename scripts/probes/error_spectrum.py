@@ -44,7 +44,7 @@ def main(argv=None) -> None:
 
     import torch
 
-    from _heldout import app_output, degrade, load_heldout
+    from _heldout import app_output, degrade, load_heldout, noise_label
 
     from ddasr_nipype.bundle import load_bundle
     from ddasr_nipype.degradations import bicubic_upsample
@@ -69,9 +69,7 @@ def main(argv=None) -> None:
             for k, x in outputs.items():
                 error[k] += band_powers((x[i] - hr[i]) * brain)
                 power[k] += band_powers(x[i] * brain)
-        sigma = getattr(params, "sigma", None)
-        noise = f", noise sigma {sigma:.3f}" if isinstance(sigma, float) else ""
-        print(f"== {held.key} {name}{noise}, {len(chosen)} slices; bands in cycles per HR pixel (LR Nyquist 0.25)")
+        print(f"== {held.key} {name}{noise_label(params)}, {len(chosen)} slices; bands in cycles per HR pixel (LR Nyquist 0.25)")
         print(f"{'':28s}" + "".join(f"{f'{EDGES[j]:.3f}-{EDGES[j + 1]:.3f}':>13s}" for j in range(len(EDGES) - 1))
               + f"{'total':>8s}")
         total = error["bicubic"].sum()

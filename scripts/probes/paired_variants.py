@@ -218,7 +218,7 @@ def main(argv=None) -> None:
     import torch
     from scipy.stats import ttest_rel
 
-    from _heldout import app_output, degrade, load_heldout
+    from _heldout import app_output, degrade, load_heldout, noise_label
 
     from ddasr_nipype.bundle import load_bundle
     from ddasr_nipype.degradations import bicubic_upsample, consistency_projection
@@ -301,9 +301,7 @@ def main(argv=None) -> None:
         ok = ~np.isnan(scores["bicubic"]["psnr_brain"])
         ok[::1] &= (np.arange(len(ok)) % opts.slice_step == 0)
         base = scores["bicubic"]
-        sigma = getattr(params, "sigma", None)  # realsr's is its blur kernel's pair of widths
-        noise = f", noise sigma {sigma:.3f}" if isinstance(sigma, float) else ""
-        print(f"== {key} {name} ({ok.sum()} slices with brain{noise})")
+        print(f"== {key} {name} ({ok.sum()} slices with brain{noise_label(params)})")
         print(f"{'method':60s} {'PSNR brain':>10s} {'d':>6s} {'p':>8s} {'SSIM brain':>10s} {'d':>7s} {'PSNR head':>9s} {'d':>6s}")
         for m, s in scores.items():
             d = s["psnr_brain"][ok] - base["psnr_brain"][ok]
