@@ -209,6 +209,8 @@ class SRNLossConfig(ModelConfig):
     ``backbone`` names the feature network of the perceptual term: ``vgg19`` (the paper's; ``layers`` are
     torchvision indices) or ``deepbet`` (:class:`~ddasr_nipype.models.deepbet_arch.DeepbetFeatures`, a
     network pretrained on brain MRI; ``layers`` among 0, 1, 2). The trainer builds it.
+    ``pixel_criterion`` is the pixel term that ``eta_l1`` weighs: ``l1`` (the paper's L_1) or ``mse`` (the
+    mean squared error, the criterion PSNR scores: its minimiser is the conditional mean, L1's the median).
     """
 
     eta_perceptual: float = 1.0
@@ -218,6 +220,7 @@ class SRNLossConfig(ModelConfig):
     layer_weights: tuple[float, ...] = (0.1, 0.1, 1.0, 1.0, 1.0)
     perceptual_criterion: str = "mse"
     backbone: str = "vgg19"
+    pixel_criterion: str = "l1"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "layers", tuple(int(i) for i in self.layers))
@@ -231,6 +234,8 @@ class SRNLossConfig(ModelConfig):
         if self.perceptual_criterion not in ("mse", "l1"):
             raise ValueError(f"SRNLossConfig.perceptual_criterion must be 'mse' or 'l1', "
                              f"got {self.perceptual_criterion!r}")
+        if self.pixel_criterion not in ("l1", "mse"):
+            raise ValueError(f"SRNLossConfig.pixel_criterion must be 'l1' or 'mse', got {self.pixel_criterion!r}")
         if self.backbone not in ("vgg19", "deepbet"):
             raise ValueError(f"SRNLossConfig.backbone must be 'vgg19' or 'deepbet', got {self.backbone!r}")
         if self.backbone == "deepbet" and not set(self.layers) <= {0, 1, 2}:
@@ -258,15 +263,17 @@ class SRNLoss(nn.Module):
         """``weight`` (``[B, 1, H, W]`` in [0, 1], optional): where the output is learned. Outside it the
         L1 term does not count and the perceptual term sees the HR itself (``sr`` there is replaced by
         ``hr``), so nothing pulls the output there either way. A perceptual weight ``eta_perceptual = 0``
-        skips the feature network."""
+        skips the feature network. The ``"l1"`` entry is the pixel term of ``pixel_criterion`` (the
+        mean squared error with ``mse``)."""
         if (real_logits is None) != (fake_logits is None):
             raise ValueError("SRNLoss: pass both real_logits and fake_logits, or neither")
         c = self.config
+        error = (sr - hr).abs() if c.pixel_criterion == "l1" else (sr - hr).square()
         if weight is not None:
-            l1 = ((sr - hr).abs() * weight).sum() / weight.sum().clamp(min=1.0)
+            l1 = (error * weight).sum() / weight.sum().clamp(min=1.0)
             sr = sr * weight + hr * (1.0 - weight)
         else:
-            l1 = F.l1_loss(sr, hr)
+            l1 = error.mean()
         perceptual = self.perceptual(sr, hr)["total"] if c.eta_perceptual > 0 else sr.new_zeros(())
         adversarial = (relativistic_g_loss(real_logits, fake_logits) if real_logits is not None
                        else sr.new_zeros(()))

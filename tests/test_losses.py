@@ -248,3 +248,22 @@ def test_srn_loss_without_adversarial_and_config(vgg):
         SRNLossConfig(layers=(2,), layer_weights=(1.0, 1.0))
     with pytest.raises(ValueError, match="both real_logits and fake_logits"):
         SRNLoss(vgg)(sr, hr, real_logits=torch.zeros(1))
+
+
+def test_srn_loss_pixel_criterion_mse_and_weight(vgg):
+    torch.manual_seed(0)
+    sr, hr = torch.rand(2, 1, 16, 16), torch.rand(2, 1, 16, 16)
+    mse = SRNLoss(vgg, SRNLossConfig(eta_perceptual=0.0, eta_adv=0.0, eta_l1=3.0, pixel_criterion="mse"))
+    torch.testing.assert_close(mse(sr, hr)["total"], 3.0 * F.mse_loss(sr, hr))
+    # inside a weight map the error counts where the weight is, averaged over the weight
+    weight = torch.zeros(2, 1, 16, 16)
+    weight[:, :, 4:12, 4:12] = 1.0
+    inside = F.mse_loss(sr[:, :, 4:12, 4:12], hr[:, :, 4:12, 4:12])
+    torch.testing.assert_close(mse(sr, hr, weight=weight)["l1"], inside)
+    l1 = SRNLoss(vgg, SRNLossConfig(eta_perceptual=0.0, eta_adv=0.0))
+    torch.testing.assert_close(l1(sr, hr, weight=weight)["l1"],
+                               F.l1_loss(sr[:, :, 4:12, 4:12], hr[:, :, 4:12, 4:12]))
+    assert SRNLossConfig().pixel_criterion == "l1"
+    assert SRNLossConfig.from_dict({"pixel_criterion": "mse"}).pixel_criterion == "mse"
+    with pytest.raises(ValueError, match="pixel_criterion"):
+        SRNLossConfig(pixel_criterion="l2")
